@@ -1,0 +1,476 @@
+//! Shape and dtype inference: one function from an op and its input types to its output type.
+
+use super::dtype::{fmt_shape, DType, TensorType};
+use super::op::{BinaryOp, Op, PoolKind, ReduceKind};
+
+/// Numpy broadcasting of two shapes; `None` when they are incompatible.
+pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let mut out = vec![0; rank];
+    for i in 0..rank {
+        let da = if i + a.len() >= rank {
+            a[i + a.len() - rank]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= rank {
+            b[i + b.len() - rank]
+        } else {
+            1
+        };
+        out[i] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return None,
+        };
+    }
+    Some(out)
+}
+
+fn arity(op: &Op, inputs: &[TensorType], lo: usize, hi: usize) -> Result<(), String> {
+    if inputs.len() < lo || inputs.len() > hi {
+        let want = if lo == hi {
+            lo.to_string()
+        } else {
+            format!("{lo} to {hi}")
+        };
+        return Err(format!(
+            "{} takes {want} inputs, got {}",
+            op.name(),
+            inputs.len()
+        ));
+    }
+    Ok(())
+}
+
+fn bcast(a: &TensorType, b: &TensorType) -> Result<Vec<usize>, String> {
+    broadcast_shapes(&a.shape, &b.shape).ok_or_else(|| {
+        format!(
+            "shapes {} and {} do not broadcast",
+            fmt_shape(&a.shape),
+            fmt_shape(&b.shape)
+        )
+    })
+}
+
+fn same_dtype(a: &TensorType, b: &TensorType) -> Result<(), String> {
+    if a.dtype != b.dtype {
+        return Err(format!("dtypes differ: {} and {}", a.dtype, b.dtype));
+    }
+    Ok(())
+}
+
+fn check_axis(axis: usize, rank: usize) -> Result<(), String> {
+    if axis >= rank {
+        return Err(format!("axis {axis} out of range for rank {rank}"));
+    }
+    Ok(())
+}
+
+fn float_input(t: &TensorType, what: &str) -> Result<(), String> {
+    if !t.dtype.is_float() {
+        return Err(format!("{what} needs a float input, got {}", t.dtype));
+    }
+    Ok(())
+}
+
+/// Output type of `op` applied to inputs of these types, or a message saying what is wrong.
+pub fn infer(op: &Op, inputs: &[TensorType]) -> Result<TensorType, String> {
+    match op {
+        Op::Input => Err("an input node has no inputs to infer from".into()),
+        Op::Constant(t) => {
+            arity(op, inputs, 0, 0)?;
+            Ok(t.ty())
+        }
+        Op::Unary(u) => {
+            arity(op, inputs, 1, 1)?;
+            let x = &inputs[0];
+            if !u.accepts(x.dtype) {
+                return Err(format!("{} does not accept dtype {}", op.name(), x.dtype));
+            }
+            Ok(TensorType::new(u.output(x.dtype), x.shape.clone()))
+        }
+        Op::Binary(b) => {
+            arity(op, inputs, 2, 2)?;
+            let (x, y) = (&inputs[0], &inputs[1]);
+            same_dtype(x, y)?;
+            if b.is_logical() && x.dtype != DType::Bool {
+                return Err(format!("{} needs bool inputs, got {}", op.name(), x.dtype));
+            }
+            if !b.is_logical() && x.dtype == DType::Bool && *b != BinaryOp::Equal {
+                return Err(format!("{} does not accept bool", op.name()));
+            }
+            let shape = bcast(x, y)?;
+            let dtype = if b.is_predicate() {
+                DType::Bool
+            } else {
+                x.dtype
+            };
+            Ok(TensorType::new(dtype, shape))
+        }
+        Op::Where => {
+            arity(op, inputs, 3, 3)?;
+            if inputs[0].dtype != DType::Bool {
+                return Err(format!("condition must be bool, got {}", inputs[0].dtype));
+            }
+            same_dtype(&inputs[1], &inputs[2])?;
+            let s = bcast(&inputs[0], &inputs[1])?;
+            let s = bcast(&TensorType::new(DType::Bool, s), &inputs[2])?;
+            Ok(TensorType::new(inputs[1].dtype, s))
+        }
+        Op::Cast(d) => {
+            arity(op, inputs, 1, 1)?;
+            Ok(TensorType::new(*d, inputs[0].shape.clone()))
+        }
+        Op::MatMul => {
+            arity(op, inputs, 2, 2)?;
+            let (a, b) = (&inputs[0], &inputs[1]);
+            same_dtype(a, b)?;
+            if a.dtype == DType::Bool {
+                return Err("matmul does not accept bool".into());
+            }
+            matmul_shape(&a.shape, &b.shape).map(|s| TensorType::new(a.dtype, s))
+        }
+        Op::Conv(c) => {
+            arity(op, inputs, 2, 3)?;
+            let (x, w) = (&inputs[0], &inputs[1]);
+            same_dtype(x, w)?;
+            float_input(x, "conv")?;
+            if x.rank() != 4 || w.rank() != 4 {
+                return Err(format!(
+                    "conv needs 4-D input and weight, got {} and {}",
+                    fmt_shape(&x.shape),
+                    fmt_shape(&w.shape)
+                ));
+            }
+            let g = c.group;
+            if g == 0 || x.shape[1] != w.shape[1] * g || w.shape[0] % g != 0 {
+                return Err(format!(
+                    "conv channels: input {} and weight {} with group {g}",
+                    fmt_shape(&x.shape),
+                    fmt_shape(&w.shape)
+                ));
+            }
+            if let Some(b) = inputs.get(2) {
+                same_dtype(x, b)?;
+                if b.shape != [w.shape[0]] {
+                    return Err(format!(
+                        "conv bias must be [{}], got {}",
+                        w.shape[0],
+                        fmt_shape(&b.shape)
+                    ));
+                }
+            }
+            let mut out = vec![x.shape[0], w.shape[0]];
+            for i in 0..2 {
+                let padded = x.shape[2 + i] + c.pads[i] + c.pads[i + 2];
+                let k = c.dilations[i] * (w.shape[2 + i] - 1) + 1;
+                if c.strides[i] == 0 || padded < k {
+                    return Err(format!(
+                        "conv window {k} larger than padded input {padded} (dim {})",
+                        2 + i
+                    ));
+                }
+                out.push((padded - k) / c.strides[i] + 1);
+            }
+            Ok(TensorType::new(x.dtype, out))
+        }
+        Op::Pool(p) => {
+            arity(op, inputs, 1, 1)?;
+            let x = &inputs[0];
+            if matches!(p.kind, PoolKind::Avg { .. }) {
+                float_input(x, "avgpool")?;
+            }
+            if x.rank() != 4 {
+                return Err(format!(
+                    "pool needs a 4-D input, got {}",
+                    fmt_shape(&x.shape)
+                ));
+            }
+            let mut out = vec![x.shape[0], x.shape[1]];
+            for i in 0..2 {
+                let padded = x.shape[2 + i] + p.pads[i] + p.pads[i + 2];
+                let k = p.dilations[i] * (p.kernel[i] - 1) + 1;
+                if p.strides[i] == 0 || padded < k {
+                    return Err(format!("pool window {k} larger than padded input {padded}"));
+                }
+                let span = padded - k;
+                let mut n = if p.ceil_mode {
+                    span.div_ceil(p.strides[i]) + 1
+                } else {
+                    span / p.strides[i] + 1
+                };
+                // A window must start inside the input or the left padding.
+                if p.ceil_mode && (n - 1) * p.strides[i] >= x.shape[2 + i] + p.pads[i] {
+                    n -= 1;
+                }
+                out.push(n);
+            }
+            Ok(TensorType::new(x.dtype, out))
+        }
+        Op::Softmax { axis } | Op::LogSoftmax { axis } => {
+            arity(op, inputs, 1, 1)?;
+            float_input(&inputs[0], "softmax")?;
+            check_axis(*axis, inputs[0].rank())?;
+            Ok(inputs[0].clone())
+        }
+        Op::LayerNorm { axis, .. } => {
+            arity(op, inputs, 2, 3)?;
+            let x = &inputs[0];
+            float_input(x, "layernorm")?;
+            check_axis(*axis, x.rank())?;
+            for p in &inputs[1..] {
+                same_dtype(x, p)?;
+                let ok = broadcast_shapes(&x.shape[*axis..], &p.shape)
+                    .is_some_and(|s| s == x.shape[*axis..]);
+                if !ok {
+                    return Err(format!(
+                        "layernorm parameter {} does not broadcast to {}",
+                        fmt_shape(&p.shape),
+                        fmt_shape(&x.shape[*axis..])
+                    ));
+                }
+            }
+            Ok(x.clone())
+        }
+        Op::Reduce {
+            kind,
+            axes,
+            keepdims,
+        } => {
+            arity(op, inputs, 1, 1)?;
+            let x = &inputs[0];
+            if x.dtype == DType::Bool && !matches!(kind, ReduceKind::Max | ReduceKind::Min) {
+                return Err(format!("{} does not accept bool", op.name()));
+            }
+            for w in axes.windows(2) {
+                if w[0] >= w[1] {
+                    return Err(format!("reduce axes {axes:?} must be sorted and distinct"));
+                }
+            }
+            for &a in axes {
+                check_axis(a, x.rank())?;
+            }
+            Ok(TensorType::new(
+                x.dtype,
+                reduced_shape(&x.shape, axes, *keepdims),
+            ))
+        }
+        Op::ArgReduce { axis, keepdims, .. } => {
+            arity(op, inputs, 1, 1)?;
+            check_axis(*axis, inputs[0].rank())?;
+            if inputs[0].shape[*axis] == 0 {
+                return Err("argmax/argmin over an empty axis".into());
+            }
+            Ok(TensorType::new(
+                DType::I64,
+                reduced_shape(&inputs[0].shape, &[*axis], *keepdims),
+            ))
+        }
+        Op::Reshape(s) => {
+            arity(op, inputs, 1, 1)?;
+            let x = &inputs[0];
+            if s.iter().product::<usize>() != x.numel() {
+                return Err(format!(
+                    "cannot reshape {} ({} elements) to {}",
+                    fmt_shape(&x.shape),
+                    x.numel(),
+                    fmt_shape(s)
+                ));
+            }
+            Ok(TensorType::new(x.dtype, s.clone()))
+        }
+        Op::Transpose(perm) => {
+            arity(op, inputs, 1, 1)?;
+            let x = &inputs[0];
+            let mut seen = vec![false; x.rank()];
+            if perm.len() != x.rank()
+                || perm
+                    .iter()
+                    .any(|&p| p >= x.rank() || std::mem::replace(&mut seen[p], true))
+            {
+                return Err(format!(
+                    "perm {perm:?} is not a permutation of rank {}",
+                    x.rank()
+                ));
+            }
+            Ok(TensorType::new(
+                x.dtype,
+                perm.iter().map(|&p| x.shape[p]).collect::<Vec<_>>(),
+            ))
+        }
+        Op::Broadcast(s) => {
+            arity(op, inputs, 1, 1)?;
+            let x = &inputs[0];
+            match broadcast_shapes(&x.shape, s) {
+                Some(b) if &b == s => Ok(TensorType::new(x.dtype, s.clone())),
+                _ => Err(format!(
+                    "cannot broadcast {} to {}",
+                    fmt_shape(&x.shape),
+                    fmt_shape(s)
+                )),
+            }
+        }
+        Op::Concat { axis } => {
+            if inputs.is_empty() {
+                return Err("concat needs at least one input".into());
+            }
+            let first = &inputs[0];
+            check_axis(*axis, first.rank())?;
+            let mut out = first.shape.clone();
+            out[*axis] = 0;
+            for t in inputs {
+                same_dtype(first, t)?;
+                let compatible = t.rank() == first.rank()
+                    && (0..t.rank()).all(|d| d == *axis || t.shape[d] == first.shape[d]);
+                if !compatible {
+                    return Err(format!(
+                        "concat on axis {axis}: {} and {} differ off the axis",
+                        fmt_shape(&first.shape),
+                        fmt_shape(&t.shape)
+                    ));
+                }
+                out[*axis] += t.shape[*axis];
+            }
+            Ok(TensorType::new(first.dtype, out))
+        }
+        Op::Slice {
+            starts,
+            steps,
+            lens,
+        } => {
+            arity(op, inputs, 1, 1)?;
+            let x = &inputs[0];
+            if starts.len() != x.rank() || steps.len() != x.rank() || lens.len() != x.rank() {
+                return Err(format!("slice parameters must have rank {}", x.rank()));
+            }
+            for d in 0..x.rank() {
+                if steps[d] == 0 {
+                    return Err("slice step 0".into());
+                }
+                if lens[d] > 0 {
+                    let last = starts[d] as i64 + (lens[d] as i64 - 1) * steps[d];
+                    if starts[d] >= x.shape[d] || last < 0 || last >= x.shape[d] as i64 {
+                        return Err(format!(
+                            "slice out of bounds on dim {d} of {}",
+                            fmt_shape(&x.shape)
+                        ));
+                    }
+                }
+            }
+            Ok(TensorType::new(x.dtype, lens.clone()))
+        }
+        Op::Gather { axis } => {
+            arity(op, inputs, 2, 2)?;
+            let (x, i) = (&inputs[0], &inputs[1]);
+            check_axis(*axis, x.rank())?;
+            if !matches!(i.dtype, DType::I64 | DType::I32) {
+                return Err(format!(
+                    "gather indices must be i64 or i32, got {}",
+                    i.dtype
+                ));
+            }
+            let mut out = x.shape[..*axis].to_vec();
+            out.extend(&i.shape);
+            out.extend(&x.shape[axis + 1..]);
+            Ok(TensorType::new(x.dtype, out))
+        }
+        Op::GatherElements { axis } => {
+            arity(op, inputs, 2, 2)?;
+            let (x, i) = (&inputs[0], &inputs[1]);
+            check_axis(*axis, x.rank())?;
+            if !matches!(i.dtype, DType::I64 | DType::I32) || i.rank() != x.rank() {
+                return Err("gather_elements indices must be i64/i32 of the data's rank".into());
+            }
+            Ok(TensorType::new(x.dtype, i.shape.clone()))
+        }
+        Op::Pad { pads, .. } => {
+            arity(op, inputs, 1, 1)?;
+            let x = &inputs[0];
+            if pads.len() != x.rank() {
+                return Err(format!("pad needs {} (before, after) pairs", x.rank()));
+            }
+            let mut out = Vec::new();
+            for (d, &(b, a)) in pads.iter().enumerate() {
+                let n = x.shape[d] as i64 + b + a;
+                if n < 0 {
+                    return Err(format!("pad crops dim {d} below zero"));
+                }
+                out.push(n as usize);
+            }
+            Ok(TensorType::new(x.dtype, out))
+        }
+        Op::Trilu { .. } => {
+            arity(op, inputs, 1, 1)?;
+            if inputs[0].rank() < 2 {
+                return Err("trilu needs rank >= 2".into());
+            }
+            Ok(inputs[0].clone())
+        }
+        Op::CumSum { axis, .. } => {
+            arity(op, inputs, 1, 1)?;
+            check_axis(*axis, inputs[0].rank())?;
+            if inputs[0].dtype == DType::Bool {
+                return Err("cumsum does not accept bool".into());
+            }
+            Ok(inputs[0].clone())
+        }
+    }
+}
+
+/// Shape after reducing `axes`.
+pub fn reduced_shape(shape: &[usize], axes: &[usize], keepdims: bool) -> Vec<usize> {
+    let mut out = Vec::new();
+    for (d, &n) in shape.iter().enumerate() {
+        if axes.contains(&d) {
+            if keepdims {
+                out.push(1);
+            }
+        } else {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// Output shape of numpy `matmul`.
+pub fn matmul_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
+    if a.is_empty() || b.is_empty() {
+        return Err("matmul operands must have rank >= 1".into());
+    }
+    let a2: Vec<usize> = if a.len() == 1 {
+        vec![1, a[0]]
+    } else {
+        a.to_vec()
+    };
+    let b2: Vec<usize> = if b.len() == 1 {
+        vec![b[0], 1]
+    } else {
+        b.to_vec()
+    };
+    let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
+    let (k2, n) = (b2[b2.len() - 2], b2[b2.len() - 1]);
+    if k != k2 {
+        return Err(format!(
+            "matmul inner dims differ: {} and {}",
+            fmt_shape(a),
+            fmt_shape(b)
+        ));
+    }
+    let batch = broadcast_shapes(&a2[..a2.len() - 2], &b2[..b2.len() - 2]).ok_or_else(|| {
+        format!(
+            "matmul batch dims do not broadcast: {} and {}",
+            fmt_shape(a),
+            fmt_shape(b)
+        )
+    })?;
+    let mut out = batch;
+    if a.len() > 1 {
+        out.push(m);
+    }
+    if b.len() > 1 {
+        out.push(n);
+    }
+    Ok(out)
+}

@@ -1,0 +1,15 @@
+//! The typed tensor graph: dtypes, tensors, ops, shape inference, the graph and its builder.
+
+mod builder;
+mod dtype;
+mod graph;
+mod infer;
+mod op;
+mod tensor;
+
+pub use builder::{normalize_axis, GraphBuilder, Value};
+pub use dtype::{fmt_shape, DType, TensorType};
+pub use graph::{Graph, Node, NodeId};
+pub use infer::{broadcast_shapes, infer, matmul_shape, reduced_shape};
+pub use op::{BinaryOp, Conv2d, Op, PadMode, Pool2d, PoolKind, ReduceKind, UnaryOp, F64};
+pub use tensor::{Data, Tensor};

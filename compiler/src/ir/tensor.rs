@@ -1,0 +1,256 @@
+//! Tensor values: constants in the graph, and the values the interpreter computes.
+
+use super::dtype::{DType, TensorType};
+use half::{bf16, f16};
+use serde::{Deserialize, Serialize};
+use std::hash::{Hash, Hasher};
+
+/// Typed element storage, row-major.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum Data {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+    I32(Vec<i32>),
+    I8(Vec<i8>),
+    U8(Vec<u8>),
+    Bool(Vec<bool>),
+}
+
+/// A dense tensor with a static shape.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    data: Data,
+}
+
+/// Applies `$body` to the vector inside any `Data` variant.
+macro_rules! with_data {
+    ($data:expr, $v:ident => $body:expr) => {
+        match $data {
+            Data::F32($v) => $body,
+            Data::F16($v) => $body,
+            Data::BF16($v) => $body,
+            Data::F64($v) => $body,
+            Data::I64($v) => $body,
+            Data::I32($v) => $body,
+            Data::I8($v) => $body,
+            Data::U8($v) => $body,
+            Data::Bool($v) => $body,
+        }
+    };
+}
+
+impl Data {
+    /// Element type of this storage.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Data::F32(_) => DType::F32,
+            Data::F16(_) => DType::F16,
+            Data::BF16(_) => DType::BF16,
+            Data::F64(_) => DType::F64,
+            Data::I64(_) => DType::I64,
+            Data::I32(_) => DType::I32,
+            Data::I8(_) => DType::I8,
+            Data::U8(_) => DType::U8,
+            Data::Bool(_) => DType::Bool,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        with_data!(self, v => v.len())
+    }
+
+    /// True when there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Tensor {
+    /// Builds a tensor; `None` when the element count does not match the shape.
+    pub fn new(shape: impl Into<Vec<usize>>, data: Data) -> Option<Tensor> {
+        let shape = shape.into();
+        (shape.iter().product::<usize>() == data.len()).then_some(Tensor { shape, data })
+    }
+
+    /// A f32 tensor. Panics if `values.len()` does not match the shape (a programming error).
+    pub fn f32(shape: impl Into<Vec<usize>>, values: Vec<f32>) -> Tensor {
+        Tensor::new(shape, Data::F32(values)).expect("f32 tensor: shape and data length differ")
+    }
+
+    /// A i64 tensor. Panics if `values.len()` does not match the shape (a programming error).
+    pub fn i64(shape: impl Into<Vec<usize>>, values: Vec<i64>) -> Tensor {
+        Tensor::new(shape, Data::I64(values)).expect("i64 tensor: shape and data length differ")
+    }
+
+    /// A scalar of any dtype holding `v` (converted as by [`Tensor::from_f64`]).
+    pub fn scalar(dtype: DType, v: f64) -> Tensor {
+        Tensor::from_f64(dtype, vec![], &[v])
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        self.data.dtype()
+    }
+
+    /// Shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Static type.
+    pub fn ty(&self) -> TensorType {
+        TensorType::new(self.dtype(), self.shape.clone())
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The storage.
+    pub fn data(&self) -> &Data {
+        &self.data
+    }
+
+    /// The same data with another shape of equal element count.
+    pub fn reshaped(mut self, shape: Vec<usize>) -> Option<Tensor> {
+        (shape.iter().product::<usize>() == self.numel()).then(|| {
+            self.shape = shape;
+            self
+        })
+    }
+
+    /// Every element widened to f64 (bool as 0/1; i64 beyond 2^53 rounds).
+    pub fn to_f64(&self) -> Vec<f64> {
+        match &self.data {
+            Data::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            Data::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
+            Data::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
+            Data::F64(v) => v.clone(),
+            Data::I64(v) => v.iter().map(|&x| x as f64).collect(),
+            Data::I32(v) => v.iter().map(|&x| x as f64).collect(),
+            Data::I8(v) => v.iter().map(|&x| x as f64).collect(),
+            Data::U8(v) => v.iter().map(|&x| x as f64).collect(),
+            Data::Bool(v) => v.iter().map(|&x| x as u8 as f64).collect(),
+        }
+    }
+
+    /// Every element as i64 (floats truncate toward zero, saturating; bool as 0/1).
+    pub fn to_i64(&self) -> Vec<i64> {
+        match &self.data {
+            Data::I64(v) => v.clone(),
+            Data::I32(v) => v.iter().map(|&x| x as i64).collect(),
+            Data::I8(v) => v.iter().map(|&x| x as i64).collect(),
+            Data::U8(v) => v.iter().map(|&x| x as i64).collect(),
+            Data::Bool(v) => v.iter().map(|&x| x as i64).collect(),
+            _ => self.to_f64().into_iter().map(|x| x as i64).collect(),
+        }
+    }
+
+    /// A tensor of `dtype` from f64 values: floats round to nearest, integers truncate toward
+    /// zero and saturate, bool is `x != 0`.
+    pub fn from_f64(dtype: DType, shape: impl Into<Vec<usize>>, v: &[f64]) -> Tensor {
+        let data = match dtype {
+            DType::F32 => Data::F32(v.iter().map(|&x| x as f32).collect()),
+            DType::F16 => Data::F16(v.iter().map(|&x| f16::from_f64(x)).collect()),
+            DType::BF16 => Data::BF16(v.iter().map(|&x| bf16::from_f64(x)).collect()),
+            DType::F64 => Data::F64(v.to_vec()),
+            DType::I64 => Data::I64(v.iter().map(|&x| x as i64).collect()),
+            DType::I32 => Data::I32(v.iter().map(|&x| x as i32).collect()),
+            DType::I8 => Data::I8(v.iter().map(|&x| x as i8).collect()),
+            DType::U8 => Data::U8(v.iter().map(|&x| x as u8).collect()),
+            DType::Bool => Data::Bool(v.iter().map(|&x| x != 0.0).collect()),
+        };
+        Tensor {
+            shape: shape.into(),
+            data,
+        }
+    }
+
+    /// A tensor of `dtype` from i64 values: integers wrap (two's complement), floats convert,
+    /// bool is `x != 0`.
+    pub fn from_i64(dtype: DType, shape: impl Into<Vec<usize>>, v: &[i64]) -> Tensor {
+        let data = match dtype {
+            DType::I64 => Data::I64(v.to_vec()),
+            DType::I32 => Data::I32(v.iter().map(|&x| x as i32).collect()),
+            DType::I8 => Data::I8(v.iter().map(|&x| x as i8).collect()),
+            DType::U8 => Data::U8(v.iter().map(|&x| x as u8).collect()),
+            DType::Bool => Data::Bool(v.iter().map(|&x| x != 0).collect()),
+            _ => {
+                let f: Vec<f64> = v.iter().map(|&x| x as f64).collect();
+                return Tensor::from_f64(dtype, shape, &f);
+            }
+        };
+        Tensor {
+            shape: shape.into(),
+            data,
+        }
+    }
+
+    /// Picks elements by flat index (used by the interpreter for layout ops).
+    pub fn gather_flat(&self, shape: Vec<usize>, idx: &[usize]) -> Tensor {
+        let data = match &self.data {
+            Data::F32(v) => Data::F32(idx.iter().map(|&i| v[i]).collect()),
+            Data::F16(v) => Data::F16(idx.iter().map(|&i| v[i]).collect()),
+            Data::BF16(v) => Data::BF16(idx.iter().map(|&i| v[i]).collect()),
+            Data::F64(v) => Data::F64(idx.iter().map(|&i| v[i]).collect()),
+            Data::I64(v) => Data::I64(idx.iter().map(|&i| v[i]).collect()),
+            Data::I32(v) => Data::I32(idx.iter().map(|&i| v[i]).collect()),
+            Data::I8(v) => Data::I8(idx.iter().map(|&i| v[i]).collect()),
+            Data::U8(v) => Data::U8(idx.iter().map(|&i| v[i]).collect()),
+            Data::Bool(v) => Data::Bool(idx.iter().map(|&i| v[i]).collect()),
+        };
+        Tensor { shape, data }
+    }
+
+    /// Element bytes, little-endian, for hashing and equality.
+    fn bytes(&self) -> Vec<u8> {
+        match &self.data {
+            Data::F32(v) => v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
+            Data::F16(v) => v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
+            Data::BF16(v) => v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
+            Data::F64(v) => v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
+            Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::I8(v) => v.iter().map(|&x| x as u8).collect(),
+            Data::U8(v) => v.clone(),
+            Data::Bool(v) => v.iter().map(|&x| x as u8).collect(),
+        }
+    }
+
+    /// A short deterministic rendering: the values when small, else a summary.
+    pub fn summary(&self) -> String {
+        if self.numel() <= 8 {
+            let vals: Vec<String> = match &self.data {
+                Data::Bool(v) => v.iter().map(|b| b.to_string()).collect(),
+                d if d.dtype().is_float() => self.to_f64().iter().map(|x| format!("{x}")).collect(),
+                _ => self.to_i64().iter().map(|x| x.to_string()).collect(),
+            };
+            format!("[{}]", vals.join(","))
+        } else {
+            format!("<{} values>", self.numel())
+        }
+    }
+}
+
+/// Bit-exact equality (NaN equals the same NaN), so constants can be hash-consed.
+impl PartialEq for Tensor {
+    fn eq(&self, other: &Self) -> bool {
+        self.dtype() == other.dtype() && self.shape == other.shape && self.bytes() == other.bytes()
+    }
+}
+impl Eq for Tensor {}
+
+impl Hash for Tensor {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.dtype().hash(state);
+        self.shape.hash(state);
+        self.bytes().hash(state);
+    }
+}

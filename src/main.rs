@@ -1,0 +1,172 @@
+//! The `smelt` command-line tool.
+
+use clap::{Parser, Subcommand};
+use smelt::onnx::{import_file, ImportOptions};
+use smelt::{npy, Device, Error, Session, Tensor};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "smelt",
+    version,
+    about = "Compile and run deep-learning inference graphs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an ONNX model on .npy inputs and write each output to DIR/<name>.npy.
+    Run {
+        /// The ONNX model.
+        model: PathBuf,
+        /// An input as NAME=FILE.npy (repeat for each input).
+        #[arg(long = "input", value_name = "NAME=FILE.npy")]
+        inputs: Vec<String>,
+        /// Directory for the outputs ('/' in output names becomes '_').
+        #[arg(long, value_name = "DIR")]
+        output_dir: PathBuf,
+        /// Where to run: cpu (default), interp (the reference interpreter) or cuda.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Fix an input's shape, e.g. x=1x128 (needed for symbolic dims).
+        #[arg(long = "shape", value_name = "NAME=AxB")]
+        shapes: Vec<String>,
+        /// Run the unfused plan (one kernel per op). The interpreter-backed CPU path runs
+        /// one op at a time either way.
+        #[arg(long)]
+        no_fuse: bool,
+    },
+    /// Import an ONNX model and print its IR in text form.
+    Show {
+        /// The ONNX model.
+        model: PathBuf,
+        /// Fix an input's shape, e.g. x=1x128 (needed for symbolic dims).
+        #[arg(long = "shape", value_name = "NAME=AxB")]
+        shapes: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = e.to_string().replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Run {
+            model,
+            inputs,
+            output_dir,
+            device,
+            shapes,
+            no_fuse: _,
+        } => run_model(&model, &inputs, &output_dir, &device, &shapes),
+        Command::Show { model, shapes } => {
+            let opts = ImportOptions {
+                shapes: parse_shapes(&shapes)?,
+                ..Default::default()
+            };
+            println!("{}", import_file(&model, &opts)?);
+            Ok(())
+        }
+    }
+}
+
+fn parse_shapes(args: &[String]) -> Result<BTreeMap<String, Vec<usize>>, Error> {
+    let mut out = BTreeMap::new();
+    for a in args {
+        let (name, dims) = a
+            .split_once('=')
+            .ok_or_else(|| Error::Usage(format!("--shape '{a}': expected NAME=AxBxC")))?;
+        let shape = if dims.is_empty() {
+            vec![]
+        } else {
+            dims.split(['x', ','])
+                .map(|d| d.trim().parse::<usize>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| {
+                    Error::Usage(format!(
+                        "--shape '{a}': dims must be non-negative integers like 2x32x64"
+                    ))
+                })?
+        };
+        if out.insert(name.to_string(), shape).is_some() {
+            return Err(Error::Usage(format!("--shape names '{name}' twice")));
+        }
+    }
+    Ok(out)
+}
+
+fn run_model(
+    model: &Path,
+    inputs: &[String],
+    output_dir: &Path,
+    device: &str,
+    shapes: &[String],
+) -> Result<(), Error> {
+    let device: Device = device.parse()?;
+    let opts = ImportOptions {
+        shapes: parse_shapes(shapes)?,
+        ..Default::default()
+    };
+    let graph = import_file(model, &opts)?;
+    let names: Vec<String> = graph
+        .inputs
+        .iter()
+        .map(|&i| graph.nodes[i].name.clone())
+        .collect();
+    let mut feeds: HashMap<String, Tensor> = HashMap::new();
+    for a in inputs {
+        let (name, file) = a
+            .split_once('=')
+            .ok_or_else(|| Error::Usage(format!("--input '{a}': expected NAME=FILE.npy")))?;
+        let Some(&id) = graph.inputs.iter().find(|&&i| graph.nodes[i].name == name) else {
+            return Err(Error::Usage(format!(
+                "--input '{name}': the model has no input of that name (inputs: {})",
+                names.join(", ")
+            )));
+        };
+        let t = npy::read(Path::new(file))?;
+        let want = &graph.nodes[id].ty;
+        if t.dtype() != want.dtype || t.shape() != want.shape.as_slice() {
+            return Err(Error::Usage(format!(
+                "--input {name}={file}: expected {want}, got {}",
+                t.ty()
+            )));
+        }
+        if feeds.insert(name.to_string(), t).is_some() {
+            return Err(Error::Usage(format!("--input names '{name}' twice")));
+        }
+    }
+    if let Some(missing) = names.iter().find(|n| !feeds.contains_key(*n)) {
+        let id = graph.inputs[names.iter().position(|n| n == missing).expect("listed")];
+        return Err(Error::Usage(format!(
+            "missing --input {missing}=FILE.npy (expected {})",
+            graph.nodes[id].ty
+        )));
+    }
+    let session = Session::new(graph, device)?;
+    let outputs = session.run(&feeds)?;
+    std::fs::create_dir_all(output_dir).map_err(|e| Error::Npy {
+        path: output_dir.display().to_string(),
+        message: format!("cannot create output directory: {e}"),
+    })?;
+    for (name, t) in &outputs {
+        let path = output_dir.join(format!("{}.npy", name.replace('/', "_")));
+        npy::write(&path, t)?;
+        println!("{} = {} -> {}", name, t.ty(), path.display());
+    }
+    Ok(())
+}

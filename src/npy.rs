@@ -1,0 +1,96 @@
+//! Tensors to and from NumPy `.npy` files.
+
+use crate::Error;
+use half::{bf16, f16};
+use npyz::{Deserialize, NpyFile, Order, TypeChar, WriteOptions, WriterBuilder};
+use smelt_compiler::ir::{DType, Data, Tensor};
+use std::path::Path;
+
+fn npy_err(path: &Path, message: impl std::fmt::Display) -> Error {
+    Error::Npy {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// Reads a C-ordered `.npy` file of a supported dtype.
+pub fn read(path: &Path) -> Result<Tensor, Error> {
+    let bytes = std::fs::read(path).map_err(|e| npy_err(path, e))?;
+    let npy = NpyFile::new(bytes.as_slice())
+        .map_err(|e| npy_err(path, format!("not a valid .npy file ({e})")))?;
+    if npy.order() == Order::Fortran {
+        return Err(npy_err(
+            path,
+            "Fortran-ordered arrays are not supported; save with np.ascontiguousarray",
+        ));
+    }
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    let dtype = match npy.dtype() {
+        npyz::DType::Plain(ts) => match (ts.type_char(), ts.size_field()) {
+            (TypeChar::Float, 4) => DType::F32,
+            (TypeChar::Float, 2) => DType::F16,
+            (TypeChar::Float, 8) => DType::F64,
+            (TypeChar::Int, 8) => DType::I64,
+            (TypeChar::Int, 4) => DType::I32,
+            (TypeChar::Int, 1) => DType::I8,
+            (TypeChar::Uint, 1) => DType::U8,
+            (TypeChar::Bool, 1) => DType::Bool,
+            _ => return Err(npy_err(path, format!("unsupported dtype '{ts}'"))),
+        },
+        other => {
+            return Err(npy_err(
+                path,
+                format!("unsupported dtype {}", other.descr()),
+            ))
+        }
+    };
+    fn vec<T: Deserialize>(npy: NpyFile<&[u8]>, path: &Path) -> Result<Vec<T>, Error> {
+        npy.into_vec::<T>()
+            .map_err(|e| npy_err(path, format!("truncated or corrupt data ({e})")))
+    }
+    let data = match dtype {
+        DType::F32 => Data::F32(vec(npy, path)?),
+        DType::F16 => Data::F16(vec(npy, path)?),
+        DType::F64 => Data::F64(vec(npy, path)?),
+        DType::I64 => Data::I64(vec(npy, path)?),
+        DType::I32 => Data::I32(vec(npy, path)?),
+        DType::I8 => Data::I8(vec(npy, path)?),
+        DType::U8 => Data::U8(vec(npy, path)?),
+        DType::Bool => Data::Bool(vec(npy, path)?),
+        DType::BF16 => unreachable!("bf16 has no .npy dtype"),
+    };
+    Tensor::new(shape, data).ok_or_else(|| npy_err(path, "data length does not match the shape"))
+}
+
+/// Writes a tensor as `.npy` in its own dtype. NumPy has no bf16, so bf16 is written as
+/// f32 (an exact widening).
+pub fn write(path: &Path, t: &Tensor) -> Result<(), Error> {
+    let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
+    let mut file =
+        std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| npy_err(path, e))?);
+    fn put<T: npyz::AutoSerialize + Copy>(
+        file: &mut std::io::BufWriter<std::fs::File>,
+        shape: &[u64],
+        v: impl IntoIterator<Item = T>,
+    ) -> std::io::Result<()> {
+        let mut w = WriteOptions::new()
+            .default_dtype()
+            .shape(shape)
+            .writer(file)
+            .begin_nd()?;
+        w.extend(v)?;
+        w.finish()
+    }
+    let r = match t.data() {
+        Data::F32(v) => put(&mut file, &shape, v.iter().copied()),
+        Data::F16(v) => put::<f16>(&mut file, &shape, v.iter().copied()),
+        Data::BF16(v) => put(&mut file, &shape, v.iter().map(|x: &bf16| x.to_f32())),
+        Data::F64(v) => put(&mut file, &shape, v.iter().copied()),
+        Data::I64(v) => put(&mut file, &shape, v.iter().copied()),
+        Data::I32(v) => put(&mut file, &shape, v.iter().copied()),
+        Data::I8(v) => put(&mut file, &shape, v.iter().copied()),
+        Data::U8(v) => put(&mut file, &shape, v.iter().copied()),
+        Data::Bool(v) => put(&mut file, &shape, v.iter().copied()),
+    };
+    r.map_err(|e| npy_err(path, e))
+}
