@@ -45,6 +45,12 @@ enum Command {
     Show {
         /// The ONNX model.
         model: PathBuf,
+        /// Print the graph after the optimizer (one line per pass goes to stderr).
+        #[arg(long)]
+        optimize: bool,
+        /// Allow rewrites that change results beyond rounding (x*0 -> 0, reassociation).
+        #[arg(long)]
+        fast_math: bool,
         /// Fix an input's shape, e.g. x=1x128 (needed for symbolic dims).
         #[arg(long = "shape", value_name = "NAME=AxB")]
         shapes: Vec<String>,
@@ -73,12 +79,30 @@ fn run(cli: Cli) -> Result<(), Error> {
             shapes,
             no_fuse: _,
         } => run_model(&model, &inputs, &output_dir, &device, &shapes),
-        Command::Show { model, shapes } => {
+        Command::Show {
+            model,
+            shapes,
+            optimize,
+            fast_math,
+        } => {
             let opts = ImportOptions {
                 shapes: parse_shapes(&shapes)?,
                 ..Default::default()
             };
-            println!("{}", import_file(&model, &opts)?);
+            let graph = import_file(&model, &opts)?;
+            if optimize {
+                let opts = smelt::optimize::Options {
+                    fast_math,
+                    ..Default::default()
+                };
+                let (graph, report) = smelt::optimize::optimize(&graph, &opts)?;
+                for line in report.lines() {
+                    eprintln!("{line}");
+                }
+                println!("{graph}");
+            } else {
+                println!("{graph}");
+            }
             Ok(())
         }
     }

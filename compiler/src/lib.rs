@@ -8,5 +8,6 @@ pub mod error;
 pub mod interp;
 pub mod ir;
 pub mod onnx;
+pub mod optimize;
 
 pub use error::{Error, Result};

@@ -24,6 +24,17 @@ impl Hash for F64 {
         self.0.to_bits().hash(h)
     }
 }
+impl PartialOrd for F64 {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+/// A total order consistent with bit equality.
+impl Ord for F64 {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&o.0)
+    }
+}
 impl fmt::Display for F64 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
@@ -32,7 +43,7 @@ impl fmt::Display for F64 {
 
 /// Elementwise functions of one input. The output dtype is the input's, except the
 /// predicates (`IsNaN`, `IsInf`) which give bool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub enum UnaryOp {
     Neg,
@@ -103,7 +114,7 @@ impl UnaryOp {
 }
 
 /// Elementwise functions of two inputs with numpy broadcasting. Comparisons and logic give bool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub enum BinaryOp {
     Add,
@@ -152,7 +163,7 @@ impl BinaryOp {
 }
 
 /// Reduction kinds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub enum ReduceKind {
     Sum,
@@ -163,7 +174,7 @@ pub enum ReduceKind {
 }
 
 /// 2-D convolution attributes (NCHW input, OIHW weight). `pads` = [top, left, bottom, right].
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub struct Conv2d {
     pub strides: [usize; 2],
@@ -173,7 +184,7 @@ pub struct Conv2d {
 }
 
 /// Pooling kinds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub enum PoolKind {
     Max,
@@ -184,7 +195,7 @@ pub enum PoolKind {
 }
 
 /// 2-D pooling attributes (NCHW). `pads` = [top, left, bottom, right].
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub struct Pool2d {
     pub kind: PoolKind,
@@ -196,7 +207,7 @@ pub struct Pool2d {
 }
 
 /// Padding modes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub enum PadMode {
     Constant(F64),
@@ -206,7 +217,7 @@ pub enum PadMode {
 }
 
 /// An IR operator with its attributes. Inputs are listed per variant.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Op {
     /// A graph input (no inputs); the node's name is the input name.
     Input,

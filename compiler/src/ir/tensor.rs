@@ -247,6 +247,18 @@ impl PartialEq for Tensor {
 }
 impl Eq for Tensor {}
 
+impl PartialOrd for Tensor {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+/// A total order consistent with bit equality (dtype, shape, then element bytes).
+impl Ord for Tensor {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.dtype(), &self.shape, self.bytes()).cmp(&(o.dtype(), &o.shape, o.bytes()))
+    }
+}
+
 impl Hash for Tensor {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.dtype().hash(state);

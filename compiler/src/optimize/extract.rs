@@ -1,0 +1,141 @@
+//! Extraction: the cheapest program in the saturated e-graph, rebuilt as an IR graph.
+//!
+//! Cost of a node = bytes it reads + bytes it writes + [`LAUNCH_BYTES`] per kernel launch;
+//! constants and inputs cost nothing (they are already in memory).
+
+use super::analysis::EG;
+use super::lang::{ENode, EOp};
+use crate::ir::{Graph, Node, NodeId, Op};
+use egg::{CostFunction, Extractor, Id};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// One kernel launch, in bytes-equivalent: ~5 µs of launch and synchronization overhead at
+/// ~1 TB/s of effective bandwidth on a current GPU, ~1 µs at ~5 GB/s on one CPU core: both
+/// about 5 KB. Chosen so that removing a launch is worth moving a few KB more.
+pub const LAUNCH_BYTES: f64 = 5_000.0;
+
+/// Bytes moved plus launches.
+pub struct BytesAndLaunches<'a> {
+    /// The e-graph, for class types.
+    pub eg: &'a EG,
+}
+
+impl CostFunction<ENode> for BytesAndLaunches<'_> {
+    type Cost = f64;
+
+    fn cost<C: FnMut(Id) -> f64>(&mut self, enode: &ENode, mut costs: C) -> f64 {
+        let own = match &enode.op {
+            EOp::Const(_) | EOp::Input(_) => 0.0,
+            EOp::Ir(op) => {
+                let reads: usize = enode.args.iter().map(|&a| self.eg[a].data.ty.bytes()).sum();
+                let out = out_bytes(self.eg, op, enode);
+                LAUNCH_BYTES + (reads + out) as f64
+            }
+        };
+        enode.args.iter().fold(own, |acc, &a| acc + costs(a))
+    }
+}
+
+fn out_bytes(eg: &EG, op: &Op, enode: &ENode) -> usize {
+    let tys: Vec<_> = enode.args.iter().map(|&a| eg[a].data.ty.clone()).collect();
+    crate::ir::infer(op, &tys).map(|t| t.bytes()).unwrap_or(0)
+}
+
+/// Rebuilds a graph from the best node of each class reachable from `roots`.
+///
+/// `names` gives a preferred node name per class (from the original graph); other classes get
+/// generated names. Inputs keep their names and order.
+pub fn rebuild(
+    eg: &EG,
+    input_names: &[String],
+    roots: &[(String, Id)],
+    names: &HashMap<Id, String>,
+) -> Graph {
+    let extractor = Extractor::new(eg, BytesAndLaunches { eg });
+    let mut g = Graph::default();
+    let mut memo: HashMap<Id, NodeId> = HashMap::new();
+    let mut used: HashSet<String> = input_names.iter().cloned().collect();
+    // Inputs first, all of them, in order.
+    for (k, name) in input_names.iter().enumerate() {
+        g.nodes.push(Node {
+            name: name.clone(),
+            op: Op::Input,
+            inputs: vec![],
+            ty: eg.analysis.inputs[k].clone(),
+        });
+        g.inputs.push(k);
+    }
+    let mut counters: HashMap<String, usize> = HashMap::new();
+    for (out_name, root) in roots {
+        let id = emit(eg, &extractor, *root, &mut g, &mut memo, names, &mut used, &mut counters);
+        g.outputs.push((out_name.clone(), id));
+    }
+    g
+}
+
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    eg: &EG,
+    ex: &Extractor<BytesAndLaunches, ENode, super::analysis::Facts>,
+    class: Id,
+    g: &mut Graph,
+    memo: &mut HashMap<Id, NodeId>,
+    names: &HashMap<Id, String>,
+    used: &mut HashSet<String>,
+    counters: &mut HashMap<String, usize>,
+) -> NodeId {
+    let class = eg.find(class);
+    if let Some(&n) = memo.get(&class) {
+        return n;
+    }
+    let node = ex.find_best_node(class).clone();
+    let id = match &node.op {
+        EOp::Input(k) => *k as usize,
+        EOp::Const(k) => {
+            let t = eg.analysis.consts[*k as usize].clone();
+            push(g, eg, class, Op::Constant(Arc::clone(&t)), vec![], names, used, counters)
+        }
+        EOp::Ir(op) => {
+            let inputs: Vec<NodeId> = node
+                .args
+                .iter()
+                .map(|&a| emit(eg, ex, a, g, memo, names, used, counters))
+                .collect();
+            push(g, eg, class, op.clone(), inputs, names, used, counters)
+        }
+    };
+    memo.insert(class, id);
+    id
+}
+
+#[allow(clippy::too_many_arguments)]
+fn push(
+    g: &mut Graph,
+    eg: &EG,
+    class: Id,
+    op: Op,
+    inputs: Vec<NodeId>,
+    names: &HashMap<Id, String>,
+    used: &mut HashSet<String>,
+    counters: &mut HashMap<String, usize>,
+) -> NodeId {
+    let preferred = names.get(&class).filter(|n| !used.contains(*n)).cloned();
+    let name = preferred.unwrap_or_else(|| loop {
+        let base = op.name();
+        let k = counters.entry(base.clone()).or_insert(0);
+        let candidate = format!("{base}_{k}");
+        *k += 1;
+        if !used.contains(&candidate) {
+            break candidate;
+        }
+    });
+    used.insert(name.clone());
+    g.nodes.push(Node {
+        name,
+        op,
+        inputs,
+        ty: eg[class].data.ty.clone(),
+    });
+    g.nodes.len() - 1
+}
