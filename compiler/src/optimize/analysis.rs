@@ -75,11 +75,18 @@ impl Analysis<ENode> for Facts {
                 value: None,
             },
             EOp::Ir(op) => {
-                let tys: Vec<TensorType> = enode.args.iter().map(|&a| egraph[a].data.ty.clone()).collect();
+                let tys: Vec<TensorType> = enode
+                    .args
+                    .iter()
+                    .map(|&a| egraph[a].data.ty.clone())
+                    .collect();
                 let ty = infer(op, &tys).expect("rules only add well-typed nodes");
                 let value = if ty.numel() <= FOLD_LIMIT {
-                    let vals: Option<Vec<Arc<Tensor>>> =
-                        enode.args.iter().map(|&a| egraph[a].data.value.clone()).collect();
+                    let vals: Option<Vec<Arc<Tensor>>> = enode
+                        .args
+                        .iter()
+                        .map(|&a| egraph[a].data.value.clone())
+                        .collect();
                     vals.and_then(|vals| {
                         let refs: Vec<&Tensor> = vals.iter().map(|v| v.as_ref()).collect();
                         interp::eval(op, &refs, &ty).ok().map(Arc::new)
@@ -108,7 +115,11 @@ impl Analysis<ENode> for Facts {
         let Some(value) = egraph[id].data.value.clone() else {
             return;
         };
-        if egraph[id].nodes.iter().any(|n| matches!(n.op, EOp::Const(_))) {
+        if egraph[id]
+            .nodes
+            .iter()
+            .any(|n| matches!(n.op, EOp::Const(_)))
+        {
             return;
         }
         let k = egraph.analysis.intern(value);

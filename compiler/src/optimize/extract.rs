@@ -68,7 +68,16 @@ pub fn rebuild(
     }
     let mut counters: HashMap<String, usize> = HashMap::new();
     for (out_name, root) in roots {
-        let id = emit(eg, &extractor, *root, &mut g, &mut memo, names, &mut used, &mut counters);
+        let id = emit(
+            eg,
+            &extractor,
+            *root,
+            &mut g,
+            &mut memo,
+            names,
+            &mut used,
+            &mut counters,
+        );
         g.outputs.push((out_name.clone(), id));
     }
     g
@@ -94,7 +103,16 @@ fn emit(
         EOp::Input(k) => *k as usize,
         EOp::Const(k) => {
             let t = eg.analysis.consts[*k as usize].clone();
-            push(g, eg, class, Op::Constant(Arc::clone(&t)), vec![], names, used, counters)
+            push(
+                g,
+                eg,
+                class,
+                Op::Constant(Arc::clone(&t)),
+                vec![],
+                names,
+                used,
+                counters,
+            )
         }
         EOp::Ir(op) => {
             let inputs: Vec<NodeId> = node

@@ -96,20 +96,37 @@ pub fn optimize(graph: &Graph, opts: &Options) -> Result<(Graph, Report)> {
 
     let t = Instant::now();
     let mut eg = EG::new(Facts::new(
-        graph.inputs.iter().map(|&i| graph.nodes[i].ty.clone()).collect(),
+        graph
+            .inputs
+            .iter()
+            .map(|&i| graph.nodes[i].ty.clone())
+            .collect(),
     ));
     let mut class_of: Vec<Id> = Vec::with_capacity(graph.nodes.len());
     for node in &graph.nodes {
         let enode = match &node.op {
             Op::Input => {
-                let k = graph.inputs.iter().position(|&i| class_of.len() == i).expect("listed input");
-                ENode { op: EOp::Input(k as u32), args: vec![] }
+                let k = graph
+                    .inputs
+                    .iter()
+                    .position(|&i| class_of.len() == i)
+                    .expect("listed input");
+                ENode {
+                    op: EOp::Input(k as u32),
+                    args: vec![],
+                }
             }
             Op::Constant(t) => {
                 let k = eg.analysis.intern(Arc::clone(t));
-                ENode { op: EOp::Const(k), args: vec![] }
+                ENode {
+                    op: EOp::Const(k),
+                    args: vec![],
+                }
             }
-            op => ENode::ir(op.clone(), node.inputs.iter().map(|&i| class_of[i]).collect()),
+            op => ENode::ir(
+                op.clone(),
+                node.inputs.iter().map(|&i| class_of[i]).collect(),
+            ),
         };
         class_of.push(eg.add(enode));
     }
@@ -149,7 +166,11 @@ pub fn optimize(graph: &Graph, opts: &Options) -> Result<(Graph, Report)> {
     for (node, &c) in graph.nodes.iter().zip(&class_of) {
         names.entry(eg.find(c)).or_insert_with(|| node.name.clone());
     }
-    let input_names: Vec<String> = graph.inputs.iter().map(|&i| graph.nodes[i].name.clone()).collect();
+    let input_names: Vec<String> = graph
+        .inputs
+        .iter()
+        .map(|&i| graph.nodes[i].name.clone())
+        .collect();
     let roots: Vec<(String, Id)> = graph
         .outputs
         .iter()

@@ -27,7 +27,9 @@ fn zeros_like(c: &Ctx, class: Id) -> Build {
 
 /// `x * 0 → 0` (wrong for infinite or NaN x).
 pub fn mul_by_zero(c: &Ctx, class: Id, n: &ENode) -> Option<Build> {
-    let Op::Binary(BinaryOp::Mul) = n.ir_op()? else { return None };
+    let Op::Binary(BinaryOp::Mul) = n.ir_op()? else {
+        return None;
+    };
     if !c.ty(class).dtype.is_float() {
         return None;
     }
@@ -36,13 +38,17 @@ pub fn mul_by_zero(c: &Ctx, class: Id, n: &ENode) -> Option<Build> {
 
 /// `x - x → 0` (wrong for infinite or NaN x).
 pub fn sub_self(c: &Ctx, class: Id, n: &ENode) -> Option<Build> {
-    let Op::Binary(BinaryOp::Sub) = n.ir_op()? else { return None };
+    let Op::Binary(BinaryOp::Sub) = n.ir_op()? else {
+        return None;
+    };
     let same = c.canon(n.args[0]) == c.canon(n.args[1]);
     (same && c.ty(class).dtype.is_float()).then(|| zeros_like(c, class))
 }
 
 fn reassociate(c: &Ctx, n: &ENode, op: BinaryOp) -> Option<Build> {
-    let Op::Binary(b) = n.ir_op()? else { return None };
+    let Op::Binary(b) = n.ir_op()? else {
+        return None;
+    };
     if *b != op {
         return None;
     }
@@ -51,7 +57,10 @@ fn reassociate(c: &Ctx, n: &ENode, op: BinaryOp) -> Option<Build> {
     // (a ∘ b) ∘ c → a ∘ (b ∘ c); the builder rejects it if b ∘ c does not broadcast.
     Some(Build::Node(
         Op::Binary(op),
-        vec![Build::Class(a), Build::Node(Op::Binary(op), vec![Build::Class(b2), Build::Class(c3)])],
+        vec![
+            Build::Class(a),
+            Build::Node(Op::Binary(op), vec![Build::Class(b2), Build::Class(c3)]),
+        ],
     ))
 }
 

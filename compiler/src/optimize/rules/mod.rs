@@ -88,7 +88,12 @@ pub fn rule(name: &str, f: RuleFn) -> Rewrite<ENode, Facts> {
 }
 
 impl Searcher<ENode, Facts> for NodeRule {
-    fn search_eclass_with_limit(&self, eg: &EG, eclass: Id, limit: usize) -> Option<SearchMatches<'_, ENode>> {
+    fn search_eclass_with_limit(
+        &self,
+        eg: &EG,
+        eclass: Id,
+        limit: usize,
+    ) -> Option<SearchMatches<'_, ENode>> {
         let ctx = Ctx { eg };
         let hits = eg[eclass]
             .nodes
@@ -109,19 +114,32 @@ impl Searcher<ENode, Facts> for NodeRule {
 }
 
 impl Applier<ENode, Facts> for NodeRule {
-    fn apply_matches(&self, eg: &mut EG, matches: &[SearchMatches<ENode>], _rule: Symbol) -> Vec<Id> {
+    fn apply_matches(
+        &self,
+        eg: &mut EG,
+        matches: &[SearchMatches<ENode>],
+        _rule: Symbol,
+    ) -> Vec<Id> {
         let mut changed = Vec::new();
         for m in matches {
             let id = eg.find(m.eclass);
             let builds: Vec<Build> = {
                 let ctx = Ctx { eg };
-                eg[id].nodes.iter().filter_map(|n| (self.f)(&ctx, id, n)).collect()
+                eg[id]
+                    .nodes
+                    .iter()
+                    .filter_map(|n| (self.f)(&ctx, id, n))
+                    .collect()
             };
             for b in builds {
                 let Some(new) = build(eg, &b) else { continue };
                 let id = eg.find(id);
                 if eg[new].data.ty != eg[id].data.ty {
-                    debug_assert!(false, "rule produced {} for a class of {}", eg[new].data.ty, eg[id].data.ty);
+                    debug_assert!(
+                        false,
+                        "rule produced {} for a class of {}",
+                        eg[new].data.ty, eg[id].data.ty
+                    );
                     continue;
                 }
                 if eg.union(id, new) {
@@ -132,7 +150,14 @@ impl Applier<ENode, Facts> for NodeRule {
         changed
     }
 
-    fn apply_one(&self, _: &mut EG, _: Id, _: &Subst, _: Option<&egg::PatternAst<ENode>>, _: Symbol) -> Vec<Id> {
+    fn apply_one(
+        &self,
+        _: &mut EG,
+        _: Id,
+        _: &Subst,
+        _: Option<&egg::PatternAst<ENode>>,
+        _: Symbol,
+    ) -> Vec<Id> {
         unreachable!("NodeRule applies whole matches")
     }
 }
@@ -149,7 +174,10 @@ fn build(eg: &mut EG, b: &Build) -> Option<Id> {
             }))
         }
         Build::Node(op, kids) => {
-            let ids = kids.iter().map(|k| build(eg, k)).collect::<Option<Vec<Id>>>()?;
+            let ids = kids
+                .iter()
+                .map(|k| build(eg, k))
+                .collect::<Option<Vec<Id>>>()?;
             let tys: Vec<TensorType> = ids.iter().map(|&i| eg[i].data.ty.clone()).collect();
             infer(op, &tys).ok()?;
             Some(eg.add(ENode::ir(op.clone(), ids)))

@@ -114,13 +114,22 @@ pub fn gelu_tanh(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
     let tanh = c.find(inner, |op| op == &Op::Unary(UnaryOp::Tanh))?;
     let scaled = c.find(tanh.args[0], |op| is_binary(op, BinaryOp::Mul))?;
     let k = (2.0 / std::f64::consts::PI).sqrt();
-    let poly = [(scaled.args[0], scaled.args[1]), (scaled.args[1], scaled.args[0])]
-        .into_iter()
-        .find(|&(kk, _)| c.is_near(kk, k, CONST_TOL))?
-        .1;
+    let poly = [
+        (scaled.args[0], scaled.args[1]),
+        (scaled.args[1], scaled.args[0]),
+    ]
+    .into_iter()
+    .find(|&(kk, _)| c.is_near(kk, k, CONST_TOL))?
+    .1;
     let sum = c.find(poly, |op| is_binary(op, BinaryOp::Add))?;
     let (a, b) = (c.canon(sum.args[0]), c.canon(sum.args[1]));
-    let cubic = if a == x { b } else if b == x { a } else { return None };
+    let cubic = if a == x {
+        b
+    } else if b == x {
+        a
+    } else {
+        return None;
+    };
     let m = c.find(cubic, |op| is_binary(op, BinaryOp::Mul))?;
     let ok = [(m.args[0], m.args[1]), (m.args[1], m.args[0])]
         .into_iter()
@@ -131,9 +140,18 @@ pub fn gelu_tanh(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
 /// The trailing axes `axis..rank` of a keepdims mean over x, if `id` is one.
 fn tail_mean(c: &Ctx, id: Id) -> Option<(Id, usize)> {
     let m = c.find(id, |op| {
-        matches!(op, Op::Reduce { kind: ReduceKind::Mean, keepdims: true, .. })
+        matches!(
+            op,
+            Op::Reduce {
+                kind: ReduceKind::Mean,
+                keepdims: true,
+                ..
+            }
+        )
     })?;
-    let Some(Op::Reduce { axes, .. }) = m.ir_op() else { return None };
+    let Some(Op::Reduce { axes, .. }) = m.ir_op() else {
+        return None;
+    };
     let x = m.args[0];
     let rank = c.ty(x).rank();
     let axis = *axes.first()?;
@@ -165,8 +183,7 @@ pub fn layernorm_decomposed(c: &Ctx, class: Id, n: &ENode) -> Option<Build> {
     let squares_d = c
         .find(sq, |op| is_binary(op, BinaryOp::Pow))
         .is_some_and(|p| c.canon(p.args[0]) == d && c.is_const(p.args[1], 2.0))
-        || c
-            .find(sq, |op| is_binary(op, BinaryOp::Mul))
+        || c.find(sq, |op| is_binary(op, BinaryOp::Mul))
             .is_some_and(|m| c.canon(m.args[0]) == d && c.canon(m.args[1]) == d);
     if !squares_d {
         return None;
@@ -186,7 +203,9 @@ pub fn layernorm_decomposed(c: &Ctx, class: Id, n: &ENode) -> Option<Build> {
 /// A layernorm node in class `id` with scale all ones and no bias: (x, axis, eps).
 fn plain_layernorm(c: &Ctx, id: Id, want_bias: bool) -> Option<(Vec<Id>, usize, F64)> {
     let ln = c.find(id, |op| matches!(op, Op::LayerNorm { .. }))?;
-    let Some(Op::LayerNorm { axis, epsilon }) = ln.ir_op() else { return None };
+    let Some(Op::LayerNorm { axis, epsilon }) = ln.ir_op() else {
+        return None;
+    };
     let ok = if want_bias {
         ln.args.len() == 2
     } else {
@@ -220,7 +239,11 @@ pub fn layernorm_bias(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
         if let Some((args, axis, epsilon)) = plain_layernorm(c, l, true) {
             return Some(Build::Node(
                 Op::LayerNorm { axis, epsilon },
-                vec![Build::Class(args[0]), Build::Class(args[1]), Build::Class(b)],
+                vec![
+                    Build::Class(args[0]),
+                    Build::Class(args[1]),
+                    Build::Class(b),
+                ],
             ));
         }
     }
