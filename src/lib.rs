@@ -31,6 +31,8 @@ pub use smelt_compiler::interp;
 pub use smelt_compiler::ir::{self, DType, Graph, GraphBuilder, Tensor, Value};
 pub use smelt_compiler::onnx;
 pub use smelt_compiler::optimize;
+pub use smelt_compiler::schedule;
+pub use smelt_compiler::{compile, Compiled};
 pub use smelt_runtime::{Device, Session};
 
 /// The facade's error type: everything the CLI and the API can report.

@@ -41,6 +41,23 @@ enum Command {
         #[arg(long)]
         no_fuse: bool,
     },
+    /// Compile an ONNX model and write DIR/plan.json (kernels, bytes, flops, arena).
+    Compile {
+        /// The ONNX model.
+        model: PathBuf,
+        /// Directory for the outputs.
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+        /// The unfused baseline: one kernel per op.
+        #[arg(long)]
+        no_fuse: bool,
+        /// Allow rewrites that change results beyond rounding (x*0 -> 0, reassociation).
+        #[arg(long)]
+        fast_math: bool,
+        /// Fix an input's shape, e.g. x=1x128 (needed for symbolic dims).
+        #[arg(long = "shape", value_name = "NAME=AxB")]
+        shapes: Vec<String>,
+    },
     /// Import an ONNX model and print its IR in text form.
     Show {
         /// The ONNX model.
@@ -79,6 +96,43 @@ fn run(cli: Cli) -> Result<(), Error> {
             shapes,
             no_fuse: _,
         } => run_model(&model, &inputs, &output_dir, &device, &shapes),
+        Command::Compile {
+            model,
+            out_dir,
+            no_fuse,
+            fast_math,
+            shapes,
+        } => {
+            let opts = ImportOptions {
+                shapes: parse_shapes(&shapes)?,
+                ..Default::default()
+            };
+            let graph = import_file(&model, &opts)?;
+            let opts = smelt::optimize::Options {
+                fast_math,
+                fuse: !no_fuse,
+                ..Default::default()
+            };
+            let compiled = smelt::compile(&graph, &opts)?;
+            for line in compiled.report.lines() {
+                eprintln!("{line}");
+            }
+            std::fs::create_dir_all(&out_dir)
+                .map_err(|e| Error::Usage(format!("{}: {e}", out_dir.display())))?;
+            let path = out_dir.join("plan.json");
+            std::fs::write(&path, compiled.plan.to_json() + "\n")
+                .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+            let p = &compiled.plan;
+            println!(
+                "{} kernels, {:.3} MB moved, arena {:.3} MB, weights {:.3} MB -> {}",
+                p.launches,
+                p.bytes_moved as f64 / 1e6,
+                p.arena_bytes as f64 / 1e6,
+                p.weight_bytes as f64 / 1e6,
+                path.display()
+            );
+            Ok(())
+        }
         Command::Show {
             model,
             shapes,

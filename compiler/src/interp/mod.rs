@@ -157,6 +157,17 @@ pub fn eval(op: &Op, x: &[&Tensor], out: &TensorType) -> std::result::Result<Ten
             exclusive,
             reverse,
         } => nn::cumsum(x[0], *axis, *exclusive, *reverse),
+        Op::Fused(k) => {
+            let feeds: HashMap<String, Tensor> = k
+                .body
+                .inputs
+                .iter()
+                .zip(x)
+                .map(|(&i, t)| (k.body.nodes[i].name.clone(), (*t).clone()))
+                .collect();
+            let mut outs = run(&k.body, &feeds).map_err(|e| e.to_string())?;
+            outs.pop().ok_or("fused kernel without output")?.1
+        }
     };
     debug_assert_eq!(&t.ty(), out, "interpreter result type for {}", op.name());
     Ok(t)

@@ -84,7 +84,7 @@ impl fmt::Display for DType {
 }
 
 /// A tensor's static type: element type and shape.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TensorType {
     /// Element type.
     pub dtype: DType,

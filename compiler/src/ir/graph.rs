@@ -12,7 +12,7 @@ use std::fmt;
 pub type NodeId = usize;
 
 /// One operation and the tensor it produces.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Node {
     /// Unique name (for inputs: the input name).
     pub name: String,
@@ -25,7 +25,7 @@ pub struct Node {
 }
 
 /// A typed tensor graph with static shapes. Nodes are kept in topological order.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Graph {
     /// All nodes, producers before consumers.
     pub nodes: Vec<Node>,

@@ -408,6 +408,28 @@ pub fn infer(op: &Op, inputs: &[TensorType]) -> Result<TensorType, String> {
             }
             Ok(inputs[0].clone())
         }
+        Op::Fused(k) => {
+            let body = &k.body;
+            if inputs.len() != body.inputs.len() {
+                return Err(format!(
+                    "fused kernel takes {} inputs, got {}",
+                    body.inputs.len(),
+                    inputs.len()
+                ));
+            }
+            for (i, (&b, t)) in body.inputs.iter().zip(inputs).enumerate() {
+                if &body.nodes[b].ty != t {
+                    return Err(format!(
+                        "fused kernel input {i} is {}, got {t}",
+                        body.nodes[b].ty
+                    ));
+                }
+            }
+            match body.outputs.as_slice() {
+                [(_, out)] => Ok(body.nodes[*out].ty.clone()),
+                _ => Err("a fused kernel has exactly one output".into()),
+            }
+        }
         Op::CumSum { axis, .. } => {
             arity(op, inputs, 1, 1)?;
             check_axis(*axis, inputs[0].rank())?;

@@ -11,5 +11,8 @@ pub use builder::{normalize_axis, GraphBuilder, Value};
 pub use dtype::{fmt_shape, DType, TensorType};
 pub use graph::{Graph, Node, NodeId};
 pub use infer::{broadcast_shapes, infer, matmul_shape, reduced_shape};
-pub use op::{BinaryOp, Conv2d, Op, PadMode, Pool2d, PoolKind, ReduceKind, UnaryOp, F64};
+pub use op::{
+    BinaryOp, Conv2d, FusedKernel, KernelKind, Op, PadMode, Pool2d, PoolKind, ReduceKind, UnaryOp,
+    F64,
+};
 pub use tensor::{Data, Tensor};

@@ -216,6 +216,31 @@ pub enum PadMode {
     Wrap,
 }
 
+/// What kind of kernel a fused group is, which decides how it is lowered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelKind {
+    /// Elementwise ops and index maps (broadcast, transpose, reshape, slice): one pass over
+    /// the output.
+    Elementwise,
+    /// Row kernel: reductions, softmax and layernorm over the trailing dims from `axis` of
+    /// the iteration space, with elementwise producers and consumers; one read of each row.
+    Row {
+        /// First reduced dim of the iteration space.
+        axis: usize,
+    },
+}
+
+/// A fused group of ops that runs as one kernel: a small graph whose inputs are the
+/// kernel's inputs (in order) and whose one output is the kernel's output.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FusedKernel {
+    /// How it is lowered.
+    pub kind: KernelKind,
+    /// The computation.
+    pub body: super::graph::Graph,
+}
+
 /// An IR operator with its attributes. Inputs are listed per variant.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Op {
@@ -318,6 +343,8 @@ pub enum Op {
         /// Diagonal offset.
         k: i64,
     },
+    /// `(inputs...)` a fused kernel: its body graph applied to the inputs.
+    Fused(Arc<FusedKernel>),
     /// `(x)` cumulative sum along an axis.
     CumSum {
         /// Axis.
@@ -360,6 +387,10 @@ impl Op {
             Op::Pad { .. } => "pad".into(),
             Op::Trilu { .. } => "trilu".into(),
             Op::CumSum { .. } => "cumsum".into(),
+            Op::Fused(k) => match k.kind {
+                KernelKind::Elementwise => "fused_elementwise".into(),
+                KernelKind::Row { .. } => "fused_row".into(),
+            },
         }
     }
 
@@ -423,6 +454,16 @@ impl Op {
                 exclusive,
                 reverse,
             } => format!("axis={axis}, exclusive={exclusive}, reverse={reverse}"),
+            Op::Fused(k) => {
+                let ops: Vec<String> = k
+                    .body
+                    .nodes
+                    .iter()
+                    .filter(|n| !matches!(n.op, Op::Input))
+                    .map(|n| n.op.name())
+                    .collect();
+                ops.join(" ")
+            }
         }
     }
 }

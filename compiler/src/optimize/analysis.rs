@@ -32,6 +32,8 @@ pub struct Facts {
     pub inputs: Vec<TensorType>,
     /// How many nodes were folded to constants.
     pub folded: usize,
+    /// Users (consumer nodes plus graph outputs) of each class of the input program.
+    pub users: HashMap<Id, usize>,
 }
 
 impl Facts {

@@ -27,6 +27,8 @@ impl CostFunction<ENode> for BytesAndLaunches<'_> {
     fn cost<C: FnMut(Id) -> f64>(&mut self, enode: &ENode, mut costs: C) -> f64 {
         let own = match &enode.op {
             EOp::Const(_) | EOp::Input(_) => 0.0,
+            // A reshape of a contiguous buffer is a view: no kernel, no bytes.
+            EOp::Ir(Op::Reshape(_)) => 0.0,
             EOp::Ir(op) => {
                 let reads: usize = enode.args.iter().map(|&a| self.eg[a].data.ty.bytes()).sum();
                 let out = out_bytes(self.eg, op, enode);

@@ -31,6 +31,8 @@ pub struct Options {
     pub iter_limit: usize,
     /// Stop saturating after this long.
     pub time_limit: Duration,
+    /// Fuse ops into kernels (off: one kernel per op, the unfused baseline).
+    pub fuse: bool,
 }
 
 impl Default for Options {
@@ -40,6 +42,7 @@ impl Default for Options {
             node_limit: 50_000,
             iter_limit: 30,
             time_limit: Duration::from_secs(2),
+            fuse: true,
         }
     }
 }
@@ -90,10 +93,42 @@ impl Report {
 
 /// Optimizes a valid graph. The result computes the same outputs (within rounding; exactly
 /// the same operations unless `fast_math`) and validates.
+///
+/// Two saturations: simplification (folding, identities, layout, recognizers) and then, on
+/// the extracted program, fusion.
 pub fn optimize(graph: &Graph, opts: &Options) -> Result<(Graph, Report)> {
     graph.validate()?;
     let mut report = Report::default();
+    let simplified = saturate(
+        graph,
+        rules::simplification(opts.fast_math),
+        "simplify",
+        opts,
+        &mut report,
+    );
+    simplified.validate()?;
+    if !opts.fuse {
+        return Ok((simplified, report));
+    }
+    let fused = saturate(
+        &simplified,
+        rules::fuse::rules(),
+        rules::fuse::PHASE,
+        opts,
+        &mut report,
+    );
+    fused.validate()?;
+    Ok((fused, report))
+}
 
+/// One equality saturation: graph → e-graph → rules → cheapest graph.
+fn saturate(
+    graph: &Graph,
+    rules: Vec<egg::Rewrite<ENode, Facts>>,
+    phase: &'static str,
+    opts: &Options,
+    report: &mut Report,
+) -> Graph {
     let t = Instant::now();
     let mut eg = EG::new(Facts::new(
         graph
@@ -128,40 +163,33 @@ pub fn optimize(graph: &Graph, opts: &Options) -> Result<(Graph, Report)> {
                 node.inputs.iter().map(|&i| class_of[i]).collect(),
             ),
         };
-        class_of.push(eg.add(enode));
+        let id = eg.add(enode);
+        for &i in &node.inputs {
+            *eg.analysis.users.entry(class_of[i]).or_insert(0) += 1;
+        }
+        class_of.push(id);
+    }
+    for (_, id) in &graph.outputs {
+        *eg.analysis.users.entry(class_of[*id]).or_insert(0) += 1;
     }
     eg.rebuild();
-    report.passes.push(PassStat {
-        name: "egraph",
-        time: t.elapsed(),
-        nodes_in: graph.nodes.len(),
-        nodes_out: eg.total_number_of_nodes(),
-    });
-
-    let t = Instant::now();
-    let before = eg.total_number_of_nodes();
+    let start_nodes = eg.total_number_of_nodes();
     let runner = Runner::default()
         .with_egraph(eg)
         .with_node_limit(opts.node_limit)
         .with_iter_limit(opts.iter_limit)
         .with_time_limit(opts.time_limit)
-        .run(&rules::all(opts.fast_math));
+        .run(&rules);
     for it in &runner.iterations {
         for (rule, n) in &it.applied {
             *report.rules_fired.entry(rule.to_string()).or_insert(0) += n;
         }
     }
-    report.stop_reason = format!("{:?}", runner.stop_reason);
+    if let Some(reason) = &runner.stop_reason {
+        report.stop_reason = format!("{reason:?}");
+    }
     let eg = runner.egraph;
-    report.folded = eg.analysis.folded;
-    report.passes.push(PassStat {
-        name: "saturate",
-        time: t.elapsed(),
-        nodes_in: before,
-        nodes_out: eg.total_number_of_nodes(),
-    });
-
-    let t = Instant::now();
+    report.folded += eg.analysis.folded;
     let mut names: HashMap<Id, String> = HashMap::new();
     for (node, &c) in graph.nodes.iter().zip(&class_of) {
         names.entry(eg.find(c)).or_insert_with(|| node.name.clone());
@@ -178,11 +206,11 @@ pub fn optimize(graph: &Graph, opts: &Options) -> Result<(Graph, Report)> {
         .collect();
     let out = extract::rebuild(&eg, &input_names, &roots, &names);
     report.passes.push(PassStat {
-        name: "extract",
+        name: phase,
         time: t.elapsed(),
-        nodes_in: eg.total_number_of_nodes(),
+        nodes_in: graph.nodes.len(),
         nodes_out: out.nodes.len(),
     });
-    out.validate()?;
-    Ok((out, report))
+    let _ = start_nodes;
+    out
 }

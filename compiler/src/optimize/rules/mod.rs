@@ -4,11 +4,13 @@
 //! - [`simplify`]: exact algebraic identities (`x*1`, `x+0`, `--x`, no-op casts and views);
 //! - [`layout`]: composing transposes, reshapes and broadcasts;
 //! - [`recognize`]: decomposed patterns rewritten to their fused op (GELU, LayerNorm);
+//! - [`fuse`]: operator fusion, growing kernels by absorbing producers;
 //! - [`fast`]: inexact rules (`x*0 → 0`, `x-x → 0`, reassociation), only with `--fast-math`.
 //!
 //! Constant folding is not a rule: it is the e-class analysis ([`super::analysis`]).
 
 pub mod fast;
+pub mod fuse;
 pub mod layout;
 pub mod recognize;
 pub mod simplify;
@@ -65,6 +67,23 @@ impl<'a> Ctx<'a> {
             .nodes
             .iter()
             .find(|n| n.ir_op().is_some_and(&pred))
+    }
+
+    /// All nodes of a class.
+    pub fn nodes(&self, id: Id) -> &'a [ENode] {
+        &self.eg[id].nodes
+    }
+
+    /// How many consumers (and graph outputs) use the class in the program being optimized.
+    pub fn users(&self, id: Id) -> usize {
+        let id = self.eg.find(id);
+        self.eg
+            .analysis
+            .users
+            .iter()
+            .filter(|(k, _)| self.eg.find(**k) == id)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// Canonical id of a class.
@@ -185,8 +204,8 @@ fn build(eg: &mut EG, b: &Build) -> Option<Id> {
     }
 }
 
-/// The rule set: the exact rules, plus the inexact ones when `fast_math` is on.
-pub fn all(fast_math: bool) -> Vec<Rewrite<ENode, Facts>> {
+/// The simplification rule set: the exact rules, plus the inexact ones when `fast_math` is on.
+pub fn simplification(fast_math: bool) -> Vec<Rewrite<ENode, Facts>> {
     let mut rules = Vec::new();
     rules.extend(simplify::rules());
     rules.extend(layout::rules());
@@ -194,5 +213,12 @@ pub fn all(fast_math: bool) -> Vec<Rewrite<ENode, Facts>> {
     if fast_math {
         rules.extend(fast::rules());
     }
+    rules
+}
+
+/// Every rule (for coverage checks): simplification, fast-math and fusion.
+pub fn all() -> Vec<Rewrite<ENode, Facts>> {
+    let mut rules = simplification(true);
+    rules.extend(fuse::rules());
     rules
 }

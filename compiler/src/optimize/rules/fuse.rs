@@ -1,0 +1,276 @@
+//! Fusion as rewrites: a kernel absorbs the kernel (or op) that produces one of its inputs,
+//! when the merged group still lowers to one kernel and the producer has no other user (so
+//! nothing is computed twice). The unfused forms stay in the e-graph; extraction decides.
+//!
+//! A fused kernel is an [`Op::Fused`] e-node whose body is a small graph over the kernel's
+//! inputs. What one kernel can hold ([`classify`]):
+//! - elementwise: elementwise ops and index maps (broadcast, transpose, reshape, slice);
+//! - row: reductions, softmax and layernorm over the same trailing dims of one iteration
+//!   space, with elementwise producers and consumers (softmax with scale and mask, a
+//!   decomposed layernorm, ... each one pass over a row).
+
+use super::{rule, Build, Ctx};
+use crate::ir::{broadcast_shapes, FusedKernel, Graph, KernelKind, Node, NodeId, Op, TensorType};
+use crate::optimize::analysis::Facts;
+use crate::optimize::lang::ENode;
+use egg::{Id, Rewrite};
+use std::sync::Arc;
+
+/// Largest body a fused kernel may grow to (ops), which bounds the e-graph.
+pub const MAX_BODY_OPS: usize = 48;
+
+/// The fusion rules.
+pub fn rules() -> Vec<Rewrite<ENode, Facts>> {
+    vec![rule("fuse-producer", fuse_producer)]
+}
+
+/// Fusion runs as its own saturation after simplification, on the extracted program, so
+/// that user counts describe the program that will run (a value the recognizers made dead
+/// no longer counts as a user).
+pub const PHASE: &str = "fuse";
+
+fn is_elementwise(op: &Op) -> bool {
+    matches!(op, Op::Unary(_) | Op::Binary(_) | Op::Where | Op::Cast(_))
+}
+
+fn is_layout(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Broadcast(_) | Op::Transpose(_) | Op::Reshape(_) | Op::Slice { .. }
+    )
+}
+
+fn is_row_op(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Reduce { .. } | Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::LayerNorm { .. }
+    )
+}
+
+/// Ops that can live in a fused body.
+pub fn fusible(op: &Op) -> bool {
+    is_elementwise(op) || is_layout(op) || is_row_op(op)
+}
+
+/// The body graph and input classes of a fusible node (an op becomes a one-op body).
+fn body_of(c: &Ctx, n: &ENode) -> Option<(Graph, Vec<Id>)> {
+    let op = n.ir_op()?;
+    if let Op::Fused(k) = op {
+        return Some((k.body.clone(), n.args.iter().map(|&a| c.canon(a)).collect()));
+    }
+    if !fusible(op) {
+        return None;
+    }
+    let mut children: Vec<Id> = Vec::new();
+    let mut g = Graph::default();
+    let mut args = Vec::new();
+    for &a in &n.args {
+        let a = c.canon(a);
+        let k = match children.iter().position(|&x| x == a) {
+            Some(k) => k,
+            None => {
+                children.push(a);
+                g.inputs.push(g.nodes.len());
+                g.nodes.push(Node {
+                    name: String::new(),
+                    op: Op::Input,
+                    inputs: vec![],
+                    ty: c.ty(a).clone(),
+                });
+                children.len() - 1
+            }
+        };
+        args.push(g.inputs[k]);
+    }
+    let tys: Vec<TensorType> = args.iter().map(|&i| g.nodes[i].ty.clone()).collect();
+    let ty = crate::ir::infer(op, &tys).ok()?;
+    g.nodes.push(Node {
+        name: String::new(),
+        op: op.clone(),
+        inputs: args,
+        ty,
+    });
+    g.outputs.push((String::new(), g.nodes.len() - 1));
+    Some((canonical(g), children))
+}
+
+/// Names inputs `in0..` and other nodes `t0..` so equal bodies hash equal.
+fn canonical(mut g: Graph) -> Graph {
+    let mut k = 0;
+    for (i, node) in g.nodes.iter_mut().enumerate() {
+        node.name = match g.inputs.iter().position(|&x| x == i) {
+            Some(j) => format!("in{j}"),
+            None => {
+                k += 1;
+                format!("t{}", k - 1)
+            }
+        };
+    }
+    for o in &mut g.outputs {
+        o.0 = "out".into();
+    }
+    g
+}
+
+/// Replaces input `i` of the consumer body with the producer body.
+fn inline(cons: &(Graph, Vec<Id>), i: usize, prod: &(Graph, Vec<Id>)) -> (Graph, Vec<Id>) {
+    let (cg, cc) = cons;
+    let (pg, pc) = prod;
+    let mut children: Vec<Id> = cc
+        .iter()
+        .enumerate()
+        .filter(|&(j, _)| j != i)
+        .map(|(_, &x)| x)
+        .collect();
+    for &x in pc {
+        if !children.contains(&x) {
+            children.push(x);
+        }
+    }
+    let mut g = Graph::default();
+    let mut input_node: Vec<NodeId> = Vec::new();
+    for &x in &children {
+        let ty = match cc.iter().position(|&y| y == x) {
+            Some(j) => cg.nodes[cg.inputs[j]].ty.clone(),
+            None => pg.nodes[pg.inputs[pc.iter().position(|&y| y == x).expect("child")]]
+                .ty
+                .clone(),
+        };
+        input_node.push(g.nodes.len());
+        g.inputs.push(g.nodes.len());
+        g.nodes.push(Node {
+            name: String::new(),
+            op: Op::Input,
+            inputs: vec![],
+            ty,
+        });
+    }
+    let input_of = |x: Id| input_node[children.iter().position(|&y| y == x).expect("child")];
+    // Copy a body, mapping its inputs through `map_input`; returns its node-id map.
+    let copy = |body: &Graph, g: &mut Graph, map_input: &dyn Fn(usize) -> NodeId| -> Vec<NodeId> {
+        let mut map = vec![0; body.nodes.len()];
+        for (id, node) in body.nodes.iter().enumerate() {
+            map[id] = match body.inputs.iter().position(|&x| x == id) {
+                Some(j) => map_input(j),
+                None => {
+                    g.nodes.push(Node {
+                        name: String::new(),
+                        op: node.op.clone(),
+                        inputs: node.inputs.iter().map(|&a| map[a]).collect(),
+                        ty: node.ty.clone(),
+                    });
+                    g.nodes.len() - 1
+                }
+            };
+        }
+        map
+    };
+    let pmap = copy(pg, &mut g, &|j| input_of(pc[j]));
+    let p_out = pmap[pg.outputs[0].1];
+    let cmap = copy(cg, &mut g, &|j| {
+        if j == i {
+            p_out
+        } else {
+            input_of(cc[j])
+        }
+    });
+    g.outputs.push((String::new(), cmap[cg.outputs[0].1]));
+    (canonical(g), children)
+}
+
+/// The kernel kind a body lowers to, or `None` if it is not one kernel.
+pub fn classify(g: &Graph) -> Option<KernelKind> {
+    let ops: Vec<&Node> = g.nodes.iter().filter(|n| n.op != Op::Input).collect();
+    if ops.is_empty() || ops.len() > MAX_BODY_OPS || !ops.iter().all(|n| fusible(&n.op)) {
+        return None;
+    }
+    let out = &g.nodes[g.outputs.first()?.1].ty.shape;
+    let fits = |s: &[usize], into: &[usize]| broadcast_shapes(s, into).is_some_and(|b| b == into);
+    let row_ops: Vec<&&Node> = ops.iter().filter(|n| is_row_op(&n.op)).collect();
+    if row_ops.is_empty() {
+        // Every element of the output is computed by following index maps back to the
+        // inputs; any mix of elementwise ops and views is one kernel.
+        return Some(KernelKind::Elementwise);
+    }
+    // Row kernel: every row op works on the trailing dims `axis..` of one space `space`.
+    let first = row_ops[0];
+    let space = g.nodes[first.inputs[0]].ty.shape.clone();
+    let rank = space.len();
+    let mut axis = None;
+    for n in &row_ops {
+        if g.nodes[n.inputs[0]].ty.shape != space {
+            return None;
+        }
+        let a = match &n.op {
+            Op::Reduce { axes, .. } => {
+                let a = *axes.first()?;
+                (axes.iter().copied().eq(a..rank)).then_some(a)?
+            }
+            Op::Softmax { axis } | Op::LogSoftmax { axis } => {
+                (*axis + 1 == rank).then_some(*axis)?
+            }
+            Op::LayerNorm { axis, .. } => *axis,
+            _ => return None,
+        };
+        if *axis.get_or_insert(a) != a {
+            return None;
+        }
+    }
+    let axis = axis?;
+    let reduced: Vec<usize> = space[..axis].to_vec();
+    let is_input = |id: NodeId| g.inputs.contains(&id);
+    for (id, n) in g.nodes.iter().enumerate() {
+        if n.op == Op::Input {
+            continue;
+        }
+        let s = &n.ty.shape;
+        let row_result = matches!(
+            n.op,
+            Op::Reduce {
+                keepdims: false,
+                ..
+            }
+        ) && s == &reduced;
+        if !(fits(s, &space) || row_result && g.outputs[0].1 == id) {
+            return None;
+        }
+        // Index maps only on the load side: views of kernel inputs.
+        if is_layout(&n.op)
+            && !n
+                .inputs
+                .iter()
+                .all(|&a| is_input(a) || is_layout(&g.nodes[a].op))
+        {
+            return None;
+        }
+    }
+    let out_ok = out == &space || fits(out, &space) || out == &reduced;
+    out_ok.then_some(KernelKind::Row { axis })
+}
+
+/// Absorbs a single-user producer of one of the node's inputs into one kernel.
+pub fn fuse_producer(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
+    let cons = body_of(c, n)?;
+    for (i, &p) in cons.1.iter().enumerate() {
+        if c.users(p) != 1 {
+            continue;
+        }
+        // The largest fusible form of the producer.
+        let best = c
+            .nodes(p)
+            .iter()
+            .filter_map(|pn| body_of(c, pn))
+            .max_by_key(|b| b.0.nodes.len());
+        let Some(prod) = best else { continue };
+        let (body, children) = inline(&cons, i, &prod);
+        let Some(kind) = classify(&body) else {
+            continue;
+        };
+        let op = Op::Fused(Arc::new(FusedKernel { kind, body }));
+        return Some(Build::Node(
+            op,
+            children.into_iter().map(Build::Class).collect(),
+        ));
+    }
+    None
+}
