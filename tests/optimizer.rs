@@ -22,7 +22,7 @@ struct Step {
     seed: u64,
 }
 
-const KINDS: usize = 24;
+const KINDS: usize = 25;
 
 fn steps() -> impl Strategy<Value = (Vec<usize>, Vec<Step>)> {
     (
@@ -145,6 +145,7 @@ fn build(base: &[usize], steps: &[Step], fast_math_safe: bool) -> Graph {
                 let m1 = g.mul(s2, b).unwrap();
                 g.mul(m1, c).unwrap()
             }
+            23 => attention(&mut g, a, s.seed),
             _ => g.sigmoid(a).unwrap(),
         };
         vals.push(v);
@@ -155,6 +156,23 @@ fn build(base: &[usize], steps: &[Step], fast_math_safe: bool) -> Graph {
         g.output("mid", vals[n / 2 + 1]).unwrap();
     }
     g.build().unwrap()
+}
+
+/// softmax(a·aᵀ · scale + mask) · a over the last two dims.
+fn attention(g: &mut GraphBuilder, a: Value, seed: u64) -> Value {
+    let sh = g.ty(a).shape.clone();
+    let r = sh.len();
+    let m = sh[r - 2];
+    let mut perm: Vec<usize> = (0..r).collect();
+    perm.swap(r - 2, r - 1);
+    let at = g.transpose(a, &perm).unwrap();
+    let s = g.matmul(a, at).unwrap();
+    let scale = scalar(g, 0.5);
+    let s = g.mul(s, scale).unwrap();
+    let mask = konst(g, &[m, m], seed);
+    let s = g.add(s, mask).unwrap();
+    let p = g.softmax(s, -1).unwrap();
+    g.matmul(p, a).unwrap()
 }
 
 fn gelu_erf(g: &mut GraphBuilder, x: Value) -> Value {
@@ -263,7 +281,7 @@ fn run_cases(opts: Options, cases: u32) -> BTreeMap<String, usize> {
 #[test]
 fn optimized_graphs_match_the_oracle_and_every_rule_fires() {
     let fired = run_cases(Options::default(), 200);
-    let mut exact = rules::simplification(false);
+    let mut exact = rules::simplification(false, true);
     exact.extend(rules::fuse::rules());
     let never: Vec<String> = exact
         .iter()

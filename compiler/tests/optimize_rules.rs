@@ -231,3 +231,60 @@ fn limits_degrade_but_never_fail() {
         report.stop_reason
     );
 }
+
+rule_test!(fuse_producer, "fuse-producer", [4, 8],
+    pos: |g, x| { let e = g.exp(x).unwrap(); g.relu(e).unwrap() },
+    // A reduction over a leading axis is no row of the consumer's kernel: nothing fuses.
+    neg: |g, x| { let r = g.reduce(ReduceKind::Sum, x, &[0], true).unwrap(); g.exp(r).unwrap() });
+
+rule_test!(fuse_attention, "fuse-attention", [8, 4],
+pos: |g, x| {
+    let t = g.transpose(x, &[1, 0]).unwrap();
+    let s = g.matmul(x, t).unwrap();
+    let p = g.softmax(s, -1).unwrap();
+    g.matmul(p, x).unwrap()
+},
+// Softmax over the first axis is not attention's row.
+neg: |g, x| {
+    let t = g.transpose(x, &[1, 0]).unwrap();
+    let s = g.matmul(x, t).unwrap();
+    let p = g.softmax(s, 0).unwrap();
+    g.matmul(p, x).unwrap()
+});
+
+#[test]
+fn fused_kernels_say_what_they_are() {
+    use smelt_compiler::ir::KernelKind;
+    let kinds = |f: Build| -> Vec<KernelKind> {
+        let (opt, _) = optimize(&graph(&[4, 8], f), &Options::default()).unwrap();
+        opt.nodes
+            .iter()
+            .filter_map(|n| match &n.op {
+                Op::Fused(k) => Some(k.kind),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        kinds(|g, x| {
+            let e = g.exp(x).unwrap();
+            g.tanh(e).unwrap()
+        }),
+        [KernelKind::Elementwise]
+    );
+    assert_eq!(
+        kinds(|g, x| {
+            let e = g.exp(x).unwrap();
+            g.softmax(e, -1).unwrap()
+        }),
+        [KernelKind::Row { axis: 1 }]
+    );
+    assert_eq!(
+        kinds(|g, x| {
+            let w = g.constant(Tensor::f32([8, 8], vec![0.1; 64]));
+            let m = g.matmul(x, w).unwrap();
+            g.relu(m).unwrap()
+        }),
+        [KernelKind::Gemm]
+    );
+}

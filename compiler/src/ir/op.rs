@@ -229,6 +229,14 @@ pub enum KernelKind {
         /// First reduced dim of the iteration space.
         axis: usize,
     },
+    /// One matrix product with index-map prologues on its operands (a transpose folded into
+    /// the operand) and an elementwise epilogue (bias, activation, scale, residual add).
+    Gemm,
+    /// One 2-D convolution with an elementwise epilogue (bias, activation, affine, residual).
+    Conv,
+    /// `matmul → elementwise (scale, mask) → softmax → matmul` with index-map prologues and an
+    /// epilogue: flash-style, the score matrix never reaches memory.
+    Attention,
 }
 
 /// A fused group of ops that runs as one kernel: a small graph whose inputs are the
@@ -390,6 +398,9 @@ impl Op {
             Op::Fused(k) => match k.kind {
                 KernelKind::Elementwise => "fused_elementwise".into(),
                 KernelKind::Row { .. } => "fused_row".into(),
+                KernelKind::Gemm => "fused_gemm".into(),
+                KernelKind::Conv => "fused_conv".into(),
+                KernelKind::Attention => "fused_attention".into(),
             },
         }
     }

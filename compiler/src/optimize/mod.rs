@@ -31,7 +31,9 @@ pub struct Options {
     pub iter_limit: usize,
     /// Stop saturating after this long.
     pub time_limit: Duration,
-    /// Fuse ops into kernels (off: one kernel per op, the unfused baseline).
+    /// Fuse ops into kernels. Off gives the unfused baseline, one kernel per op of the
+    /// source graph: no fusion and no recognizers (which fuse decomposed patterns); exact
+    /// folding, identities, CSE and dead-node removal still apply.
     pub fuse: bool,
 }
 
@@ -101,7 +103,7 @@ pub fn optimize(graph: &Graph, opts: &Options) -> Result<(Graph, Report)> {
     let mut report = Report::default();
     let simplified = saturate(
         graph,
-        rules::simplification(opts.fast_math),
+        rules::simplification(opts.fast_math, opts.fuse),
         "simplify",
         opts,
         &mut report,

@@ -46,7 +46,7 @@ pub struct Kernel {
     pub name: String,
     /// `fused`, `gemm`, `conv` or `attention`.
     pub kind: &'static str,
-    /// For fused kernels: `elementwise` or `row`.
+    /// For `fused` kernels: `elementwise` or `row`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fusion: Option<&'static str>,
     /// The IR node it computes.
@@ -189,11 +189,17 @@ pub fn schedule(g: &Graph) -> Plan {
             node.inputs.iter().map(|&i| &g.nodes[i].ty).collect();
         let (kind, fusion, ops) = match &node.op {
             Op::Fused(k) => (
-                "fused",
-                Some(match k.kind {
-                    KernelKind::Elementwise => "elementwise",
-                    KernelKind::Row { .. } => "row",
-                }),
+                match k.kind {
+                    KernelKind::Elementwise | KernelKind::Row { .. } => "fused",
+                    KernelKind::Gemm => "gemm",
+                    KernelKind::Conv => "conv",
+                    KernelKind::Attention => "attention",
+                },
+                match k.kind {
+                    KernelKind::Elementwise => Some("elementwise"),
+                    KernelKind::Row { .. } => Some("row"),
+                    _ => None,
+                },
                 k.body
                     .nodes
                     .iter()

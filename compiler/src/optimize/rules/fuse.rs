@@ -7,7 +7,10 @@
 //! - elementwise: elementwise ops and index maps (broadcast, transpose, reshape, slice);
 //! - row: reductions, softmax and layernorm over the same trailing dims of one iteration
 //!   space, with elementwise producers and consumers (softmax with scale and mask, a
-//!   decomposed layernorm, ... each one pass over a row).
+//!   decomposed layernorm, ... each one pass over a row);
+//! - gemm / conv: one matmul (operands may be views: a transpose folded into the operand)
+//!   or one convolution, with an elementwise epilogue (bias, activation, residual);
+//! - attention: `matmul → scale/mask → softmax → matmul`, built by [`fuse_attention`].
 
 use super::{rule, Build, Ctx};
 use crate::ir::{broadcast_shapes, FusedKernel, Graph, KernelKind, Node, NodeId, Op, TensorType};
@@ -21,7 +24,10 @@ pub const MAX_BODY_OPS: usize = 48;
 
 /// The fusion rules.
 pub fn rules() -> Vec<Rewrite<ENode, Facts>> {
-    vec![rule("fuse-producer", fuse_producer)]
+    vec![
+        rule("fuse-producer", fuse_producer),
+        rule("fuse-attention", fuse_attention),
+    ]
 }
 
 /// Fusion runs as its own saturation after simplification, on the extracted program, so
@@ -49,7 +55,7 @@ fn is_row_op(op: &Op) -> bool {
 
 /// Ops that can live in a fused body.
 pub fn fusible(op: &Op) -> bool {
-    is_elementwise(op) || is_layout(op) || is_row_op(op)
+    is_elementwise(op) || is_layout(op) || is_row_op(op) || matches!(op, Op::MatMul | Op::Conv(_))
 }
 
 /// The body graph and input classes of a fusible node (an op becomes a one-op body).
@@ -180,24 +186,102 @@ fn inline(cons: &(Graph, Vec<Id>), i: usize, prod: &(Graph, Vec<Id>)) -> (Graph,
 
 /// The kernel kind a body lowers to, or `None` if it is not one kernel.
 pub fn classify(g: &Graph) -> Option<KernelKind> {
-    let ops: Vec<&Node> = g.nodes.iter().filter(|n| n.op != Op::Input).collect();
-    if ops.is_empty() || ops.len() > MAX_BODY_OPS || !ops.iter().all(|n| fusible(&n.op)) {
+    let ops: Vec<NodeId> = (0..g.nodes.len())
+        .filter(|&i| g.nodes[i].op != Op::Input)
+        .collect();
+    if ops.is_empty() || ops.len() > MAX_BODY_OPS || !ops.iter().all(|&i| fusible(&g.nodes[i].op)) {
         return None;
     }
+    let of = |pred: fn(&Op) -> bool| -> Vec<NodeId> {
+        ops.iter()
+            .copied()
+            .filter(|&i| pred(&g.nodes[i].op))
+            .collect()
+    };
+    let mms = of(|op| op == &Op::MatMul);
+    let convs = of(|op| matches!(op, Op::Conv(_)));
+    let rows = of(is_row_op);
+    match (mms.len(), convs.len(), rows.len()) {
+        (0, 0, 0) => Some(KernelKind::Elementwise),
+        (0, 0, _) => row_kind(g, &rows),
+        (1, 0, 0) => operands_are_views(g, mms[0]).then_some(KernelKind::Gemm),
+        (0, 1, 0) => conv_ok(g, convs[0]).then_some(KernelKind::Conv),
+        (2, 0, 1) => attention_ok(g, &mms, rows[0]).then_some(KernelKind::Attention),
+        _ => None,
+    }
+}
+
+/// True when `id` is a kernel input seen through index maps only.
+fn is_view_of_input(g: &Graph, mut id: NodeId) -> bool {
+    loop {
+        if g.inputs.contains(&id) {
+            return true;
+        }
+        if !is_layout(&g.nodes[id].op) {
+            return false;
+        }
+        id = g.nodes[id].inputs[0];
+    }
+}
+
+fn operands_are_views(g: &Graph, mm: NodeId) -> bool {
+    g.nodes[mm].inputs.iter().all(|&a| is_view_of_input(g, a))
+}
+
+/// A convolution reading kernel inputs directly, followed by an elementwise epilogue over
+/// its output.
+fn conv_ok(g: &Graph, conv: NodeId) -> bool {
+    let out = &g.nodes[conv].ty.shape;
+    g.nodes[conv].inputs.iter().all(|a| g.inputs.contains(a))
+        && g.nodes
+            .iter()
+            .all(|n| n.op == Op::Input || !is_layout(&n.op))
+        && g.nodes[g.outputs[0].1].ty.shape == *out
+}
+
+/// `mm1 → elementwise → softmax(last axis) → mm2`, operands views of inputs.
+fn attention_ok(g: &Graph, mms: &[NodeId], softmax: NodeId) -> bool {
+    let (mm1, mm2) = (mms[0], mms[1]);
+    let Op::Softmax { axis } = g.nodes[softmax].op else {
+        return false;
+    };
+    if axis + 1 != g.nodes[softmax].ty.rank() || g.nodes[mm2].inputs[0] != softmax {
+        return false;
+    }
+    // From the softmax back to mm1 through elementwise ops only.
+    let mut cur = g.nodes[softmax].inputs[0];
+    let mut seen_mm1 = false;
+    for _ in 0..MAX_BODY_OPS {
+        if cur == mm1 {
+            seen_mm1 = true;
+            break;
+        }
+        let n = &g.nodes[cur];
+        if !is_elementwise(&n.op) {
+            return false;
+        }
+        // Follow the operand that carries the scores (the one of the score shape).
+        match n
+            .inputs
+            .iter()
+            .find(|&&a| g.nodes[a].ty.shape == n.ty.shape && !g.inputs.contains(&a))
+        {
+            Some(&a) => cur = a,
+            None => return false,
+        }
+    }
+    seen_mm1 && operands_are_views(g, mm1) && is_view_of_input(g, g.nodes[mm2].inputs[1])
+}
+
+/// Row kernel: every row op works on the trailing dims `axis..` of one space.
+fn row_kind(g: &Graph, rows: &[NodeId]) -> Option<KernelKind> {
     let out = &g.nodes[g.outputs.first()?.1].ty.shape;
     let fits = |s: &[usize], into: &[usize]| broadcast_shapes(s, into).is_some_and(|b| b == into);
-    let row_ops: Vec<&&Node> = ops.iter().filter(|n| is_row_op(&n.op)).collect();
-    if row_ops.is_empty() {
-        // Every element of the output is computed by following index maps back to the
-        // inputs; any mix of elementwise ops and views is one kernel.
-        return Some(KernelKind::Elementwise);
-    }
-    // Row kernel: every row op works on the trailing dims `axis..` of one space `space`.
-    let first = row_ops[0];
-    let space = g.nodes[first.inputs[0]].ty.shape.clone();
+    let space = g.nodes[g.nodes[rows[0]].inputs[0]].ty.shape.clone();
     let rank = space.len();
     let mut axis = None;
-    for n in &row_ops {
+    for &r in rows {
+        let n = &g.nodes[r];
         if g.nodes[n.inputs[0]].ty.shape != space {
             return None;
         }
@@ -218,7 +302,6 @@ pub fn classify(g: &Graph) -> Option<KernelKind> {
     }
     let axis = axis?;
     let reduced: Vec<usize> = space[..axis].to_vec();
-    let is_input = |id: NodeId| g.inputs.contains(&id);
     for (id, n) in g.nodes.iter().enumerate() {
         if n.op == Op::Input {
             continue;
@@ -235,12 +318,7 @@ pub fn classify(g: &Graph) -> Option<KernelKind> {
             return None;
         }
         // Index maps only on the load side: views of kernel inputs.
-        if is_layout(&n.op)
-            && !n
-                .inputs
-                .iter()
-                .all(|&a| is_input(a) || is_layout(&g.nodes[a].op))
-        {
+        if is_layout(&n.op) && !is_view_of_input(g, id) {
             return None;
         }
     }
@@ -271,6 +349,47 @@ pub fn fuse_producer(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
             op,
             children.into_iter().map(Build::Class).collect(),
         ));
+    }
+    None
+}
+
+/// `matmul(softmax(… matmul(q, k) …), v)`: the second matmul absorbs the softmax row kernel
+/// and the first matmul in one step, giving an attention kernel.
+pub fn fuse_attention(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
+    if n.ir_op()? != &Op::MatMul {
+        return None;
+    }
+    let mm2 = body_of(c, n)?;
+    let p = mm2.1[0];
+    if c.users(p) != 1 {
+        return None;
+    }
+    for pn in c.nodes(p) {
+        let Some(row) = body_of(c, pn) else { continue };
+        let merged = inline(&mm2, 0, &row);
+        // Find the scores input (produced by a single-user matmul) among the merged inputs.
+        for (i, &s) in merged.1.iter().enumerate() {
+            if c.users(s) != 1 {
+                continue;
+            }
+            let Some(mm1) = c
+                .find(s, |op| op == &Op::MatMul)
+                .and_then(|m| body_of(c, m))
+            else {
+                continue;
+            };
+            let (body, children) = inline(&merged, i, &mm1);
+            if classify(&body) == Some(KernelKind::Attention) {
+                let op = Op::Fused(Arc::new(FusedKernel {
+                    kind: KernelKind::Attention,
+                    body,
+                }));
+                return Some(Build::Node(
+                    op,
+                    children.into_iter().map(Build::Class).collect(),
+                ));
+            }
+        }
     }
     None
 }

@@ -204,12 +204,15 @@ fn build(eg: &mut EG, b: &Build) -> Option<Id> {
     }
 }
 
-/// The simplification rule set: the exact rules, plus the inexact ones when `fast_math` is on.
-pub fn simplification(fast_math: bool) -> Vec<Rewrite<ENode, Facts>> {
+/// The simplification rule set: the exact rules, the recognizers when `recognize` is on,
+/// and the inexact rules when `fast_math` is on.
+pub fn simplification(fast_math: bool, recognize: bool) -> Vec<Rewrite<ENode, Facts>> {
     let mut rules = Vec::new();
     rules.extend(simplify::rules());
     rules.extend(layout::rules());
-    rules.extend(recognize::rules());
+    if recognize {
+        rules.extend(recognize::rules());
+    }
     if fast_math {
         rules.extend(fast::rules());
     }
@@ -218,7 +221,7 @@ pub fn simplification(fast_math: bool) -> Vec<Rewrite<ENode, Facts>> {
 
 /// Every rule (for coverage checks): simplification, fast-math and fusion.
 pub fn all() -> Vec<Rewrite<ENode, Facts>> {
-    let mut rules = simplification(true);
+    let mut rules = simplification(true, true);
     rules.extend(fuse::rules());
     rules
 }
