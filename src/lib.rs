@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod npy;
+pub mod zoo;
 
 pub use smelt_compiler::interp;
 pub use smelt_compiler::ir::{self, DType, Graph, GraphBuilder, Tensor, Value};

@@ -58,6 +58,21 @@ enum Command {
         #[arg(long = "shape", value_name = "NAME=AxB")]
         shapes: Vec<String>,
     },
+    /// Explain a compile: the kernels and their costs, the fusions not taken and why, and
+    /// (with --dot) Graphviz of the graph before and after optimization.
+    Inspect {
+        /// The ONNX model.
+        model: PathBuf,
+        /// Write DIR/before.dot and DIR/after.dot (fused kernels drawn as clusters).
+        #[arg(long, value_name = "DIR")]
+        dot: Option<PathBuf>,
+        /// The unfused baseline: one kernel per op.
+        #[arg(long)]
+        no_fuse: bool,
+        /// Fix an input's shape, e.g. x=1x128 (needed for symbolic dims).
+        #[arg(long = "shape", value_name = "NAME=AxB")]
+        shapes: Vec<String>,
+    },
     /// Import an ONNX model and print its IR in text form.
     Show {
         /// The ONNX model.
@@ -133,6 +148,24 @@ fn run(cli: Cli) -> Result<(), Error> {
             );
             Ok(())
         }
+        Command::Inspect {
+            model,
+            dot,
+            no_fuse,
+            shapes,
+        } => {
+            let opts = ImportOptions {
+                shapes: parse_shapes(&shapes)?,
+                ..Default::default()
+            };
+            let graph = import_file(&model, &opts)?;
+            let opts = smelt::optimize::Options {
+                fuse: !no_fuse,
+                ..Default::default()
+            };
+            let compiled = smelt::compile(&graph, &opts)?;
+            inspect(&graph, &compiled, dot.as_deref())
+        }
         Command::Show {
             model,
             shapes,
@@ -160,6 +193,55 @@ fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
     }
+}
+
+fn inspect(before: &smelt::Graph, c: &smelt::Compiled, dot: Option<&Path>) -> Result<(), Error> {
+    use smelt::optimize::explain;
+    for line in c.report.lines() {
+        println!("pass {line}");
+    }
+    println!();
+    println!(
+        "{:<4} {:<24} {:<10} {:>12} {:>12} {:>14}  ops",
+        "#", "kernel", "kind", "read B", "written B", "flops"
+    );
+    for (i, k) in c.plan.kernels.iter().enumerate() {
+        println!(
+            "{i:<4} {:<24} {:<10} {:>12} {:>12} {:>14}  {}",
+            k.name,
+            k.fusion
+                .map(|f| format!("{}/{f}", k.kind))
+                .unwrap_or(k.kind.to_string()),
+            k.bytes_read,
+            k.bytes_written,
+            k.flops,
+            k.ops.join(" ")
+        );
+    }
+    let p = &c.plan;
+    println!(
+        "total: {} launches, {} bytes moved, arena {} bytes, weights {} bytes",
+        p.launches, p.bytes_moved, p.arena_bytes, p.weight_bytes
+    );
+    let missed = explain::missed_fusions(&c.graph);
+    if !missed.is_empty() {
+        println!();
+        println!("fusions not taken:");
+        for m in &missed {
+            println!("  {} -> {}: {}", m.producer, m.consumer, m.reason);
+        }
+    }
+    if let Some(dir) = dot {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Usage(format!("{}: {e}", dir.display())))?;
+        for (file, g) in [("before.dot", before), ("after.dot", &c.graph)] {
+            let path = dir.join(file);
+            std::fs::write(&path, explain::dot(g, file))
+                .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+            println!("wrote {}", path.display());
+        }
+    }
+    Ok(())
 }
 
 fn parse_shapes(args: &[String]) -> Result<BTreeMap<String, Vec<usize>>, Error> {

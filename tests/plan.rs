@@ -97,7 +97,7 @@ fn ten_op_broadcast_chain_is_one_kernel() {
 fn decomposed_layernorm_is_one_kernel() {
     let mut g = GraphBuilder::new();
     let x = g.input("x", DType::F32, &[32, 128]).unwrap();
-    let y = common::graphs::layernorm_decomposed(&mut g, x, 3);
+    let y = common::graphs::layernorm_decomposed(&mut g, x, 3).unwrap();
     g.output("y", y).unwrap();
     let g = g.build().unwrap();
     let (fused, opt) = plan(&g, true);
@@ -141,7 +141,7 @@ fn reductions_read_their_input_once() {
 
 #[test]
 fn gpt2_block_is_at_most_eight_launches() {
-    let g = common::graphs::gpt2_block(2, 32, 64, 4);
+    let g = common::graphs::gpt2_block(2, 32, 64, 4).unwrap();
     let (fused, opt) = plan(&g, true);
     let (unfused, _) = plan(&g, false);
     let kinds: Vec<String> = fused
@@ -190,4 +190,33 @@ fn multi_user_producers_are_not_duplicated() {
         .sum();
     assert_eq!(exps, 1, "{opt}");
     same_outputs(&g, &opt);
+}
+
+#[test]
+fn missed_fusions_say_why() {
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", DType::F32, &[1024]).unwrap();
+    let e = g.exp(x).unwrap();
+    let a = g.tanh(e).unwrap();
+    let b = g.sigmoid(e).unwrap();
+    g.output("a", a).unwrap();
+    g.output("b", b).unwrap();
+    let big = g.input("big", DType::F32, &[64, 1024]).unwrap();
+    let s = g.reduce(ReduceKind::Sum, big, &[0], true).unwrap();
+    let z = g.mul(a, s).unwrap();
+    g.output("z", z).unwrap();
+    let (_, opt) = plan(&g.build().unwrap(), true);
+    let missed = smelt::optimize::explain::missed_fusions(&opt);
+    let text: Vec<String> = missed
+        .iter()
+        .map(|m| format!("{} -> {}: {}", m.producer, m.consumer, m.reason))
+        .collect();
+    assert!(
+        text.iter().any(|t| t.contains("producer has 2 users")),
+        "{text:#?}\n{opt}"
+    );
+    assert!(
+        text.iter().any(|t| t.contains("do not share one row")),
+        "{text:#?}\n{opt}"
+    );
 }

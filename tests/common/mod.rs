@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use smelt_compiler::ir::{DType, Tensor};
 use std::path::PathBuf;
@@ -56,28 +56,8 @@ pub fn tolerance(d: DType) -> (f64, f64) {
     }
 }
 
-/// A deterministic pseudo-random tensor with values in [-2, 2) (floats) or small integers,
-/// never all zeros.
-pub fn random_tensor(dtype: DType, shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407)
-        | 1;
-    let mut vals = Vec::with_capacity(n);
-    for _ in 0..n {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        let u = (s >> 11) as f64 / (1u64 << 53) as f64;
-        vals.push(if dtype.is_float() {
-            u * 4.0 - 2.0
-        } else {
-            (u * 7.0).floor() - 3.0
-        });
-    }
-    Tensor::from_f64(dtype, shape.to_vec(), &vals)
-}
+/// A deterministic pseudo-random tensor (see [`smelt::zoo::random_tensor`]).
+pub use smelt::zoo::random_tensor;
 
 /// Small helpers to build ONNX models in tests without Python.
 pub mod onnx_model {
@@ -196,117 +176,5 @@ pub mod onnx_model {
     }
 }
 
-/// Graphs used by several tests and benchmarks, built with the Rust API.
-pub mod graphs {
-    use super::random_tensor;
-    use smelt::ir::{DType, Graph, GraphBuilder, ReduceKind, Tensor, Value};
-
-    fn konst(g: &mut GraphBuilder, shape: &[usize], seed: u64, scale: f64) -> Value {
-        let t = random_tensor(DType::F32, shape, seed);
-        let v: Vec<f64> = t.to_f64().iter().map(|x| x * scale).collect();
-        g.constant(Tensor::from_f64(DType::F32, shape.to_vec(), &v))
-    }
-
-    fn s(g: &mut GraphBuilder, v: f64) -> Value {
-        g.scalar(DType::F32, v)
-    }
-
-    /// LayerNorm over the last axis, decomposed as exporters write it.
-    pub fn layernorm_decomposed(g: &mut GraphBuilder, x: Value, seed: u64) -> Value {
-        let d = *g.ty(x).shape.last().unwrap();
-        let m = g.reduce(ReduceKind::Mean, x, &[-1], true).unwrap();
-        let c = g.sub(x, m).unwrap();
-        let two = s(g, 2.0);
-        let sq = g.pow(c, two).unwrap();
-        let v = g.reduce(ReduceKind::Mean, sq, &[-1], true).unwrap();
-        let eps = s(g, 1e-5);
-        let ve = g.add(v, eps).unwrap();
-        let sd = g.sqrt(ve).unwrap();
-        let n = g.div(c, sd).unwrap();
-        let gamma = konst(g, &[d], seed, 0.5);
-        let beta = konst(g, &[d], seed + 1, 0.5);
-        let n = g.mul(n, gamma).unwrap();
-        g.add(n, beta).unwrap()
-    }
-
-    /// tanh-approximated GELU, decomposed.
-    pub fn gelu_tanh(g: &mut GraphBuilder, x: Value) -> Value {
-        let (three, c, k, one, half) = (
-            s(g, 3.0),
-            s(g, 0.044715),
-            s(g, (2.0 / std::f64::consts::PI).sqrt()),
-            s(g, 1.0),
-            s(g, 0.5),
-        );
-        let cube = g.pow(x, three).unwrap();
-        let t = g.mul(cube, c).unwrap();
-        let u = g.add(x, t).unwrap();
-        let u = g.mul(u, k).unwrap();
-        let th = g.tanh(u).unwrap();
-        let p = g.add(th, one).unwrap();
-        let h = g.mul(x, half).unwrap();
-        g.mul(h, p).unwrap()
-    }
-
-    /// A pre-LN GPT-2 block: decomposed LayerNorms, `heads`-head causal self-attention,
-    /// tanh-GELU MLP (4× width), residuals. Input `x: f32[batch, seq, d]`.
-    pub fn gpt2_block(batch: usize, seq: usize, d: usize, heads: usize) -> Graph {
-        let dh = d / heads;
-        let mut g = GraphBuilder::new();
-        let x = g.input("x", DType::F32, &[batch, seq, d]).unwrap();
-        let w = 1.0 / (d as f64).sqrt();
-        // Attention.
-        let h = layernorm_decomposed(&mut g, x, 1);
-        let wqkv = konst(&mut g, &[d, 3 * d], 3, w);
-        let bqkv = konst(&mut g, &[3 * d], 4, 0.1);
-        let qkv = g.matmul(h, wqkv).unwrap();
-        let qkv = g.add(qkv, bqkv).unwrap();
-        let mut parts = Vec::new();
-        for i in 0..3 {
-            let sl = g
-                .op(
-                    smelt::ir::Op::Slice {
-                        starts: vec![0, 0, i * d],
-                        steps: vec![1, 1, 1],
-                        lens: vec![batch, seq, d],
-                    },
-                    &[qkv],
-                )
-                .unwrap();
-            let r = g.reshape(sl, &[batch, seq, heads, dh]).unwrap();
-            let perm: &[usize] = if i == 1 { &[0, 2, 3, 1] } else { &[0, 2, 1, 3] };
-            parts.push(g.transpose(r, perm).unwrap());
-        }
-        let scores = g.matmul(parts[0], parts[1]).unwrap();
-        let scale = s(&mut g, 1.0 / (dh as f64).sqrt());
-        let scores = g.mul(scores, scale).unwrap();
-        let mask: Vec<f32> = (0..seq * seq)
-            .map(|i| if i % seq > i / seq { -1e9 } else { 0.0 })
-            .collect();
-        let mask = g.constant(Tensor::f32([seq, seq], mask));
-        let scores = g.add(scores, mask).unwrap();
-        let p = g.softmax(scores, -1).unwrap();
-        let o = g.matmul(p, parts[2]).unwrap();
-        let o = g.transpose(o, &[0, 2, 1, 3]).unwrap();
-        let o = g.reshape(o, &[batch, seq, d]).unwrap();
-        let wo = konst(&mut g, &[d, d], 5, w);
-        let bo = konst(&mut g, &[d], 6, 0.1);
-        let a = g.matmul(o, wo).unwrap();
-        let a = g.add(a, bo).unwrap();
-        let x1 = g.add(x, a).unwrap();
-        // MLP.
-        let h2 = layernorm_decomposed(&mut g, x1, 7);
-        let w1 = konst(&mut g, &[d, 4 * d], 9, w);
-        let b1 = konst(&mut g, &[4 * d], 10, 0.1);
-        let f = g.matmul(h2, w1).unwrap();
-        let f = g.add(f, b1).unwrap();
-        let f = gelu_tanh(&mut g, f);
-        let w2 = konst(&mut g, &[4 * d, d], 11, 0.5 / (d as f64).sqrt());
-        let b2 = konst(&mut g, &[d], 12, 0.1);
-        let f = g.matmul(f, w2).unwrap();
-        let f = g.add(f, b2).unwrap();
-        let y = g.add(x1, f).unwrap();
-        g.output("y", y).unwrap();
-        g.build().unwrap()
-    }
-}
+/// Graphs used by several tests and benchmarks (they live in the library for the benches).
+pub use smelt::zoo as graphs;

@@ -7,6 +7,7 @@
 //! result, never fails the compile.
 
 pub mod analysis;
+pub mod explain;
 pub mod extract;
 pub mod lang;
 pub mod rules;

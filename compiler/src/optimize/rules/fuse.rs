@@ -60,40 +60,49 @@ pub fn fusible(op: &Op) -> bool {
 
 /// The body graph and input classes of a fusible node (an op becomes a one-op body).
 fn body_of(c: &Ctx, n: &ENode) -> Option<(Graph, Vec<Id>)> {
-    let op = n.ir_op()?;
+    let args: Vec<(Id, TensorType)> = n
+        .args
+        .iter()
+        .map(|&a| (c.canon(a), c.ty(a).clone()))
+        .collect();
+    op_body(n.ir_op()?, &args)
+}
+
+/// The body of `op` applied to the given (id, type) arguments: a fused kernel's own body, or
+/// a one-op body for a fusible op. Repeated arguments become one kernel input.
+pub fn op_body(op: &Op, args: &[(Id, TensorType)]) -> Option<(Graph, Vec<Id>)> {
     if let Op::Fused(k) = op {
-        return Some((k.body.clone(), n.args.iter().map(|&a| c.canon(a)).collect()));
+        return Some((k.body.clone(), args.iter().map(|a| a.0).collect()));
     }
     if !fusible(op) {
         return None;
     }
     let mut children: Vec<Id> = Vec::new();
     let mut g = Graph::default();
-    let mut args = Vec::new();
-    for &a in &n.args {
-        let a = c.canon(a);
-        let k = match children.iter().position(|&x| x == a) {
+    let mut ins = Vec::new();
+    for (a, ty) in args {
+        let k = match children.iter().position(|x| x == a) {
             Some(k) => k,
             None => {
-                children.push(a);
+                children.push(*a);
                 g.inputs.push(g.nodes.len());
                 g.nodes.push(Node {
                     name: String::new(),
                     op: Op::Input,
                     inputs: vec![],
-                    ty: c.ty(a).clone(),
+                    ty: ty.clone(),
                 });
                 children.len() - 1
             }
         };
-        args.push(g.inputs[k]);
+        ins.push(g.inputs[k]);
     }
-    let tys: Vec<TensorType> = args.iter().map(|&i| g.nodes[i].ty.clone()).collect();
+    let tys: Vec<TensorType> = ins.iter().map(|&i| g.nodes[i].ty.clone()).collect();
     let ty = crate::ir::infer(op, &tys).ok()?;
     g.nodes.push(Node {
         name: String::new(),
         op: op.clone(),
-        inputs: args,
+        inputs: ins,
         ty,
     });
     g.outputs.push((String::new(), g.nodes.len() - 1));
@@ -119,7 +128,7 @@ fn canonical(mut g: Graph) -> Graph {
 }
 
 /// Replaces input `i` of the consumer body with the producer body.
-fn inline(cons: &(Graph, Vec<Id>), i: usize, prod: &(Graph, Vec<Id>)) -> (Graph, Vec<Id>) {
+pub fn inline(cons: &(Graph, Vec<Id>), i: usize, prod: &(Graph, Vec<Id>)) -> (Graph, Vec<Id>) {
     let (cg, cc) = cons;
     let (pg, pc) = prod;
     let mut children: Vec<Id> = cc

@@ -1,0 +1,214 @@
+//! Why fusions were not taken, and Graphviz views of a graph before and after optimization.
+
+use super::rules::fuse::{classify, inline, op_body, MAX_BODY_OPS};
+use crate::ir::{Graph, NodeId, Op, TensorType};
+use egg::Id;
+use std::fmt::Write;
+
+/// A producer → consumer edge of the optimized graph that stayed two kernels, and why.
+#[derive(Clone, Debug)]
+pub struct MissedFusion {
+    /// Producing node.
+    pub producer: String,
+    /// Consuming node.
+    pub consumer: String,
+    /// The reason, with numbers where a cost decided it.
+    pub reason: String,
+}
+
+fn is_kernel(op: &Op) -> bool {
+    !matches!(op, Op::Input | Op::Constant(_) | Op::Reshape(_))
+}
+
+fn body(g: &Graph, id: NodeId) -> Option<(Graph, Vec<Id>)> {
+    let n = &g.nodes[id];
+    let args: Vec<(Id, TensorType)> = n
+        .inputs
+        .iter()
+        .map(|&i| (Id::from(i), g.nodes[i].ty.clone()))
+        .collect();
+    op_body(&n.op, &args)
+}
+
+fn mb(bytes: f64) -> String {
+    format!("{:.2} MB", bytes / 1e6)
+}
+
+/// Every kernel-to-kernel edge of an optimized graph, with the reason it was not fused.
+pub fn missed_fusions(g: &Graph) -> Vec<MissedFusion> {
+    let mut users = vec![0usize; g.nodes.len()];
+    for n in &g.nodes {
+        for &i in &n.inputs {
+            users[i] += 1;
+        }
+    }
+    for (_, id) in &g.outputs {
+        users[*id] += 1;
+    }
+    let mut out = Vec::new();
+    for (c, cn) in g.nodes.iter().enumerate() {
+        if !is_kernel(&cn.op) {
+            continue;
+        }
+        let mut seen = Vec::new();
+        for (slot, &p) in cn.inputs.iter().enumerate() {
+            let pn = &g.nodes[p];
+            if !is_kernel(&pn.op) || seen.contains(&p) {
+                continue;
+            }
+            seen.push(p);
+            let reason = match (body(g, p), body(g, c)) {
+                (None, _) => format!(
+                    "{} is not fusible (it runs as its own kernel)",
+                    pn.op.name()
+                ),
+                (_, None) => format!(
+                    "{} is not fusible (it runs as its own kernel)",
+                    cn.op.name()
+                ),
+                (Some(_), Some(_)) if users[p] > 1 => {
+                    let u = users[p] as f64;
+                    let ins: f64 = pn
+                        .inputs
+                        .iter()
+                        .map(|&i| g.nodes[i].ty.bytes() as f64)
+                        .sum();
+                    let out_b = pn.ty.bytes() as f64;
+                    // Apart: read inputs once, write the result, each user reads it.
+                    // Fused into every user: each user reads the producer's inputs.
+                    let extra = u * ins - (ins + out_b + u * out_b);
+                    if extra > 0.0 {
+                        format!(
+                            "producer has {} users: recomputing it in each costs {} more than it saves",
+                            users[p],
+                            mb(extra)
+                        )
+                    } else {
+                        format!(
+                            "producer has {} users: smelt does not duplicate work across kernels (recomputing would save {})",
+                            users[p],
+                            mb(-extra)
+                        )
+                    }
+                }
+                (Some(pb), Some(cb)) => {
+                    let i = cb.1.iter().position(|&x| x == Id::from(p)).unwrap_or(slot);
+                    let (merged, _) = inline(&cb, i, &pb);
+                    reject_reason(&merged)
+                }
+            };
+            out.push(MissedFusion {
+                producer: pn.name.clone(),
+                consumer: cn.name.clone(),
+                reason,
+            });
+        }
+    }
+    out
+}
+
+/// Why a merged body is not one kernel.
+fn reject_reason(body: &Graph) -> String {
+    if classify(body).is_some() {
+        return "fusible, but the cost model kept them apart".into();
+    }
+    let ops: Vec<&Op> = body
+        .nodes
+        .iter()
+        .map(|n| &n.op)
+        .filter(|op| **op != Op::Input)
+        .collect();
+    if ops.len() > MAX_BODY_OPS {
+        return format!(
+            "the merged kernel would have {} ops (limit {MAX_BODY_OPS})",
+            ops.len()
+        );
+    }
+    let count = |f: fn(&Op) -> bool| ops.iter().filter(|op| f(op)).count();
+    let mms = count(|op| *op == Op::MatMul);
+    let convs = count(|op| matches!(op, Op::Conv(_)));
+    let rows = count(|op| {
+        matches!(
+            op,
+            Op::Reduce { .. } | Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::LayerNorm { .. }
+        )
+    });
+    if mms + convs > 1 && !(mms == 2 && rows == 1) {
+        return format!(
+            "one kernel holds one matrix product or convolution; this would hold {}",
+            mms + convs
+        );
+    }
+    if (mms + convs) == 1 && rows > 0 {
+        return "a reduction cannot be a matmul or conv prologue or epilogue (only attention's softmax can)".into();
+    }
+    if mms + convs == 1 {
+        return "the matmul/conv operand would be computed, not a view of an input (prologues are index maps only)".into();
+    }
+    "the reductions do not share one row (same space, same trailing axes), or an index map would apply to a computed row value".into()
+}
+
+/// Graphviz text of a graph; fused kernels are drawn as clusters of their body ops.
+pub fn dot(g: &Graph, title: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "digraph \"{title}\" {{\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\", fontsize=10];");
+    let esc = |t: &str| t.replace('"', "\\\"");
+    for (id, n) in g.nodes.iter().enumerate() {
+        match &n.op {
+            Op::Fused(k) => {
+                let _ = writeln!(s, "  subgraph cluster_{id} {{\n    label=\"{} ({:?})\"; style=rounded; color=blue;", esc(&n.name), k.kind);
+                for (bi, bn) in k.body.nodes.iter().enumerate() {
+                    if bn.op != Op::Input {
+                        let _ = writeln!(
+                            s,
+                            "    n{id}_{bi} [label=\"{}\\n{}\"];",
+                            bn.op.name(),
+                            bn.ty
+                        );
+                    }
+                }
+                for (bi, bn) in k.body.nodes.iter().enumerate() {
+                    for &a in &bn.inputs {
+                        if k.body.nodes[a].op != Op::Input {
+                            let _ = writeln!(s, "    n{id}_{a} -> n{id}_{bi};");
+                        }
+                    }
+                }
+                let _ = writeln!(s, "  }}");
+                let out = k.body.outputs[0].1;
+                let _ = writeln!(
+                    s,
+                    "  n{id} [label=\"{}\", shape=point];\n  n{id}_{out} -> n{id};",
+                    esc(&n.name)
+                );
+                for (j, &a) in n.inputs.iter().enumerate() {
+                    let bi = k.body.inputs[j];
+                    for (ci, cn) in k.body.nodes.iter().enumerate() {
+                        if cn.inputs.contains(&bi) {
+                            let _ = writeln!(s, "  n{a} -> n{id}_{ci};");
+                        }
+                    }
+                }
+            }
+            op => {
+                let shape = match op {
+                    Op::Input => ", shape=ellipse",
+                    Op::Constant(_) => ", shape=note, color=gray",
+                    _ => "",
+                };
+                let _ = writeln!(
+                    s,
+                    "  n{id} [label=\"{}\\n{}\\n{}\"{shape}];",
+                    esc(&n.name),
+                    op.name(),
+                    n.ty
+                );
+                for &a in &n.inputs {
+                    let _ = writeln!(s, "  n{a} -> n{id};");
+                }
+            }
+        }
+    }
+    let _ = writeln!(s, "}}");
+    s
+}

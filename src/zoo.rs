@@ -1,0 +1,140 @@
+//! Graphs that tests and benchmarks share, built with the Rust API, and a deterministic
+//! random-tensor helper (inputs are never all zero).
+
+use crate::ir::{DType, Graph, GraphBuilder, ReduceKind, Tensor, Value};
+use smelt_compiler::Result;
+
+fn konst(g: &mut GraphBuilder, shape: &[usize], seed: u64, scale: f64) -> Value {
+    let t = random_tensor(DType::F32, shape, seed);
+    let v: Vec<f64> = t.to_f64().iter().map(|x| x * scale).collect();
+    g.constant(Tensor::from_f64(DType::F32, shape.to_vec(), &v))
+}
+
+fn s(g: &mut GraphBuilder, v: f64) -> Value {
+    g.scalar(DType::F32, v)
+}
+
+/// LayerNorm over the last axis, decomposed as exporters write it.
+pub fn layernorm_decomposed(g: &mut GraphBuilder, x: Value, seed: u64) -> Result<Value> {
+    let d = g.ty(x).shape.last().copied().unwrap_or(1);
+    let m = g.reduce(ReduceKind::Mean, x, &[-1], true)?;
+    let c = g.sub(x, m)?;
+    let two = s(g, 2.0);
+    let sq = g.pow(c, two)?;
+    let v = g.reduce(ReduceKind::Mean, sq, &[-1], true)?;
+    let eps = s(g, 1e-5);
+    let ve = g.add(v, eps)?;
+    let sd = g.sqrt(ve)?;
+    let n = g.div(c, sd)?;
+    let gamma = konst(g, &[d], seed, 0.5);
+    let beta = konst(g, &[d], seed + 1, 0.5);
+    let n = g.mul(n, gamma)?;
+    g.add(n, beta)
+}
+
+/// tanh-approximated GELU, decomposed.
+pub fn gelu_tanh(g: &mut GraphBuilder, x: Value) -> Result<Value> {
+    let (three, c, k, one, half) = (
+        s(g, 3.0),
+        s(g, 0.044715),
+        s(g, (2.0 / std::f64::consts::PI).sqrt()),
+        s(g, 1.0),
+        s(g, 0.5),
+    );
+    let cube = g.pow(x, three)?;
+    let t = g.mul(cube, c)?;
+    let u = g.add(x, t)?;
+    let u = g.mul(u, k)?;
+    let th = g.tanh(u)?;
+    let p = g.add(th, one)?;
+    let h = g.mul(x, half)?;
+    g.mul(h, p)
+}
+
+/// A pre-LN GPT-2 block: decomposed LayerNorms, `heads`-head causal self-attention,
+/// tanh-GELU MLP (4× width), residuals. Input `x: f32[batch, seq, d]`.
+pub fn gpt2_block(batch: usize, seq: usize, d: usize, heads: usize) -> Result<Graph> {
+    if heads == 0 || d % heads != 0 {
+        return Err(smelt_compiler::Error::Invalid(vec![format!(
+            "gpt2_block: width {d} is not a multiple of {heads} heads"
+        )]));
+    }
+    let dh = d / heads;
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", DType::F32, &[batch, seq, d])?;
+    let w = 1.0 / (d as f64).sqrt();
+    // Attention.
+    let h = layernorm_decomposed(&mut g, x, 1)?;
+    let wqkv = konst(&mut g, &[d, 3 * d], 3, w);
+    let bqkv = konst(&mut g, &[3 * d], 4, 0.1);
+    let qkv = g.matmul(h, wqkv)?;
+    let qkv = g.add(qkv, bqkv)?;
+    let mut parts = Vec::new();
+    for i in 0..3 {
+        let sl = g.op(
+            crate::ir::Op::Slice {
+                starts: vec![0, 0, i * d],
+                steps: vec![1, 1, 1],
+                lens: vec![batch, seq, d],
+            },
+            &[qkv],
+        )?;
+        let r = g.reshape(sl, &[batch, seq, heads, dh])?;
+        let perm: &[usize] = if i == 1 { &[0, 2, 3, 1] } else { &[0, 2, 1, 3] };
+        parts.push(g.transpose(r, perm)?);
+    }
+    let scores = g.matmul(parts[0], parts[1])?;
+    let scale = s(&mut g, 1.0 / (dh as f64).sqrt());
+    let scores = g.mul(scores, scale)?;
+    let mask: Vec<f32> = (0..seq * seq)
+        .map(|i| if i % seq > i / seq { -1e9 } else { 0.0 })
+        .collect();
+    let mask = g.constant(Tensor::f32([seq, seq], mask));
+    let scores = g.add(scores, mask)?;
+    let p = g.softmax(scores, -1)?;
+    let o = g.matmul(p, parts[2])?;
+    let o = g.transpose(o, &[0, 2, 1, 3])?;
+    let o = g.reshape(o, &[batch, seq, d])?;
+    let wo = konst(&mut g, &[d, d], 5, w);
+    let bo = konst(&mut g, &[d], 6, 0.1);
+    let a = g.matmul(o, wo)?;
+    let a = g.add(a, bo)?;
+    let x1 = g.add(x, a)?;
+    // MLP.
+    let h2 = layernorm_decomposed(&mut g, x1, 7)?;
+    let w1 = konst(&mut g, &[d, 4 * d], 9, w);
+    let b1 = konst(&mut g, &[4 * d], 10, 0.1);
+    let f = g.matmul(h2, w1)?;
+    let f = g.add(f, b1)?;
+    let f = gelu_tanh(&mut g, f)?;
+    let w2 = konst(&mut g, &[4 * d, d], 11, 0.5 / (d as f64).sqrt());
+    let b2 = konst(&mut g, &[d], 12, 0.1);
+    let f = g.matmul(f, w2)?;
+    let f = g.add(f, b2)?;
+    let y = g.add(x1, f)?;
+    g.output("y", y)?;
+    g.build()
+}
+
+/// A deterministic pseudo-random tensor with values in [-2, 2) (floats) or small integers,
+/// never all zeros.
+pub fn random_tensor(dtype: DType, shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
+    let mut vals = Vec::with_capacity(n);
+    for _ in 0..n {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        let u = (s >> 11) as f64 / (1u64 << 53) as f64;
+        vals.push(if dtype.is_float() {
+            u * 4.0 - 2.0
+        } else {
+            (u * 7.0).floor() - 3.0
+        });
+    }
+    Tensor::from_f64(dtype, shape.to_vec(), &vals)
+}

@@ -1,0 +1,109 @@
+//! `smelt compile` and `smelt inspect` as a user runs them.
+
+mod common;
+
+use std::process::Command;
+
+fn smelt(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn compile_writes_plan_json_fused_and_unfused() {
+    let model = common::root().join("tests/models/attention_masked/model.onnx");
+    let dir = std::env::temp_dir().join(format!("smelt-compile-{}", std::process::id()));
+    let mut launches = Vec::new();
+    for extra in [None, Some("--no-fuse")] {
+        let out = dir.join(if extra.is_some() { "unfused" } else { "fused" });
+        let mut args = vec![
+            "compile",
+            model.to_str().unwrap(),
+            "--out-dir",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let (ok, stdout, stderr) = smelt(&args);
+        assert!(ok, "{stderr}");
+        // One line per pass on stderr, with its time and node counts.
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with("simplify") && l.contains("ms") && l.contains("nodes")),
+            "{stderr}"
+        );
+        assert!(stdout.contains("kernels"), "{stdout}");
+        let plan: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("plan.json")).unwrap()).unwrap();
+        for key in [
+            "launches",
+            "bytes_moved",
+            "arena_bytes",
+            "kernels",
+            "buffers",
+        ] {
+            assert!(plan.get(key).is_some(), "plan.json lacks {key}");
+        }
+        for k in plan["kernels"].as_array().unwrap() {
+            for key in [
+                "name",
+                "kind",
+                "ops",
+                "inputs",
+                "outputs",
+                "bytes_read",
+                "bytes_written",
+                "flops",
+            ] {
+                assert!(k.get(key).is_some(), "kernel lacks {key}: {k}");
+            }
+            let kind = k["kind"].as_str().unwrap();
+            assert!(
+                ["fused", "gemm", "conv", "attention"].contains(&kind),
+                "{kind}"
+            );
+        }
+        launches.push(plan["launches"].as_u64().unwrap());
+    }
+    assert_eq!(launches[0], 5, "fused attention model");
+    assert!(launches[1] > 3 * launches[0], "unfused: {}", launches[1]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn inspect_explains_and_draws() {
+    let model = common::root().join("tests/models/conv_relu_stack/model.onnx");
+    let dir = std::env::temp_dir().join(format!("smelt-inspect-{}", std::process::id()));
+    let (ok, stdout, stderr) = smelt(&[
+        "inspect",
+        model.to_str().unwrap(),
+        "--dot",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("k0_fused_conv") && stdout.contains("conv relu"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("fusions not taken:"), "{stdout}");
+    assert!(stdout.contains("maxpool is not fusible"), "{stdout}");
+    assert!(
+        stdout.contains("one kernel holds one matrix product or convolution"),
+        "{stdout}"
+    );
+    let after = std::fs::read_to_string(dir.join("after.dot")).unwrap();
+    assert!(
+        after.starts_with("digraph") && after.contains("subgraph cluster_"),
+        "{after}"
+    );
+    let before = std::fs::read_to_string(dir.join("before.dot")).unwrap();
+    assert!(!before.contains("cluster"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
