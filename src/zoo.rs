@@ -54,7 +54,7 @@ pub fn gelu_tanh(g: &mut GraphBuilder, x: Value) -> Result<Value> {
 /// A pre-LN GPT-2 block: decomposed LayerNorms, `heads`-head causal self-attention,
 /// tanh-GELU MLP (4× width), residuals. Input `x: f32[batch, seq, d]`.
 pub fn gpt2_block(batch: usize, seq: usize, d: usize, heads: usize) -> Result<Graph> {
-    if heads == 0 || d % heads != 0 {
+    if heads == 0 || !d.is_multiple_of(heads) {
         return Err(smelt_compiler::Error::Invalid(vec![format!(
             "gpt2_block: width {d} is not a multiple of {heads} heads"
         )]));
