@@ -172,8 +172,9 @@ fn gpt2_block_is_at_most_eight_launches() {
 }
 
 #[test]
-fn multi_user_producers_are_not_duplicated() {
-    // e = exp(x) feeds two consumers: fusing it into both would compute it twice.
+fn multi_user_producers_are_recomputed_only_when_it_pays() {
+    // e = exp(x) feeds two kernels: recomputing it in both reads x twice (8 KB) instead of
+    // writing e and reading it twice (12 KB) plus reading x (4 KB): recompute.
     let mut g = GraphBuilder::new();
     let x = g.input("x", DType::F32, &[1024]).unwrap();
     let e = g.exp(x).unwrap();
@@ -183,12 +184,40 @@ fn multi_user_producers_are_not_duplicated() {
     g.output("b", b).unwrap();
     let g = g.build().unwrap();
     let (fused, opt) = plan(&g, true);
-    let exps: usize = fused
+    assert_eq!(fused.launches, 2, "{opt}");
+    same_outputs(&g, &opt);
+
+    // p = a + b + c + d feeds three kernels: recomputing reads 4 inputs 3 times (48 KB)
+    // instead of 16 + 4 + 12 KB: computed once.
+    let mut g = GraphBuilder::new();
+    let ins: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| g.input(n, DType::F32, &[1024]).unwrap())
+        .collect();
+    let mut p = ins[0];
+    for &v in &ins[1..] {
+        p = g.add(p, v).unwrap();
+    }
+    let outs = [g.tanh(p).unwrap(), g.sigmoid(p).unwrap(), g.exp(p).unwrap()];
+    for (i, o) in outs.into_iter().enumerate() {
+        g.output(&format!("o{i}"), o).unwrap();
+    }
+    let g = g.build().unwrap();
+    let (fused, opt) = plan(&g, true);
+    let adds: usize = fused
         .kernels
         .iter()
-        .map(|k| k.ops.iter().filter(|o| *o == "exp").count())
+        .map(|k| k.ops.iter().filter(|o| *o == "add").count())
         .sum();
-    assert_eq!(exps, 1, "{opt}");
+    assert_eq!(adds, 3, "{opt}");
+    assert_eq!(fused.launches, 4, "{opt}");
+    let missed = smelt::optimize::explain::missed_fusions(&opt);
+    assert!(
+        missed.iter().any(|m| m
+            .reason
+            .contains("producer has 3 users: recomputing it in each costs")),
+        "{missed:?}"
+    );
     same_outputs(&g, &opt);
 }
 

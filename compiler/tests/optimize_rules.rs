@@ -193,7 +193,12 @@ fn constants_fold_and_dead_nodes_go() {
     let y2 = g.add(x, ab2).unwrap();
     let z = g.mul(y, y2).unwrap();
     g.output("z", z).unwrap();
-    let (opt, report) = optimize(&g.build().unwrap(), &Options::default()).unwrap();
+    // Unfused, so the folded constant and the shared add are visible as nodes.
+    let unfused = Options {
+        fuse: false,
+        ..Options::default()
+    };
+    let (opt, report) = optimize(&g.build().unwrap(), &unfused).unwrap();
     let ops: Vec<String> = opt.nodes.iter().map(|n| n.op.name()).collect();
     assert_eq!(ops, ["input", "constant", "add", "mul"], "{opt}");
     assert!(report.folded >= 2);

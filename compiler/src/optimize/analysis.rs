@@ -34,6 +34,8 @@ pub struct Facts {
     pub folded: usize,
     /// Users (consumer nodes plus graph outputs) of each class of the input program.
     pub users: HashMap<Id, usize>,
+    /// Classes that are graph outputs (always written to memory).
+    pub outputs: Vec<Id>,
 }
 
 impl Facts {

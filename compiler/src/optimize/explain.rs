@@ -85,9 +85,9 @@ pub fn missed_fusions(g: &Graph) -> Vec<MissedFusion> {
                         )
                     } else {
                         format!(
-                            "producer has {} users: smelt does not duplicate work across kernels (recomputing would save {})",
+                            "producer has {} users and is {}: only elementwise producers that are not graph outputs are recomputed",
                             users[p],
-                            mb(-extra)
+                            pn.op.name()
                         )
                     }
                 }

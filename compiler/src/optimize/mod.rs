@@ -174,6 +174,7 @@ fn saturate(
     }
     for (_, id) in &graph.outputs {
         *eg.analysis.users.entry(class_of[*id]).or_insert(0) += 1;
+        eg.analysis.outputs.push(class_of[*id]);
     }
     eg.rebuild();
     let start_nodes = eg.total_number_of_nodes();

@@ -2,6 +2,11 @@
 //! when the merged group still lowers to one kernel and the producer has no other user (so
 //! nothing is computed twice). The unfused forms stay in the e-graph; extraction decides.
 //!
+//! A producer with several users is fused into them (recomputed in each) only when it is
+//! elementwise and that moves fewer bytes: each user then reads the producer's inputs
+//! instead of the producer writing its result once and every user reading it
+//! ([`recompute_pays`]).
+//!
 //! A fused kernel is an [`Op::Fused`] e-node whose body is a small graph over the kernel's
 //! inputs. What one kernel can hold ([`classify`]):
 //! - elementwise: elementwise ops and index maps (broadcast, transpose, reshape, slice);
@@ -339,9 +344,7 @@ fn row_kind(g: &Graph, rows: &[NodeId]) -> Option<KernelKind> {
 pub fn fuse_producer(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
     let cons = body_of(c, n)?;
     for (i, &p) in cons.1.iter().enumerate() {
-        if c.users(p) != 1 {
-            continue;
-        }
+        let users = c.users(p);
         // The largest fusible form of the producer.
         let best = c
             .nodes(p)
@@ -349,6 +352,9 @@ pub fn fuse_producer(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
             .filter_map(|pn| body_of(c, pn))
             .max_by_key(|b| b.0.nodes.len());
         let Some(prod) = best else { continue };
+        if users != 1 && !recompute_pays(c, p, &prod, users) {
+            continue;
+        }
         let (body, children) = inline(&cons, i, &prod);
         let Some(kind) = classify(&body) else {
             continue;
@@ -360,6 +366,25 @@ pub fn fuse_producer(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
         ));
     }
     None
+}
+
+/// Whether recomputing an elementwise producer in each of its `users` moves fewer bytes
+/// than computing it once: `users × in ≤ in + out + users × out`. Never for graph outputs
+/// (written anyway), for non-elementwise producers (recomputing a matmul or a reduction is
+/// real work), or for producers that read other kernels' results. The fusion phase repeats,
+/// so a chain that became one kernel over inputs is considered again.
+pub fn recompute_pays(c: &Ctx, p: Id, prod: &(Graph, Vec<Id>), users: usize) -> bool {
+    if c.is_output(p) || classify(&prod.0) != Some(KernelKind::Elementwise) {
+        return false;
+    }
+    // Only producers that read graph inputs or constants: recomputing one that reads other
+    // kernels' results would let each user absorb (and so repeat) that whole chain too.
+    if !prod.1.iter().all(|&a| c.is_leaf(a)) {
+        return false;
+    }
+    let ins: usize = prod.1.iter().map(|&a| c.ty(a).bytes()).sum();
+    let out = c.ty(p).bytes();
+    users * ins <= ins + out + users * out
 }
 
 /// `matmul(softmax(… matmul(q, k) …), v)`: the second matmul absorbs the softmax row kernel

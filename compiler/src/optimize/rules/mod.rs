@@ -86,6 +86,24 @@ impl<'a> Ctx<'a> {
             .sum()
     }
 
+    /// True when the class is a graph input or a constant.
+    pub fn is_leaf(&self, id: Id) -> bool {
+        self.eg[id]
+            .nodes
+            .iter()
+            .any(|n| n.args.is_empty() && n.ir_op().is_none())
+    }
+
+    /// True when the class is a graph output.
+    pub fn is_output(&self, id: Id) -> bool {
+        let id = self.eg.find(id);
+        self.eg
+            .analysis
+            .outputs
+            .iter()
+            .any(|&o| self.eg.find(o) == id)
+    }
+
     /// Canonical id of a class.
     pub fn canon(&self, id: Id) -> Id {
         self.eg.find(id)
