@@ -22,7 +22,7 @@ struct Step {
     seed: u64,
 }
 
-const KINDS: usize = 25;
+const KINDS: usize = 26;
 
 fn steps() -> impl Strategy<Value = (Vec<usize>, Vec<Step>)> {
     (
@@ -146,6 +146,13 @@ fn build(base: &[usize], steps: &[Step], fast_math_safe: bool) -> Graph {
                 g.mul(m1, c).unwrap()
             }
             23 => attention(&mut g, a, s.seed),
+            24 => {
+                // Gather of a constant index range along the first axis: a view.
+                let n = sh[0] as i64;
+                let i = g.constant(Tensor::i64([], vec![(s.seed % n as u64) as i64 - n]));
+                let row = g.op(Op::Gather { axis: 0 }, &[a, i]).unwrap();
+                g.add(a, row).unwrap()
+            }
             _ => g.sigmoid(a).unwrap(),
         };
         vals.push(v);

@@ -293,3 +293,7 @@ fn fused_kernels_say_what_they_are() {
         [KernelKind::Gemm]
     );
 }
+
+rule_test!(gather_constant_range, "gather-constant-range", [3, 4],
+    pos: |g, x| { let i = g.constant(Tensor::i64([], vec![-2])); g.op(Op::Gather { axis: 0 }, &[x, i]).unwrap() },
+    neg: |g, x| { let i = g.constant(Tensor::i64([2], vec![2, 0])); g.op(Op::Gather { axis: 0 }, &[x, i]).unwrap() });

@@ -12,7 +12,46 @@ pub fn rules() -> Vec<Rewrite<ENode, Facts>> {
         rule("transpose-of-transpose", transpose_of_transpose),
         rule("reshape-of-reshape", reshape_of_reshape),
         rule("broadcast-of-broadcast", broadcast_of_broadcast),
+        rule("gather-constant-range", gather_constant_range),
     ]
+}
+
+/// `gather(x, k)` with constant indices `k, k+1, …, k+n-1` (or one scalar index) is a slice of
+/// `x` (then a reshape that drops the axis, for a scalar): a view instead of a gather kernel.
+pub fn gather_constant_range(c: &Ctx, class: Id, n: &ENode) -> Option<Build> {
+    let Op::Gather { axis } = n.ir_op()? else {
+        return None;
+    };
+    let (x, idx) = (n.args[0], n.args[1]);
+    let shape = &c.ty(x).shape;
+    let dim = shape[*axis] as i64;
+    let ind = c.value(idx)?;
+    let vals: Vec<i64> = ind
+        .to_i64()
+        .into_iter()
+        .map(|i| if i < 0 { i + dim } else { i })
+        .collect();
+    let first = *vals.first()?;
+    let contiguous = vals.iter().enumerate().all(|(j, &v)| v == first + j as i64);
+    if !contiguous || ind.shape().len() > 1 || first < 0 || first + vals.len() as i64 > dim {
+        return None;
+    }
+    let mut starts = vec![0; shape.len()];
+    let mut lens = shape.clone();
+    starts[*axis] = first as usize;
+    lens[*axis] = vals.len();
+    let slice = Build::Node(
+        Op::Slice {
+            starts,
+            steps: vec![1; shape.len()],
+            lens,
+        },
+        vec![Build::Class(x)],
+    );
+    Some(Build::Node(
+        Op::Reshape(c.ty(class).shape.clone()),
+        vec![slice],
+    ))
 }
 
 /// `transpose(transpose(x, p), q) → transpose(x, p∘q)`.
