@@ -132,3 +132,64 @@ fn inputs_can_be_bound_to_constants() {
         "{err}"
     );
 }
+
+#[test]
+fn masked_reductions_have_a_static_form_only_for_full_masks() {
+    // x[mask].sum() with mask over the leading dim selects a data-dependent number of rows.
+    let m = om::model(
+        vec![
+            om::node("NonZero", "nz", &["mask"], &["idx"], vec![]),
+            om::node(
+                "Transpose",
+                "t",
+                &["idx"],
+                &["idx_t"],
+                vec![om::ints("perm", &[1, 0])],
+            ),
+            om::node("GatherND", "g", &["x", "idx_t"], &["sel"], vec![]),
+            om::node(
+                "ReduceSum",
+                "sum",
+                &["sel"],
+                &["y"],
+                vec![om::int("keepdims", 0)],
+            ),
+        ],
+        vec![
+            om::f32_value("x", &[4, 5]),
+            om::value("mask", 9, vec![om::Dim::N(4)]),
+        ],
+        vec![om::value("y", 1, vec![])],
+        vec![],
+        17,
+    );
+    let err = smelt::onnx::import_bytes(&om::bytes(&m), None, "m.onnx", &ImportOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("node 'sum'") && err.contains("only a bool mask of x's full shape"),
+        "{err}"
+    );
+    // The same with a full-shape mask imports as where + reduce, and computes the sum.
+    let mut full = m.clone();
+    full.graph.as_mut().unwrap().input[1] =
+        om::value("mask", 9, vec![om::Dim::N(4), om::Dim::N(5)]);
+    let g = smelt::onnx::import_bytes(&om::bytes(&full), None, "m.onnx", &ImportOptions::default())
+        .unwrap();
+    assert!(g.nodes.iter().any(|n| n.op == Op::Where), "{g}");
+    let x = Tensor::f32([4, 5], (0..20).map(|i| i as f32).collect());
+    let mask = Tensor::from_i64(
+        smelt::DType::Bool,
+        vec![4, 5],
+        &(0..20).map(|i| (i % 3 == 0) as i64).collect::<Vec<_>>(),
+    );
+    let out = interp::run(
+        &g,
+        &HashMap::from([("x".to_string(), x), ("mask".to_string(), mask)]),
+    )
+    .unwrap();
+    assert_eq!(
+        out[0].1.to_f64(),
+        vec![(0..20).filter(|i| i % 3 == 0).sum::<i32>() as f64]
+    );
+}

@@ -9,6 +9,7 @@ mod attrs;
 mod ops;
 #[allow(missing_docs)]
 pub mod proto;
+mod static_forms;
 mod tensor;
 
 pub use tensor::{dtype_from_onnx, dtype_to_onnx, tensor_from_proto, tensor_to_proto};
@@ -85,10 +86,12 @@ pub fn import_model(
         file: file.to_string(),
         message,
     };
-    let graph = model
+    let mut graph = model
         .graph
-        .as_ref()
+        .clone()
         .ok_or_else(|| err("model has no graph".into()))?;
+    static_forms::rewrite(&mut graph);
+    let graph = &graph;
     let opset = model
         .opset_import
         .iter()
@@ -108,7 +111,8 @@ pub fn import_model(
     }
     let mut unsupported: BTreeMap<String, String> = BTreeMap::new();
     for node in &graph.node {
-        let known = is_default_domain(node.domain()) && SUPPORTED_OPS.contains(&node.op_type());
+        let known = is_internal(node)
+            || is_default_domain(node.domain()) && SUPPORTED_OPS.contains(&node.op_type());
         if !known {
             let key = if is_default_domain(node.domain()) {
                 node.op_type().to_string()
@@ -196,6 +200,11 @@ pub fn import_model(
 
 fn is_default_domain(d: &str) -> bool {
     d.is_empty() || d == "ai.onnx"
+}
+
+/// True for the ops of smelt's own domain that [`static_forms`] introduces.
+fn is_internal(node: &proto::NodeProto) -> bool {
+    node.domain() == static_forms::DOMAIN && node.op_type() == static_forms::MASKED_REDUCE
 }
 
 fn node_label(node: &proto::NodeProto) -> String {

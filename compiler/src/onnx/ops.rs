@@ -337,6 +337,11 @@ impl Importer {
             return Ok(vec![self.emit(&name, Op::Binary(b), &[x, y])?]);
         }
         let v = match op_type {
+            super::static_forms::MASKED_REDUCE
+                if c.node.domain() == super::static_forms::DOMAIN =>
+            {
+                self.masked_reduce(c, &name)?
+            }
             "Identity" => c.req(0)?,
             "Dropout" => {
                 let x = c.req(0)?;
@@ -574,6 +579,50 @@ impl Importer {
             other => return Err(format!("op {other} is not supported")),
         };
         Ok(vec![v])
+    }
+
+    /// `reduce(x[mask])` as `reduce(where(mask, x, identity))` over all elements.
+    fn masked_reduce(&mut self, c: &Ctx, name: &str) -> R<Value> {
+        let (x, m) = (c.req(0)?, c.req(1)?);
+        let (xs, ms) = (self.shape(x), self.shape(m));
+        if xs != ms || self.dtype(m) != DType::Bool {
+            return Err(format!(
+                "reduction of x[mask] with mask {} {} over x {}: only a bool mask of x's full shape has a static form; a mask over leading dims selects a data-dependent number of rows",
+                self.dtype(m),
+                fmt_shape(&ms),
+                fmt_shape(&xs)
+            ));
+        }
+        let kind = c.attrs.string_or("kind", "sum")?;
+        let keepdims = c.attrs.int_or("keepdims", 1)? != 0;
+        let (fill, rk) = match kind.as_str() {
+            "sum" | "mean" => (0.0, ReduceKind::Sum),
+            "max" => (f64::NEG_INFINITY, ReduceKind::Max),
+            "min" => (f64::INFINITY, ReduceKind::Min),
+            k => return Err(format!("unknown masked reduction '{k}'")),
+        };
+        let f = self.scalar_like(&format!("{name}/fill"), x, fill)?;
+        let sel = self.emit(&format!("{name}/select"), Op::Where, &[m, x, f])?;
+        let all: Vec<usize> = (0..xs.len()).collect();
+        let reduce = Op::Reduce {
+            kind: rk,
+            axes: all.clone(),
+            keepdims: false,
+        };
+        let mut v = self.emit(&format!("{name}/reduce"), reduce.clone(), &[sel])?;
+        if kind == "mean" {
+            let d = self.dtype(x);
+            let ones = self.emit(&format!("{name}/count_each"), Op::Cast(d), &[m])?;
+            let count = self.emit(&format!("{name}/count"), reduce, &[ones])?;
+            v = self.emit(
+                &format!("{name}/mean"),
+                Op::Binary(BinaryOp::Div),
+                &[v, count],
+            )?;
+        }
+        // The selection is 1-D: keepdims leaves one dim of size 1.
+        let shape = if keepdims { vec![1] } else { vec![] };
+        self.emit(name, Op::Reshape(shape), &[v])
     }
 
     fn constant_attr(&self, c: &Ctx) -> R<Tensor> {
