@@ -171,6 +171,13 @@ fn fast_math_rules_fire_only_when_asked() {
     };
     assert!(!fires_with(&[3], assoc, "reassociate-add", false));
     assert!(fires_with(&[3], assoc, "reassociate-add", true));
+    let mul_chain: Build = |g, x| {
+        let e = g.exp(x).unwrap();
+        let m = g.mul(x, e).unwrap();
+        g.mul(m, x).unwrap()
+    };
+    assert!(!fires_with(&[3], mul_chain, "reassociate-mul", false));
+    assert!(fires_with(&[3], mul_chain, "reassociate-mul", true));
     let mixed: Build = |g, x| {
         let e = g.exp(x).unwrap();
         let s = g.add(x, e).unwrap();

@@ -3,15 +3,12 @@
 //! evaluated by the reference interpreter, and its class gains a constant leaf.
 
 use super::lang::{ENode, EOp};
-use crate::interp;
 use crate::ir::{infer, Tensor, TensorType};
 use egg::{Analysis, DidMerge, EGraph, Id};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Folded tensors larger than this (in elements) are not materialized, so that folding never
-/// duplicates weights: a transposed or rescaled copy of a large weight stays a computation.
-pub const FOLD_LIMIT: usize = 1 << 16;
+pub use super::rules::fold::FOLD_LIMIT;
 
 /// What the analysis knows about an e-class.
 #[derive(Clone, Debug)]
@@ -85,19 +82,12 @@ impl Analysis<ENode> for Facts {
                     .map(|&a| egraph[a].data.ty.clone())
                     .collect();
                 let ty = infer(op, &tys).expect("rules only add well-typed nodes");
-                let value = if ty.numel() <= FOLD_LIMIT {
-                    let vals: Option<Vec<Arc<Tensor>>> = enode
-                        .args
-                        .iter()
-                        .map(|&a| egraph[a].data.value.clone())
-                        .collect();
-                    vals.and_then(|vals| {
-                        let refs: Vec<&Tensor> = vals.iter().map(|v| v.as_ref()).collect();
-                        interp::eval(op, &refs, &ty).ok().map(Arc::new)
-                    })
-                } else {
-                    None
-                };
+                let vals: Option<Vec<Arc<Tensor>>> = enode
+                    .args
+                    .iter()
+                    .map(|&a| egraph[a].data.value.clone())
+                    .collect();
+                let value = vals.and_then(|vals| super::rules::fold::fold(op, &vals, &ty));
                 Meta { ty, value }
             }
         }

@@ -7,9 +7,11 @@
 //! - [`fuse`]: operator fusion, growing kernels by absorbing producers;
 //! - [`fast`]: inexact rules (`x*0 → 0`, `x-x → 0`, reassociation), only with `--fast-math`.
 //!
-//! Constant folding is not a rule: it is the e-class analysis ([`super::analysis`]).
+//! Constant folding ([`fold`]) is not a rewrite but the e-class analysis
+//! ([`super::analysis`]), so every new node is folded the moment it is added.
 
 pub mod fast;
+pub mod fold;
 pub mod fuse;
 pub mod layout;
 pub mod recognize;
