@@ -53,6 +53,14 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A file or directory could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// A command-line argument is malformed.
     #[error("{0}")]
     Usage(String),

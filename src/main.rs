@@ -18,12 +18,33 @@ struct Cli {
     command: Command,
 }
 
+/// The model and the input shapes that fix its symbolic dims.
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// The ONNX model.
+    model: PathBuf,
+    /// Fix an input's shape, e.g. x=1x128 (needed for symbolic dims).
+    #[arg(long = "shape", value_name = "NAME=AxB")]
+    shapes: Vec<String>,
+}
+
+impl ModelArgs {
+    /// Imports the model with the given shapes.
+    fn load(&self) -> Result<smelt::Graph, Error> {
+        let opts = ImportOptions {
+            shapes: parse_shapes(&self.shapes)?,
+            ..Default::default()
+        };
+        Ok(import_file(&self.model, &opts)?)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run an ONNX model on .npy inputs and write each output to DIR/<name>.npy.
     Run {
-        /// The ONNX model.
-        model: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
         /// An input as NAME=FILE.npy (repeat for each input).
         #[arg(long = "input", value_name = "NAME=FILE.npy")]
         inputs: Vec<String>,
@@ -33,9 +54,6 @@ enum Command {
         /// Where to run: cpu (default), interp (the reference interpreter) or cuda.
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// Fix an input's shape, e.g. x=1x128 (needed for symbolic dims).
-        #[arg(long = "shape", value_name = "NAME=AxB")]
-        shapes: Vec<String>,
         /// Run the unfused plan (one kernel per op). The interpreter-backed CPU path runs
         /// one op at a time either way.
         #[arg(long)]
@@ -43,8 +61,8 @@ enum Command {
     },
     /// Compile an ONNX model and write DIR/plan.json (kernels, bytes, flops, arena).
     Compile {
-        /// The ONNX model.
-        model: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
         /// Directory for the outputs.
         #[arg(long, value_name = "DIR")]
         out_dir: PathBuf,
@@ -54,38 +72,29 @@ enum Command {
         /// Allow rewrites that change results beyond rounding (x*0 -> 0, reassociation).
         #[arg(long)]
         fast_math: bool,
-        /// Fix an input's shape, e.g. x=1x128 (needed for symbolic dims).
-        #[arg(long = "shape", value_name = "NAME=AxB")]
-        shapes: Vec<String>,
     },
     /// Explain a compile: the kernels and their costs, the fusions not taken and why, and
     /// (with --dot) Graphviz of the graph before and after optimization.
     Inspect {
-        /// The ONNX model.
-        model: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
         /// Write DIR/before.dot and DIR/after.dot (fused kernels drawn as clusters).
         #[arg(long, value_name = "DIR")]
         dot: Option<PathBuf>,
         /// The unfused baseline: one kernel per op.
         #[arg(long)]
         no_fuse: bool,
-        /// Fix an input's shape, e.g. x=1x128 (needed for symbolic dims).
-        #[arg(long = "shape", value_name = "NAME=AxB")]
-        shapes: Vec<String>,
     },
     /// Import an ONNX model and print its IR in text form.
     Show {
-        /// The ONNX model.
-        model: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
         /// Print the graph after the optimizer (one line per pass goes to stderr).
         #[arg(long)]
         optimize: bool,
         /// Allow rewrites that change results beyond rounding (x*0 -> 0, reassociation).
         #[arg(long)]
         fast_math: bool,
-        /// Fix an input's shape, e.g. x=1x128 (needed for symbolic dims).
-        #[arg(long = "shape", value_name = "NAME=AxB")]
-        shapes: Vec<String>,
     },
 }
 
@@ -108,35 +117,19 @@ fn run(cli: Cli) -> Result<(), Error> {
             inputs,
             output_dir,
             device,
-            shapes,
             no_fuse: _,
-        } => run_model(&model, &inputs, &output_dir, &device, &shapes),
+        } => run_model(&model, &inputs, &output_dir, &device),
         Command::Compile {
             model,
             out_dir,
             no_fuse,
             fast_math,
-            shapes,
         } => {
-            let opts = ImportOptions {
-                shapes: parse_shapes(&shapes)?,
-                ..Default::default()
-            };
-            let graph = import_file(&model, &opts)?;
-            let opts = smelt::optimize::Options {
-                fast_math,
-                fuse: !no_fuse,
-                ..Default::default()
-            };
-            let compiled = smelt::compile(&graph, &opts)?;
-            for line in compiled.report.lines() {
-                eprintln!("{line}");
-            }
-            std::fs::create_dir_all(&out_dir)
-                .map_err(|e| Error::Usage(format!("{}: {e}", out_dir.display())))?;
+            let compiled = compile(&model.load()?, fast_math, !no_fuse)?;
+            std::fs::create_dir_all(&out_dir).map_err(|e| io_error(&out_dir, e))?;
             let path = out_dir.join("plan.json");
             std::fs::write(&path, compiled.plan.to_json() + "\n")
-                .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+                .map_err(|e| io_error(&path, e))?;
             let p = &compiled.plan;
             println!(
                 "{} kernels, {:.3} MB moved, arena {:.3} MB, weights {:.3} MB -> {}",
@@ -152,41 +145,19 @@ fn run(cli: Cli) -> Result<(), Error> {
             model,
             dot,
             no_fuse,
-            shapes,
         } => {
-            let opts = ImportOptions {
-                shapes: parse_shapes(&shapes)?,
-                ..Default::default()
-            };
-            let graph = import_file(&model, &opts)?;
-            let opts = smelt::optimize::Options {
-                fuse: !no_fuse,
-                ..Default::default()
-            };
-            let compiled = smelt::compile(&graph, &opts)?;
+            let graph = model.load()?;
+            let compiled = compile(&graph, false, !no_fuse)?;
             inspect(&graph, &compiled, dot.as_deref())
         }
         Command::Show {
             model,
-            shapes,
             optimize,
             fast_math,
         } => {
-            let opts = ImportOptions {
-                shapes: parse_shapes(&shapes)?,
-                ..Default::default()
-            };
-            let graph = import_file(&model, &opts)?;
+            let graph = model.load()?;
             if optimize {
-                let opts = smelt::optimize::Options {
-                    fast_math,
-                    ..Default::default()
-                };
-                let (graph, report) = smelt::optimize::optimize(&graph, &opts)?;
-                for line in report.lines() {
-                    eprintln!("{line}");
-                }
-                println!("{graph}");
+                println!("{}", compile(&graph, fast_math, true)?.graph);
             } else {
                 println!("{graph}");
             }
@@ -195,11 +166,29 @@ fn run(cli: Cli) -> Result<(), Error> {
     }
 }
 
+/// Optimizes and schedules, printing one line per optimizer pass to stderr.
+fn compile(graph: &smelt::Graph, fast_math: bool, fuse: bool) -> Result<smelt::Compiled, Error> {
+    let opts = smelt::optimize::Options {
+        fast_math,
+        fuse,
+        ..Default::default()
+    };
+    let compiled = smelt::compile(graph, &opts)?;
+    for line in compiled.report.lines() {
+        eprintln!("{line}");
+    }
+    Ok(compiled)
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
 fn inspect(before: &smelt::Graph, c: &smelt::Compiled, dot: Option<&Path>) -> Result<(), Error> {
     use smelt::optimize::explain;
-    for line in c.report.lines() {
-        println!("pass {line}");
-    }
     println!();
     println!(
         "{:<4} {:<24} {:<10} {:>12} {:>12} {:>14}  ops",
@@ -236,8 +225,7 @@ fn inspect(before: &smelt::Graph, c: &smelt::Compiled, dot: Option<&Path>) -> Re
             .map_err(|e| Error::Usage(format!("{}: {e}", dir.display())))?;
         for (file, g) in [("before.dot", before), ("after.dot", &c.graph)] {
             let path = dir.join(file);
-            std::fs::write(&path, explain::dot(g, file))
-                .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+            std::fs::write(&path, explain::dot(g, file)).map_err(|e| io_error(&path, e))?;
             println!("wrote {}", path.display());
         }
     }
@@ -270,18 +258,13 @@ fn parse_shapes(args: &[String]) -> Result<BTreeMap<String, Vec<usize>>, Error> 
 }
 
 fn run_model(
-    model: &Path,
+    model: &ModelArgs,
     inputs: &[String],
     output_dir: &Path,
     device: &str,
-    shapes: &[String],
 ) -> Result<(), Error> {
     let device: Device = device.parse()?;
-    let opts = ImportOptions {
-        shapes: parse_shapes(shapes)?,
-        ..Default::default()
-    };
-    let graph = import_file(model, &opts)?;
+    let graph = model.load()?;
     let names: Vec<String> = graph
         .inputs
         .iter()
@@ -319,10 +302,7 @@ fn run_model(
     }
     let session = Session::new(graph, device)?;
     let outputs = session.run(&feeds)?;
-    std::fs::create_dir_all(output_dir).map_err(|e| Error::Npy {
-        path: output_dir.display().to_string(),
-        message: format!("cannot create output directory: {e}"),
-    })?;
+    std::fs::create_dir_all(output_dir).map_err(|e| io_error(output_dir, e))?;
     for (name, t) in &outputs {
         let path = output_dir.join(format!("{}.npy", name.replace('/', "_")));
         npy::write(&path, t)?;

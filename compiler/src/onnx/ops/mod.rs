@@ -252,6 +252,16 @@ impl Importer {
         })
     }
 
+    /// A binary op node.
+    fn bin(&mut self, name: &str, b: BinaryOp, x: Value, y: Value) -> R<Value> {
+        self.emit(name, Op::Binary(b), &[x, y])
+    }
+
+    /// A unary op node.
+    fn un(&mut self, name: &str, u: crate::ir::UnaryOp, x: Value) -> R<Value> {
+        self.emit(name, Op::Unary(u), &[x])
+    }
+
     fn konst(&mut self, name: &str, t: Tensor) -> R<Value> {
         self.b
             .add_named(name, Op::Constant(Arc::new(t)), &[])

@@ -9,6 +9,13 @@ use crate::ir::{
 };
 
 impl Importer {
+    /// `sqrt(var + eps)`, the denominator of the normalizations.
+    fn std_dev(&mut self, var: Value, eps: f64, name: &str) -> R<Value> {
+        let e = self.scalar_like(&format!("{name}/eps"), var, eps)?;
+        let ve = self.bin(&format!("{name}/var_eps"), BinaryOp::Add, var, e)?;
+        self.un(&format!("{name}/std"), UnaryOp::Sqrt, ve)
+    }
+
     /// `reduce(x[mask])` as `reduce(where(mask, x, identity))` over all elements.
     pub(super) fn masked_reduce(&mut self, c: &Ctx, name: &str) -> R<Value> {
         let (x, m) = (c.req(0)?, c.req(1)?);
@@ -42,11 +49,7 @@ impl Importer {
             let d = self.dtype(x);
             let ones = self.emit(&format!("{name}/count_each"), Op::Cast(d), &[m])?;
             let count = self.emit(&format!("{name}/count"), reduce, &[ones])?;
-            v = self.emit(
-                &format!("{name}/mean"),
-                Op::Binary(BinaryOp::Div),
-                &[v, count],
-            )?;
+            v = self.bin(&format!("{name}/mean"), BinaryOp::Div, v, count)?;
         }
         // The selection is 1-D: keepdims leaves one dim of size 1.
         let shape = if keepdims { vec![1] } else { vec![] };
@@ -83,11 +86,7 @@ impl Importer {
         if let Some(mut cb) = bias {
             if beta != 1.0 {
                 let k = self.scalar_like(&format!("{name}/beta"), cb, beta)?;
-                cb = self.emit(
-                    &format!("{name}/bias_scaled"),
-                    Op::Binary(BinaryOp::Mul),
-                    &[cb, k],
-                )?;
+                cb = self.bin(&format!("{name}/bias_scaled"), BinaryOp::Mul, cb, k)?;
             }
             y = self.emit(name, Op::Binary(BinaryOp::Add), &[y, cb])?;
         }
@@ -313,29 +312,11 @@ impl Importer {
             view(self, mean, "mean")?,
             view(self, var, "var")?,
         );
-        let e = self.scalar_like(&format!("{name}/eps"), var, eps)?;
-        let ve = self.emit(
-            &format!("{name}/var_eps"),
-            Op::Binary(BinaryOp::Add),
-            &[var, e],
-        )?;
-        let sd = self.emit(&format!("{name}/std"), Op::Unary(UnaryOp::Sqrt), &[ve])?;
-        let k = self.emit(
-            &format!("{name}/factor"),
-            Op::Binary(BinaryOp::Div),
-            &[scale, sd],
-        )?;
-        let centered = self.emit(
-            &format!("{name}/centered"),
-            Op::Binary(BinaryOp::Sub),
-            &[x, mean],
-        )?;
-        let scaled = self.emit(
-            &format!("{name}/scaled"),
-            Op::Binary(BinaryOp::Mul),
-            &[centered, k],
-        )?;
-        self.emit(name, Op::Binary(BinaryOp::Add), &[scaled, bias])
+        let sd = self.std_dev(var, eps, name)?;
+        let k = self.bin(&format!("{name}/factor"), BinaryOp::Div, scale, sd)?;
+        let centered = self.bin(&format!("{name}/centered"), BinaryOp::Sub, x, mean)?;
+        let scaled = self.bin(&format!("{name}/scaled"), BinaryOp::Mul, centered, k)?;
+        self.bin(name, BinaryOp::Add, scaled, bias)
     }
 
     /// The optional LayerNormalization outputs: mean and 1/sqrt(var + eps) over dims `axis..`
@@ -354,29 +335,11 @@ impl Importer {
             keepdims: true,
         };
         let mean = self.emit(&format!("{name}/mean"), mean_op.clone(), &[x])?;
-        let d = self.emit(
-            &format!("{name}/centered"),
-            Op::Binary(BinaryOp::Sub),
-            &[x, mean],
-        )?;
-        let sq = self.emit(
-            &format!("{name}/square"),
-            Op::Binary(BinaryOp::Mul),
-            &[d, d],
-        )?;
+        let d = self.bin(&format!("{name}/centered"), BinaryOp::Sub, x, mean)?;
+        let sq = self.bin(&format!("{name}/square"), BinaryOp::Mul, d, d)?;
         let var = self.emit(&format!("{name}/var"), mean_op, &[sq])?;
-        let e = self.scalar_like(&format!("{name}/eps"), x, eps)?;
-        let ve = self.emit(
-            &format!("{name}/var_eps"),
-            Op::Binary(BinaryOp::Add),
-            &[var, e],
-        )?;
-        let sd = self.emit(&format!("{name}/std"), Op::Unary(UnaryOp::Sqrt), &[ve])?;
-        let inv = self.emit(
-            &format!("{name}/inv_std"),
-            Op::Unary(UnaryOp::Reciprocal),
-            &[sd],
-        )?;
+        let sd = self.std_dev(var, eps, name)?;
+        let inv = self.un(&format!("{name}/inv_std"), UnaryOp::Reciprocal, sd)?;
         Ok((mean, inv))
     }
 
@@ -429,13 +392,9 @@ impl Importer {
         };
         let v = match pre {
             None => x,
-            Some(Pre::Square) => self.emit(
-                &format!("{name}/square"),
-                Op::Binary(BinaryOp::Mul),
-                &[x, x],
-            )?,
-            Some(Pre::Abs) => self.emit(&format!("{name}/abs"), Op::Unary(UnaryOp::Abs), &[x])?,
-            Some(Pre::Exp) => self.emit(&format!("{name}/exp"), Op::Unary(UnaryOp::Exp), &[x])?,
+            Some(Pre::Square) => self.bin(&format!("{name}/square"), BinaryOp::Mul, x, x)?,
+            Some(Pre::Abs) => self.un(&format!("{name}/abs"), UnaryOp::Abs, x)?,
+            Some(Pre::Exp) => self.un(&format!("{name}/exp"), UnaryOp::Exp, x)?,
         };
         let op = Op::Reduce {
             kind,
