@@ -191,12 +191,12 @@ fn inspect(before: &smelt::Graph, c: &smelt::Compiled, dot: Option<&Path>) -> Re
     use smelt::optimize::explain;
     println!();
     println!(
-        "{:<4} {:<24} {:<10} {:>12} {:>12} {:>14}  ops",
+        "{:<4} {:<24} {:<18} {:>10} {:>10} {:>12}  ops",
         "#", "kernel", "kind", "read B", "written B", "flops"
     );
     for (i, k) in c.plan.kernels.iter().enumerate() {
         println!(
-            "{i:<4} {:<24} {:<10} {:>12} {:>12} {:>14}  {}",
+            "{i:<4} {:<24} {:<18} {:>10} {:>10} {:>12}  {}",
             k.name,
             k.fusion
                 .map(|f| format!("{}/{f}", k.kind))
