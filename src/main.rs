@@ -7,6 +7,21 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// `println!` that ends the process quietly when stdout is closed (`smelt inspect | head`)
+/// instead of panicking on the broken pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: writing to stdout: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "smelt",
@@ -131,7 +146,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             std::fs::write(&path, compiled.plan.to_json() + "\n")
                 .map_err(|e| io_error(&path, e))?;
             let p = &compiled.plan;
-            println!(
+            outln!(
                 "{} kernels, {:.3} MB moved, arena {:.3} MB, weights {:.3} MB -> {}",
                 p.launches,
                 p.bytes_moved as f64 / 1e6,
@@ -157,9 +172,9 @@ fn run(cli: Cli) -> Result<(), Error> {
         } => {
             let graph = model.load()?;
             if optimize {
-                println!("{}", compile(&graph, fast_math, true)?.graph);
+                outln!("{}", compile(&graph, fast_math, true)?.graph);
             } else {
-                println!("{graph}");
+                outln!("{graph}");
             }
             Ok(())
         }
@@ -189,13 +204,18 @@ fn io_error(path: &Path, source: std::io::Error) -> Error {
 
 fn inspect(before: &smelt::Graph, c: &smelt::Compiled, dot: Option<&Path>) -> Result<(), Error> {
     use smelt::optimize::explain;
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{:<4} {:<24} {:<18} {:>10} {:>10} {:>12}  ops",
-        "#", "kernel", "kind", "read B", "written B", "flops"
+        "#",
+        "kernel",
+        "kind",
+        "read B",
+        "written B",
+        "flops"
     );
     for (i, k) in c.plan.kernels.iter().enumerate() {
-        println!(
+        outln!(
             "{i:<4} {:<24} {:<18} {:>10} {:>10} {:>12}  {}",
             k.name,
             k.fusion
@@ -208,16 +228,19 @@ fn inspect(before: &smelt::Graph, c: &smelt::Compiled, dot: Option<&Path>) -> Re
         );
     }
     let p = &c.plan;
-    println!(
+    outln!(
         "total: {} launches, {} bytes moved, arena {} bytes, weights {} bytes",
-        p.launches, p.bytes_moved, p.arena_bytes, p.weight_bytes
+        p.launches,
+        p.bytes_moved,
+        p.arena_bytes,
+        p.weight_bytes
     );
     let missed = explain::missed_fusions(&c.graph);
     if !missed.is_empty() {
-        println!();
-        println!("fusions not taken:");
+        outln!();
+        outln!("fusions not taken:");
         for m in &missed {
-            println!("  {} -> {}: {}", m.producer, m.consumer, m.reason);
+            outln!("  {} -> {}: {}", m.producer, m.consumer, m.reason);
         }
     }
     if let Some(dir) = dot {
@@ -226,7 +249,7 @@ fn inspect(before: &smelt::Graph, c: &smelt::Compiled, dot: Option<&Path>) -> Re
         for (file, g) in [("before.dot", before), ("after.dot", &c.graph)] {
             let path = dir.join(file);
             std::fs::write(&path, explain::dot(g, file)).map_err(|e| io_error(&path, e))?;
-            println!("wrote {}", path.display());
+            outln!("wrote {}", path.display());
         }
     }
     Ok(())
@@ -306,7 +329,7 @@ fn run_model(
     for (name, t) in &outputs {
         let path = output_dir.join(format!("{}.npy", name.replace('/', "_")));
         npy::write(&path, t)?;
-        println!("{} = {} -> {}", name, t.ty(), path.display());
+        outln!("{} = {} -> {}", name, t.ty(), path.display());
     }
     Ok(())
 }
