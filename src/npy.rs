@@ -25,6 +25,7 @@ pub fn read(path: &Path) -> Result<Tensor, Error> {
         ));
     }
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    smelt_compiler::ir::checked_numel(&shape).map_err(|e| npy_err(path, e))?;
     let dtype = match npy.dtype() {
         npyz::DType::Plain(ts) => match (ts.type_char(), ts.size_field()) {
             (TypeChar::Float, 4) => DType::F32,

@@ -116,6 +116,16 @@ pub mod onnx_model {
         }
     }
 
+    /// A string attribute.
+    pub fn str_attr(name: &str, v: &str) -> AttributeProto {
+        AttributeProto {
+            name: Some(name.into()),
+            r#type: Some(AttributeType::String as i32),
+            s: Some(v.as_bytes().to_vec()),
+            ..Default::default()
+        }
+    }
+
     /// An integer attribute.
     pub fn int(name: &str, v: i64) -> AttributeProto {
         AttributeProto {

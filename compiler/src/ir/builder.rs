@@ -76,6 +76,8 @@ impl GraphBuilder {
 
     /// Declares a graph input.
     pub fn input(&mut self, name: &str, dtype: DType, shape: &[usize]) -> Result<Value> {
+        super::infer::checked_numel(shape)
+            .map_err(|e| Error::Invalid(vec![format!("input '{name}': {e}")]))?;
         if !self.names.insert(name.to_string()) {
             return Err(Error::Invalid(vec![format!(
                 "input name '{name}' is already used"

@@ -1,7 +1,7 @@
 //! Shape and dtype inference: one function from an op and its input types to its output type.
 
 use super::dtype::{fmt_shape, DType, TensorType};
-use super::op::{BinaryOp, Op, PoolKind, ReduceKind};
+use super::op::{BinaryOp, Op, PadMode, PoolKind, ReduceKind};
 
 /// Numpy broadcasting of two shapes; `None` when they are incompatible.
 pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
@@ -75,8 +75,69 @@ fn float_input(t: &TensorType, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The most elements one tensor may have (2^32: 16 GiB of f32). Larger shapes are
+/// rejected with an error rather than overflowing size arithmetic or attempting the
+/// allocation.
+pub const MAX_ELEMENTS: usize = 1 << 32;
+
+/// The element count of a shape, or an error when it exceeds [`MAX_ELEMENTS`] (or overflows).
+pub fn checked_numel(shape: &[usize]) -> Result<usize, String> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMENTS)
+        .ok_or_else(|| {
+            format!(
+                "shape {} has more than 2^32 elements (smelt's limit for one tensor)",
+                fmt_shape(shape)
+            )
+        })
+}
+
 /// Output type of `op` applied to inputs of these types, or a message saying what is wrong.
+/// Every shape it returns has at most [`MAX_ELEMENTS`] elements.
 pub fn infer(op: &Op, inputs: &[TensorType]) -> Result<TensorType, String> {
+    let t = infer_op(op, inputs)?;
+    checked_numel(&t.shape)?;
+    Ok(t)
+}
+
+/// Output length of a sliding window along one dim: input `n`, padding `lo`/`hi`, window
+/// `kernel` with `dilation`, `stride`; with `ceil`, a last partial window that starts inside
+/// the input or the left padding counts. All arithmetic is checked.
+fn window_len(
+    n: usize,
+    lo: usize,
+    hi: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    ceil: bool,
+) -> Result<usize, String> {
+    if kernel == 0 || stride == 0 || dilation == 0 {
+        return Err(format!(
+            "window size {kernel}, stride {stride} and dilation {dilation} must all be positive"
+        ));
+    }
+    let (n, lo, hi) = (n as i128, lo as i128, hi as i128);
+    let (kernel, stride, dilation) = (kernel as i128, stride as i128, dilation as i128);
+    let padded = n + lo + hi;
+    let span = dilation * (kernel - 1) + 1;
+    if padded < span {
+        return Err(format!("window {span} larger than padded input {padded}"));
+    }
+    let mut out = if ceil {
+        (padded - span + stride - 1) / stride + 1
+    } else {
+        (padded - span) / stride + 1
+    };
+    if ceil && (out - 1) * stride >= n + lo {
+        out -= 1;
+    }
+    usize::try_from(out).map_err(|_| format!("window output length {out} is too large"))
+}
+
+fn infer_op(op: &Op, inputs: &[TensorType]) -> Result<TensorType, String> {
     match op {
         Op::Input => Err("an input node has no inputs to infer from".into()),
         Op::Constant(t) => {
@@ -164,15 +225,17 @@ pub fn infer(op: &Op, inputs: &[TensorType]) -> Result<TensorType, String> {
             }
             let mut out = vec![x.shape[0], w.shape[0]];
             for i in 0..2 {
-                let padded = x.shape[2 + i] + c.pads[i] + c.pads[i + 2];
-                let k = c.dilations[i] * (w.shape[2 + i] - 1) + 1;
-                if c.strides[i] == 0 || padded < k {
-                    return Err(format!(
-                        "conv window {k} larger than padded input {padded} (dim {})",
-                        2 + i
-                    ));
-                }
-                out.push((padded - k) / c.strides[i] + 1);
+                let n = window_len(
+                    x.shape[2 + i],
+                    c.pads[i],
+                    c.pads[i + 2],
+                    w.shape[2 + i],
+                    c.strides[i],
+                    c.dilations[i],
+                    false,
+                )
+                .map_err(|e| format!("conv dim {}: {e}", 2 + i))?;
+                out.push(n);
             }
             Ok(TensorType::new(x.dtype, out))
         }
@@ -190,21 +253,16 @@ pub fn infer(op: &Op, inputs: &[TensorType]) -> Result<TensorType, String> {
             }
             let mut out = vec![x.shape[0], x.shape[1]];
             for i in 0..2 {
-                let padded = x.shape[2 + i] + p.pads[i] + p.pads[i + 2];
-                let k = p.dilations[i] * (p.kernel[i] - 1) + 1;
-                if p.strides[i] == 0 || padded < k {
-                    return Err(format!("pool window {k} larger than padded input {padded}"));
-                }
-                let span = padded - k;
-                let mut n = if p.ceil_mode {
-                    span.div_ceil(p.strides[i]) + 1
-                } else {
-                    span / p.strides[i] + 1
-                };
-                // A window must start inside the input or the left padding.
-                if p.ceil_mode && (n - 1) * p.strides[i] >= x.shape[2 + i] + p.pads[i] {
-                    n -= 1;
-                }
+                let n = window_len(
+                    x.shape[2 + i],
+                    p.pads[i],
+                    p.pads[i + 2],
+                    p.kernel[i],
+                    p.strides[i],
+                    p.dilations[i],
+                    p.ceil_mode,
+                )
+                .map_err(|e| format!("pool dim {}: {e}", 2 + i))?;
                 out.push(n);
             }
             Ok(TensorType::new(x.dtype, out))
@@ -350,8 +408,8 @@ pub fn infer(op: &Op, inputs: &[TensorType]) -> Result<TensorType, String> {
                     return Err("slice step 0".into());
                 }
                 if lens[d] > 0 {
-                    let last = starts[d] as i64 + (lens[d] as i64 - 1) * steps[d];
-                    if starts[d] >= x.shape[d] || last < 0 || last >= x.shape[d] as i64 {
+                    let last = starts[d] as i128 + (lens[d] as i128 - 1) * steps[d] as i128;
+                    if starts[d] >= x.shape[d] || last < 0 || last >= x.shape[d] as i128 {
                         return Err(format!(
                             "slice out of bounds on dim {d} of {}",
                             fmt_shape(&x.shape)
@@ -385,7 +443,7 @@ pub fn infer(op: &Op, inputs: &[TensorType]) -> Result<TensorType, String> {
             }
             Ok(TensorType::new(x.dtype, i.shape.clone()))
         }
-        Op::Pad { pads, .. } => {
+        Op::Pad { pads, mode } => {
             arity(op, inputs, 1, 1)?;
             let x = &inputs[0];
             if pads.len() != x.rank() {
@@ -393,11 +451,17 @@ pub fn infer(op: &Op, inputs: &[TensorType]) -> Result<TensorType, String> {
             }
             let mut out = Vec::new();
             for (d, &(b, a)) in pads.iter().enumerate() {
-                let n = x.shape[d] as i64 + b + a;
+                let n = x.shape[d] as i128 + b as i128 + a as i128;
                 if n < 0 {
                     return Err(format!("pad crops dim {d} below zero"));
                 }
-                out.push(n as usize);
+                let edge_mode = !matches!(mode, PadMode::Constant(_));
+                if edge_mode && x.shape[d] == 0 && (b != 0 || a != 0) {
+                    return Err(format!(
+                        "{mode:?} padding of dim {d}, which is empty, has no values to repeat"
+                    ));
+                }
+                out.push(usize::try_from(n).map_err(|_| format!("padded dim {d} is too large"))?);
             }
             Ok(TensorType::new(x.dtype, out))
         }

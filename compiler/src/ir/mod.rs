@@ -10,7 +10,9 @@ mod tensor;
 pub use builder::{normalize_axis, GraphBuilder, Value};
 pub use dtype::{fmt_shape, DType, TensorType};
 pub use graph::{Graph, Node, NodeId};
-pub use infer::{broadcast_shapes, infer, matmul_shape, reduced_shape};
+pub use infer::{
+    broadcast_shapes, checked_numel, infer, matmul_shape, reduced_shape, MAX_ELEMENTS,
+};
 pub use op::{
     BinaryOp, Conv2d, FusedKernel, KernelKind, Op, PadMode, Pool2d, PoolKind, ReduceKind, UnaryOp,
     F64,

@@ -75,7 +75,10 @@ impl Tensor {
     /// Builds a tensor; `None` when the element count does not match the shape.
     pub fn new(shape: impl Into<Vec<usize>>, data: Data) -> Option<Tensor> {
         let shape = shape.into();
-        (shape.iter().product::<usize>() == data.len()).then_some(Tensor { shape, data })
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a: usize, &d| a.checked_mul(d))?;
+        (n == data.len()).then_some(Tensor { shape, data })
     }
 
     /// A f32 tensor. Panics if `values.len()` does not match the shape (a programming error).
@@ -120,7 +123,10 @@ impl Tensor {
 
     /// The same data with another shape of equal element count.
     pub fn reshaped(mut self, shape: Vec<usize>) -> Option<Tensor> {
-        (shape.iter().product::<usize>() == self.numel()).then(|| {
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a: usize, &d| a.checked_mul(d))?;
+        (n == self.numel()).then(|| {
             self.shape = shape;
             self
         })

@@ -145,12 +145,24 @@ pub fn import_model(
         return Err(err(format!("sparse initializer '{name}' is not supported")));
     }
 
-    let mut declared = Vec::new();
+    let declared: Vec<String> = graph
+        .input
+        .iter()
+        .filter(|vi| !initializers.contains(vi.name()))
+        .map(|vi| vi.name().to_string())
+        .collect();
+    for name in opts.shapes.keys().chain(opts.constants.keys()) {
+        if !declared.contains(name) {
+            return Err(err(format!(
+                "'{name}' is given a shape or value but is not an input of the model (inputs: {})",
+                declared.join(", ")
+            )));
+        }
+    }
     for vi in &graph.input {
         if initializers.contains(vi.name()) {
             continue;
         }
-        declared.push(vi.name().to_string());
         let tensor_type = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
             Some(type_proto::Value::TensorType(t)) => t,
             _ => return Err(err(format!("input '{}' is not a tensor", vi.name()))),
@@ -170,14 +182,6 @@ pub fn import_model(
         }
         let shape = input_shape(vi.name(), tensor_type.shape.as_ref(), opts).map_err(&err)?;
         imp.add_input(vi.name(), dtype, &shape).map_err(&err)?;
-    }
-    for name in opts.shapes.keys().chain(opts.constants.keys()) {
-        if !declared.contains(name) {
-            return Err(err(format!(
-                "--shape names '{name}', which is not an input of the model (inputs: {})",
-                declared.join(", ")
-            )));
-        }
     }
 
     for node in &graph.node {

@@ -71,13 +71,19 @@ pub fn rewrite(graph: &mut GraphProto) -> usize {
             continue;
         };
         let perm = Attrs::of(t).ints("perm").ok().flatten();
+        let Some(t_in) = t.input.first() else {
+            continue;
+        };
         if t.op_type() != "Transpose"
             || !matches!(perm.as_deref(), None | Some([1, 0]))
-            || !single(&t.input[0])
+            || !single(t_in)
         {
             continue;
         }
-        let Some((ni, nz)) = producer(&graph.node, &t.input[0]) else {
+        let Some((ni, nz)) = producer(&graph.node, t_in) else {
+            continue;
+        };
+        let (Some(mask), Some(out)) = (nz.input.first(), r.output.first()) else {
             continue;
         };
         if nz.op_type() != "NonZero" {
@@ -88,11 +94,11 @@ pub fn rewrite(graph: &mut GraphProto) -> usize {
             op_type: Some(MASKED_REDUCE.into()),
             domain: Some(DOMAIN.into()),
             name: Some(if r.name().is_empty() {
-                r.output[0].clone()
+                out.clone()
             } else {
                 r.name().to_string()
             }),
-            input: vec![g.input[0].clone(), nz.input[0].clone()],
+            input: vec![g.input[0].clone(), mask.clone()],
             output: r.output.clone(),
             attribute: vec![
                 AttributeProto {

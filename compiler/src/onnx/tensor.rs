@@ -58,7 +58,7 @@ pub fn tensor_from_proto(t: &TensorProto, base_dir: Option<&Path>) -> Result<Ten
         }
         shape.push(d as usize);
     }
-    let n: usize = shape.iter().product();
+    let n = crate::ir::checked_numel(&shape).map_err(|e| format!("tensor '{name}': {e}"))?;
     let external;
     let raw: Option<&[u8]> = if t.data_location() == DataLocation::External {
         external = read_external(t, base_dir)?;
@@ -161,10 +161,10 @@ fn read_external(t: &TensorProto, base_dir: Option<&Path>) -> Result<Vec<u8>, St
     })?;
     let start = offset as usize;
     let end = match length {
-        Some(l) => start + l as usize,
+        Some(l) => start.saturating_add(l as usize),
         None => bytes.len(),
     };
-    if start > bytes.len() || end > bytes.len() {
+    if start > bytes.len() || end > bytes.len() || start > end {
         return Err(format!(
             "tensor '{name}': external data {} has {} bytes, need bytes {start}..{end}",
             path.display(),

@@ -8,6 +8,10 @@ use crate::ir::{
     Value,
 };
 
+/// Upper bound for window attributes (kernel, strides, pads, dilations): keeps all window
+/// arithmetic far from overflow; real models use small values.
+const MAX_WINDOW_ATTR: i64 = i32::MAX as i64;
+
 impl Importer {
     /// `sqrt(var + eps)`, the denominator of the normalizations.
     fn std_dev(&mut self, var: Value, eps: f64, name: &str) -> R<Value> {
@@ -58,6 +62,14 @@ impl Importer {
 
     pub(super) fn gemm(&mut self, c: &Ctx, name: &str) -> R<Value> {
         let (mut a, mut b) = (c.req(0)?, c.req(1)?);
+        let (sa, sb) = (self.shape(a), self.shape(b));
+        if sa.len() != 2 || sb.len() != 2 {
+            return Err(format!(
+                "Gemm needs 2-D A and B, got {} and {}",
+                fmt_shape(&sa),
+                fmt_shape(&sb)
+            ));
+        }
         if c.attrs.int_or("transA", 0)? != 0 {
             a = self.emit(&format!("{name}/a_t"), Op::Transpose(vec![1, 0]), &[a])?;
         }
@@ -106,8 +118,8 @@ impl Importer {
         match auto.as_str() {
             "NOTSET" => {
                 let p = c.attrs.ints("pads")?.unwrap_or(vec![0; 4]);
-                if p.len() != 4 || p.iter().any(|&v| v < 0) {
-                    return Err(format!("pads {p:?} must be 4 non-negative values"));
+                if p.len() != 4 || p.iter().any(|&v| !(0..=MAX_WINDOW_ATTR).contains(&v)) {
+                    return Err(format!("pads {p:?} must be 4 values in 0..=2^31-1"));
                 }
                 Ok([p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize])
             }
@@ -115,6 +127,15 @@ impl Importer {
             "SAME_UPPER" | "SAME_LOWER" => {
                 let mut pads = [0; 4];
                 for i in 0..2 {
+                    if input[i] == 0 || kernel[i] == 0 {
+                        return Err(format!(
+                            "{auto} padding of an empty input or window (dim {}: input {}, window {})",
+                            2 + i,
+                            input[i],
+                            kernel[i]
+                        ));
+                    }
+                    // All values are at most 2^31 here, so this cannot overflow.
                     let out = input[i].div_ceil(strides[i]);
                     let k = dilations[i] * (kernel[i] - 1) + 1;
                     let total = ((out - 1) * strides[i] + k).saturating_sub(input[i]);
@@ -136,13 +157,15 @@ impl Importer {
     pub(super) fn pair(&self, c: &Ctx, attr: &str, rank: usize) -> R<[usize; 2]> {
         match c.attrs.ints(attr)? {
             None => Ok([1, 1]),
-            Some(v) if v.len() == rank && v.iter().all(|&x| x > 0) => Ok(if rank == 1 {
-                [1, v[0] as usize]
-            } else {
-                [v[0] as usize, v[1] as usize]
-            }),
+            Some(v) if v.len() == rank && v.iter().all(|&x| (1..=MAX_WINDOW_ATTR).contains(&x)) => {
+                Ok(if rank == 1 {
+                    [1, v[0] as usize]
+                } else {
+                    [v[0] as usize, v[1] as usize]
+                })
+            }
             Some(v) => Err(format!(
-                "attribute '{attr}' {v:?} must have {rank} positive values"
+                "attribute '{attr}' {v:?} must have {rank} values in 1..=2^31-1"
             )),
         }
     }
@@ -193,6 +216,12 @@ impl Importer {
         }
         let rank = if lifted { 1 } else { 2 };
         let ws = self.shape(w);
+        if ws.len() != 4 || ws[2] == 0 || ws[3] == 0 {
+            return Err(format!(
+                "conv weight must be [out, in/group, kh, kw] with a non-empty window, got {}",
+                fmt_shape(&ws)
+            ));
+        }
         let kernel = [ws[2], ws[3]];
         let strides = self.pair(c, "strides", rank)?;
         let dilations = self.pair(c, "dilations", rank)?;
@@ -224,8 +253,8 @@ impl Importer {
     ) -> R<[usize; 4]> {
         if lifted && c.attrs.string_or("auto_pad", "NOTSET")? == "NOTSET" {
             let p = self.lift_pads(c, lifted)?.unwrap_or(vec![0; 4]);
-            if p.len() != 4 || p.iter().any(|&v| v < 0) {
-                return Err(format!("pads {p:?} must be 2 non-negative values"));
+            if p.len() != 4 || p.iter().any(|&v| !(0..=MAX_WINDOW_ATTR).contains(&v)) {
+                return Err(format!("pads {p:?} must be 2 values in 0..=2^31-1"));
             }
             return Ok([p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize]);
         }
@@ -257,9 +286,9 @@ impl Importer {
             .attrs
             .ints("kernel_shape")?
             .ok_or("missing attribute 'kernel_shape'")?;
-        if k.len() != rank || k.iter().any(|&v| v <= 0) {
+        if k.len() != rank || k.iter().any(|&v| !(1..=MAX_WINDOW_ATTR).contains(&v)) {
             return Err(format!(
-                "kernel_shape {k:?} must have {rank} positive values"
+                "kernel_shape {k:?} must have {rank} values in 1..=2^31-1"
             ));
         }
         let kernel = if lifted {

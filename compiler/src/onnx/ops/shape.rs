@@ -43,8 +43,13 @@ impl Importer {
         for (d, &r) in s.iter().zip(&reps) {
             inter.extend([1, *d]);
             big.extend([r as usize, *d]);
-            out.push(r as usize * d);
+            out.push(
+                (r as usize)
+                    .checked_mul(*d)
+                    .ok_or("tiled shape overflows")?,
+            );
         }
+        crate::ir::checked_numel(&big)?;
         let v = self.emit(&format!("{name}/interleave"), Op::Reshape(inter), &[x])?;
         let v = self.emit(&format!("{name}/repeat"), Op::Broadcast(big), &[v])?;
         self.emit(name, Op::Reshape(out), &[v])
@@ -63,20 +68,20 @@ impl Importer {
                 .map(|&d| d.max(0) as usize)
                 .collect()
         } else {
-            let parts = c
-                .attrs
-                .int("num_outputs")?
-                .map(|n| n as usize)
-                .unwrap_or(n_out);
-            if parts == 0 {
-                return Err("split into 0 parts".into());
+            let parts = c.attrs.int("num_outputs")?.unwrap_or(n_out as i64);
+            if parts <= 0 || parts as usize != n_out {
+                return Err(format!(
+                    "num_outputs {parts} must be positive and match the node's {n_out} outputs"
+                ));
             }
+            let parts = n_out;
             let chunk = s[axis].div_ceil(parts);
             (0..parts)
                 .map(|i| chunk.min(s[axis].saturating_sub(i * chunk)))
                 .collect()
         };
-        if sizes.len() != n_out || sizes.iter().sum::<usize>() != s[axis] {
+        let total = sizes.iter().try_fold(0usize, |a, &d| a.checked_add(d));
+        if sizes.len() != n_out || total != Some(s[axis]) {
             return Err(format!(
                 "split sizes {sizes:?} do not cover dim {axis} of {} in {n_out} outputs",
                 fmt_shape(&s)
@@ -156,14 +161,12 @@ impl Importer {
                     clampv(adj(ends[k]), -1, n - 1),
                 )
             };
-            let len = if step > 0 {
-                if e > b {
-                    (e - b + step - 1) / step
-                } else {
-                    0
-                }
-            } else if b > e {
-                (b - e + (-step) - 1) / (-step)
+            // Counted in i128: steps and bounds may be anywhere in i64.
+            let (b128, e128, step128) = (b as i128, e as i128, step as i128);
+            let len = if step > 0 && e > b {
+                (e128 - b128 - 1) / step128 + 1
+            } else if step < 0 && b > e {
+                (b128 - e128 - 1) / -step128 + 1
             } else {
                 0
             };
@@ -191,6 +194,12 @@ impl Importer {
             })?;
             vals.push(t);
         }
+        if let Some(i) = vals.iter().position(|t| t.numel() != 1) {
+            return Err(format!("input '{}' must be a scalar", c.input_name(i)));
+        }
+        // Range is computed at import, so its length is bounded like any folded constant.
+        const MAX_RANGE: usize = 1 << 24;
+        let too_long = |n: f64| format!("range of {n} elements is longer than 2^24");
         let dtype = vals[0].dtype();
         let out = if dtype.is_float() {
             let (s, l, d) = (
@@ -198,24 +207,37 @@ impl Importer {
                 vals[1].to_f64()[0],
                 vals[2].to_f64()[0],
             );
-            if d == 0.0 {
-                return Err("delta is 0".into());
+            if d == 0.0 || !(s.is_finite() && l.is_finite() && d.is_finite()) {
+                return Err(format!(
+                    "range({s}, {l}, {d}) needs finite values and a nonzero delta"
+                ));
             }
-            let n = ((l - s) / d).ceil().max(0.0) as usize;
-            let v: Vec<f64> = (0..n).map(|i| s + i as f64 * d).collect();
-            Tensor::from_f64(dtype, [n], &v)
+            let n = ((l - s) / d).ceil().max(0.0);
+            if n > MAX_RANGE as f64 {
+                return Err(too_long(n));
+            }
+            let v: Vec<f64> = (0..n as usize).map(|i| s + i as f64 * d).collect();
+            Tensor::from_f64(dtype, [v.len()], &v)
         } else {
             let (s, l, d) = (
-                vals[0].to_i64()[0],
-                vals[1].to_i64()[0],
-                vals[2].to_i64()[0],
+                vals[0].to_i64()[0] as i128,
+                vals[1].to_i64()[0] as i128,
+                vals[2].to_i64()[0] as i128,
             );
             if d == 0 {
                 return Err("delta is 0".into());
             }
-            let n = ((l - s) as f64 / d as f64).ceil().max(0.0) as usize;
-            let v: Vec<i64> = (0..n as i64).map(|i| s + i * d).collect();
-            Tensor::from_i64(dtype, [n], &v)
+            let span = l - s;
+            let n = if (span > 0) == (d > 0) && span != 0 {
+                (span + d - d.signum()) / d
+            } else {
+                0
+            };
+            if n > MAX_RANGE as i128 {
+                return Err(too_long(n as f64));
+            }
+            let v: Vec<i64> = (0..n).map(|i| (s + i * d) as i64).collect();
+            Tensor::from_i64(dtype, [v.len()], &v)
         };
         self.konst(name, out)
     }
@@ -296,13 +318,13 @@ pub(super) fn reshape_target(input: &[usize], spec: &[i64], allowzero: bool) -> 
         }
     }
     if let Some(i) = infer_at {
-        let known: usize = out.iter().product();
+        let known = crate::ir::checked_numel(&out)?;
         if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("cannot reshape {} to {spec:?}", fmt_shape(input)));
         }
         out[i] = total / known;
     }
-    if out.iter().product::<usize>() != total {
+    if crate::ir::checked_numel(&out)? != total {
         return Err(format!(
             "cannot reshape {} ({total} elements) to {spec:?}",
             fmt_shape(input)

@@ -1,0 +1,284 @@
+//! Malformed or extreme models get a clear error, never a panic, an overflow or an
+//! attempted giant allocation. Each case was once a crash.
+
+mod common;
+
+use common::onnx_model::{self as om, Dim};
+use smelt::onnx::{import_bytes, proto, ImportOptions};
+use smelt::{interp, Tensor};
+use std::collections::HashMap;
+
+fn int_tensor(name: &str, v: &[i64]) -> proto::TensorProto {
+    smelt::onnx::tensor_to_proto(name, &Tensor::i64([v.len()], v.to_vec()))
+}
+
+fn scalar_i64(name: &str, v: i64) -> proto::TensorProto {
+    smelt::onnx::tensor_to_proto(name, &Tensor::i64([], vec![v]))
+}
+
+/// Imports a one-node model over `x: f32[shape]` and returns the error text.
+fn import_err(node: proto::NodeProto, x_shape: &[i64], inits: Vec<proto::TensorProto>) -> String {
+    let outs: Vec<proto::ValueInfoProto> = node
+        .output
+        .iter()
+        .map(|o| om::value(o, 1, vec![]))
+        .collect();
+    let m = om::model(
+        vec![node],
+        vec![om::f32_value("x", x_shape)],
+        outs,
+        inits,
+        17,
+    );
+    match std::panic::catch_unwind(|| {
+        import_bytes(&om::bytes(&m), None, "m.onnx", &ImportOptions::default())
+    }) {
+        Ok(Ok(g)) => panic!("expected an error, imported:\n{g}"),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => panic!("import panicked"),
+    }
+}
+
+fn expect(err: String, needle: &str) {
+    assert!(
+        err.contains(needle),
+        "error {err:?} should mention {needle:?}"
+    );
+}
+
+#[test]
+fn window_attributes_are_bounded() {
+    let conv = |attrs| om::node("Conv", "c", &["x", "w"], &["y"], attrs);
+    let w = |dims: Vec<i64>| {
+        smelt::onnx::tensor_to_proto(
+            "w",
+            &Tensor::f32(
+                dims.iter().map(|&d| d as usize).collect::<Vec<_>>(),
+                vec![0.5; dims.iter().product::<i64>() as usize],
+            ),
+        )
+    };
+    expect(
+        import_err(conv(vec![]), &[1, 1, 5, 5], vec![w(vec![1, 1, 0, 3])]),
+        "non-empty window",
+    );
+    expect(
+        import_err(conv(vec![]), &[1, 1, 5, 5], vec![w(vec![1, 1])]),
+        "conv weight must be",
+    );
+    expect(
+        import_err(
+            conv(vec![om::ints("pads", &[i64::MAX, 0, i64::MAX, 0])]),
+            &[1, 1, 5, 5],
+            vec![w(vec![1, 1, 3, 3])],
+        ),
+        "must be 4 values in 0..=2^31-1",
+    );
+    expect(
+        import_err(
+            conv(vec![om::ints("strides", &[0, 1])]),
+            &[1, 1, 5, 5],
+            vec![w(vec![1, 1, 3, 3])],
+        ),
+        "values in 1..=2^31-1",
+    );
+    let pool = |k: &[i64]| {
+        om::node(
+            "MaxPool",
+            "p",
+            &["x"],
+            &["y"],
+            vec![om::ints("kernel_shape", k)],
+        )
+    };
+    expect(
+        import_err(pool(&[0, 2]), &[1, 1, 4, 4], vec![]),
+        "kernel_shape",
+    );
+    expect(
+        import_err(pool(&[9, 9]), &[1, 1, 4, 4], vec![]),
+        "larger than padded input",
+    );
+    let same = om::node(
+        "MaxPool",
+        "p",
+        &["x"],
+        &["y"],
+        vec![
+            om::ints("kernel_shape", &[2, 2]),
+            om::str_attr("auto_pad", "SAME_UPPER"),
+        ],
+    );
+    expect(import_err(same, &[1, 1, 0, 4], vec![]), "empty input");
+}
+
+#[test]
+fn huge_shapes_are_refused_not_allocated() {
+    let cos = om::node("ConstantOfShape", "c", &["s"], &["y"], vec![]);
+    let m = om::model(
+        vec![cos],
+        vec![],
+        vec![om::value("y", 1, vec![])],
+        vec![int_tensor("s", &[100_000, 100_000, 100_000])],
+        17,
+    );
+    let err = import_bytes(&om::bytes(&m), None, "m.onnx", &ImportOptions::default())
+        .unwrap_err()
+        .to_string();
+    expect(err, "more than 2^32 elements");
+    expect(
+        import_err(
+            om::node("Tile", "t", &["x", "r"], &["y"], vec![]),
+            &[4],
+            vec![int_tensor("r", &[1 << 62])],
+        ),
+        "overflows",
+    );
+    expect(
+        import_err(
+            om::node("Expand", "e", &["x", "s"], &["y"], vec![]),
+            &[1],
+            vec![int_tensor("s", &[1 << 40, 1 << 40])],
+        ),
+        "more than 2^32 elements",
+    );
+    expect(
+        import_err(
+            om::node("Reshape", "r", &["x", "s"], &["y"], vec![]),
+            &[4],
+            vec![int_tensor("s", &[1 << 40, 1 << 40])],
+        ),
+        "more than 2^32 elements",
+    );
+    // An initializer whose dims overflow, with no data.
+    let mut t = int_tensor("w", &[]);
+    t.dims = vec![1 << 32, 1 << 32];
+    t.raw_data = Some(vec![]);
+    expect(
+        import_err(
+            om::node("Add", "a", &["x", "w"], &["y"], vec![]),
+            &[1],
+            vec![t],
+        ),
+        "more than 2^32 elements",
+    );
+    // A graph input that large.
+    let m = om::model(
+        vec![om::node("Relu", "r", &["x"], &["y"], vec![])],
+        vec![om::value("x", 1, vec![Dim::N(1 << 40), Dim::N(1 << 40)])],
+        vec![om::value("y", 1, vec![])],
+        vec![],
+        17,
+    );
+    let err = import_bytes(&om::bytes(&m), None, "m.onnx", &ImportOptions::default())
+        .unwrap_err()
+        .to_string();
+    expect(err, "more than 2^32 elements");
+}
+
+#[test]
+fn range_and_split_parameters_are_checked() {
+    let range = |s: i64, l: i64, d: i64| {
+        let m = om::model(
+            vec![om::node("Range", "r", &["s", "l", "d"], &["y"], vec![])],
+            vec![],
+            vec![om::value("y", 7, vec![])],
+            vec![scalar_i64("s", s), scalar_i64("l", l), scalar_i64("d", d)],
+            17,
+        );
+        import_bytes(&om::bytes(&m), None, "m.onnx", &ImportOptions::default())
+            .map(|g| g.nodes.len())
+    };
+    expect(
+        range(i64::MIN, i64::MAX, 1).unwrap_err().to_string(),
+        "longer than 2^24",
+    );
+    expect(
+        range(0, 1 << 62, 1).unwrap_err().to_string(),
+        "longer than 2^24",
+    );
+    expect(range(0, 5, 0).unwrap_err().to_string(), "delta is 0");
+    assert!(range(10, 0, -3).is_ok());
+    let split = |attrs| om::node("Split", "s", &["x"], &["a", "b"], attrs);
+    expect(
+        import_err(split(vec![om::int("num_outputs", -1)]), &[4], vec![]),
+        "num_outputs -1",
+    );
+    expect(
+        import_err(split(vec![om::int("num_outputs", 1 << 40)]), &[4], vec![]),
+        "must be positive and match",
+    );
+    expect(
+        import_err(split(vec![om::ints("split", &[i64::MAX, 2])]), &[4], vec![]),
+        "do not cover",
+    );
+}
+
+#[test]
+fn extreme_slice_steps_count_right() {
+    let slice = |step: i64| {
+        let m = om::model(
+            vec![om::node(
+                "Slice",
+                "s",
+                &["x", "b", "e", "a", "st"],
+                &["y"],
+                vec![],
+            )],
+            vec![om::f32_value("x", &[4])],
+            vec![om::value("y", 1, vec![])],
+            vec![
+                int_tensor("b", &[if step > 0 { 0 } else { -1 }]),
+                int_tensor("e", &[if step > 0 { i64::MAX } else { i64::MIN }]),
+                int_tensor("a", &[0]),
+                int_tensor("st", &[step]),
+            ],
+            17,
+        );
+        let g = import_bytes(&om::bytes(&m), None, "m.onnx", &ImportOptions::default()).unwrap();
+        let x = Tensor::f32([4], vec![0.0, 1.0, 2.0, 3.0]);
+        interp::run(&g, &HashMap::from([("x".to_string(), x)])).unwrap()[0]
+            .1
+            .to_f64()
+    };
+    assert_eq!(slice(i64::MAX), vec![0.0]);
+    assert_eq!(slice(i64::MIN), vec![3.0]);
+    assert_eq!(slice(-2), vec![3.0, 1.0]);
+}
+
+#[test]
+fn padding_an_empty_dim_with_edge_values_is_refused() {
+    let pad = om::node(
+        "Pad",
+        "p",
+        &["x", "pads"],
+        &["y"],
+        vec![om::str_attr("mode", "edge")],
+    );
+    expect(
+        import_err(pad, &[0, 2], vec![int_tensor("pads", &[1, 0, 1, 0])]),
+        "empty, has no values to repeat",
+    );
+}
+
+#[test]
+fn broken_masked_selection_patterns_are_left_alone() {
+    // NonZero → Transpose without inputs → GatherND → ReduceSum: not the static form, and
+    // the NonZero is reported, not a crash.
+    let m = om::model(
+        vec![
+            om::node("NonZero", "nz", &["x"], &["i"], vec![]),
+            om::node("Transpose", "t", &[], &["it"], vec![]),
+            om::node("GatherND", "g", &["x", "it"], &["sel"], vec![]),
+            om::node("ReduceSum", "r", &["sel"], &[], vec![]),
+        ],
+        vec![om::f32_value("x", &[4])],
+        vec![],
+        vec![],
+        17,
+    );
+    let err = import_bytes(&om::bytes(&m), None, "m.onnx", &ImportOptions::default())
+        .unwrap_err()
+        .to_string();
+    expect(err, "NonZero");
+}
