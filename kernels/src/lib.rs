@@ -1,8 +1,30 @@
-//! smelt's device-side CUDA library: block/warp reductions, vectorized loads and stores, and
-//! the GEMM-epilogue and attention templates that generated kernels include. Each `.cuh` file
-//! is embedded with `include_str!` and compiled by NVRTC in tests.
-//!
-//! The library arrives with code generation (kernel IR and the CUDA renderer); until then
-//! this crate holds no sources.
+//! smelt's device-side CUDA library: element types, scalar functions, warp/block reductions
+//! with the online-softmax and Welford merges, and vectorized loads and stores. Generated
+//! kernels include these headers; each is embedded here with `include_str!` and compiled by
+//! NVRTC in the runtime's tests (for sm_80 and sm_90, with no register spills).
 
 #![warn(missing_docs)]
+
+/// Every header, as (include path, source), in dependency order.
+pub const HEADERS: &[(&str, &str)] = &[
+    ("smelt/types.cuh", include_str!("../cuda/smelt/types.cuh")),
+    ("smelt/math.cuh", include_str!("../cuda/smelt/math.cuh")),
+    ("smelt/reduce.cuh", include_str!("../cuda/smelt/reduce.cuh")),
+    ("smelt/vector.cuh", include_str!("../cuda/smelt/vector.cuh")),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::HEADERS;
+
+    #[test]
+    fn headers_are_guarded_and_namespaced() {
+        for (path, src) in HEADERS {
+            assert!(src.contains("#pragma once"), "{path} lacks #pragma once");
+            assert!(
+                src.contains("namespace smelt"),
+                "{path} is not in namespace smelt"
+            );
+        }
+    }
+}

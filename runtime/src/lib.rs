@@ -6,6 +6,8 @@
 
 #![warn(missing_docs)]
 
+pub mod cuda;
+
 use smelt_compiler::interp;
 use smelt_compiler::ir::{Graph, Tensor};
 use std::collections::HashMap;

@@ -1,0 +1,26 @@
+// smelt device library: scalar functions that generated kernels call by name, so the
+// renderer's op table maps each IR op to one call. Exact (libdevice) versions; fast-math
+// kernels are compiled with --use_fast_math instead.
+#pragma once
+
+namespace smelt {
+
+__device__ __forceinline__ float relu(float x) { return x < 0.0f ? 0.0f : x; }
+__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+__device__ __forceinline__ float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+__device__ __forceinline__ float gelu_tanh(float x) {
+    const float k = 0.79788456080286536f;  // sqrt(2 / pi)
+    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+__device__ __forceinline__ float hard_sigmoid(float x, float alpha, float beta) {
+    return fminf(1.0f, fmaxf(0.0f, alpha * x + beta));
+}
+__device__ __forceinline__ float hard_swish(float x) { return x * hard_sigmoid(x, 1.0f / 6.0f, 0.5f); }
+__device__ __forceinline__ float softplus(float x) { return x > 30.0f ? x : log1pf(expf(x)); }
+__device__ __forceinline__ float leaky_relu(float x, float alpha) { return x < 0.0f ? alpha * x : x; }
+__device__ __forceinline__ float elu(float x, float alpha) { return x < 0.0f ? alpha * (expf(x) - 1.0f) : x; }
+// NaN-propagating min/max (numpy and ONNX semantics; fminf/fmaxf drop NaN).
+__device__ __forceinline__ float max_nan(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b); }
+__device__ __forceinline__ float min_nan(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b); }
+
+}  // namespace smelt

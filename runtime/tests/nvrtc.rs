@@ -1,0 +1,123 @@
+//! NVRTC compiles smelt's device library to cubin for sm_80 and sm_90 with no spills. These
+//! tests fail (never skip) when NVRTC is missing: `scripts/setup` installs it.
+
+use smelt_runtime::cuda::nvrtc::{compile, parse_resources, version, NvrtcError};
+
+/// A translation unit that includes every header and uses each of its pieces.
+const USES_EVERY_HEADER: &str = r#"
+#include "smelt/types.cuh"
+#include "smelt/math.cuh"
+#include "smelt/reduce.cuh"
+#include "smelt/vector.cuh"
+
+// One block per row: online softmax (one read of the row) in f16 storage.
+extern "C" __global__ void softmax_rows_f16(const __half* x, __half* y, int n) {
+    __shared__ float scratch[32];
+    const __half* row = x + (size_t)blockIdx.x * n;
+    smelt::MaxSum acc = smelt::MaxSum::identity();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) acc.push(smelt::to_f32(row[i]));
+    acc = smelt::warp_merge(acc);
+    const float m = smelt::block_reduce(acc.max, smelt::Max(), -smelt::inf(), scratch);
+    const float s = smelt::block_reduce(acc.max == -smelt::inf() ? 0.0f : acc.sum * __expf(acc.max - m), smelt::Sum(), 0.0f, scratch);
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        y[(size_t)blockIdx.x * n + i] = smelt::from_f32<__half>(__expf(smelt::to_f32(row[i]) - m) / s);
+}
+
+// One warp per row: Welford layernorm in bf16 storage.
+extern "C" __global__ void layernorm_rows_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, int rows, int n, float eps) {
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    smelt::Welford w = smelt::Welford::identity();
+    for (int i = lane; i < n; i += 32) w.push(smelt::to_f32(x[(size_t)row * n + i]));
+    w = smelt::warp_merge(w);
+    const float inv = rsqrtf(w.m2 / w.count + eps);
+    for (int i = lane; i < n; i += 32)
+        y[(size_t)row * n + i] = smelt::from_f32<__nv_bfloat16>((smelt::to_f32(x[(size_t)row * n + i]) - w.mean) * inv);
+}
+
+// Grid-stride elementwise with 128-bit accesses.
+extern "C" __global__ void gelu_f32x4(const float* x, float* y, int n4) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += gridDim.x * blockDim.x) {
+        float4 v = smelt::load4(x + 4 * i);
+        v.x = smelt::gelu(v.x);
+        v.y = smelt::gelu_tanh(v.y);
+        v.z = smelt::hard_swish(smelt::max_nan(v.z, smelt::sigmoid(v.z)));
+        v.w = smelt::elu(smelt::softplus(v.w), 1.0f);
+        smelt::store4(y + 4 * i, v);
+    }
+}
+"#;
+
+#[test]
+fn nvrtc_is_installed() {
+    let (major, minor) = version().expect("NVRTC must be present (scripts/setup installs it)");
+    assert!(
+        major >= 13 || (major == 12 && minor >= 0),
+        "NVRTC {major}.{minor}"
+    );
+}
+
+#[test]
+fn device_library_compiles_for_sm80_and_sm90_without_spills() {
+    for arch in ["sm_80", "sm_90"] {
+        let out = compile("uses_every_header.cu", USES_EVERY_HEADER, arch)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            out.cubin.len() > 1000,
+            "{arch}: cubin of {} bytes",
+            out.cubin.len()
+        );
+        let names: Vec<&str> = out.resources.iter().map(|(n, _)| n.as_str()).collect();
+        for k in ["softmax_rows_f16", "layernorm_rows_bf16", "gelu_f32x4"] {
+            assert!(
+                names.contains(&k),
+                "{arch}: no ptxas report for {k}: {}",
+                out.log
+            );
+        }
+        for (name, r) in &out.resources {
+            assert!(r.registers > 0, "{arch} {name}: {r:?}");
+            assert_eq!(
+                (r.spill_stores, r.spill_loads),
+                (0, 0),
+                "{arch} {name} spills: {r:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn compile_errors_name_the_kernel_and_the_line() {
+    let src = "extern \"C\" __global__ void broken(float* y) {\n    y[0] = undefined_name;\n}\n";
+    match compile("broken.cu", src, "sm_90") {
+        Err(NvrtcError::Compile {
+            kernel,
+            first_error,
+            log,
+            ..
+        }) => {
+            assert_eq!(kernel, "broken.cu");
+            assert!(first_error.contains("undefined_name"), "{first_error}");
+            assert!(first_error.contains("line 2"), "{first_error}");
+            assert!(log.contains("error"), "{log}");
+        }
+        other => panic!("expected a compile error, got {other:?}"),
+    }
+}
+
+#[test]
+fn ptxas_report_parses() {
+    let log = "ptxas info    : 0 bytes gmem\nptxas info    : Compiling entry function 'k' for 'sm_90'\nptxas info    : Function properties for k\n    8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads\nptxas info    : Used 26 registers, used 0 barriers\n";
+    let r = parse_resources(log);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].0, "k");
+    assert_eq!(
+        (
+            r[0].1.registers,
+            r[0].1.stack_bytes,
+            r[0].1.spill_stores,
+            r[0].1.spill_loads
+        ),
+        (26, 8, 4, 4)
+    );
+}
