@@ -7,16 +7,6 @@ use smelt::npy;
 use std::path::Path;
 use std::process::Command;
 
-fn model_dirs() -> Vec<std::path::PathBuf> {
-    let mut dirs: Vec<_> = std::fs::read_dir(common::root().join("tests/models"))
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("model.onnx").exists())
-        .collect();
-    dirs.sort();
-    dirs
-}
-
 fn npy_files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
@@ -29,7 +19,7 @@ fn npy_files(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn smelt_run_matches_onnxruntime_on_reference_models() {
-    let dirs = model_dirs();
+    let dirs = common::model_dirs(&common::root().join("tests/models"));
     assert!(
         dirs.len() >= 5,
         "expected the reference models in tests/models"
@@ -46,10 +36,8 @@ fn smelt_run_matches_onnxruntime_on_reference_models() {
             let input = f.file_stem().unwrap().to_string_lossy().to_string();
             cmd.arg("--input").arg(format!("{input}={}", f.display()));
         }
-        if let Ok(extra) = std::fs::read_to_string(dir.join("shapes.txt")) {
-            for s in extra.split_whitespace() {
-                cmd.arg("--shape").arg(s);
-            }
+        for s in common::model_shapes(&dir) {
+            cmd.arg("--shape").arg(s);
         }
         let res = cmd.output().unwrap();
         assert!(

@@ -152,12 +152,7 @@ fn onnx_node_conformance() {
         root.display()
     );
     let known = known_failures();
-    let mut dirs: Vec<_> = std::fs::read_dir(&root)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("model.onnx").exists())
-        .collect();
-    dirs.sort();
+    let dirs = common::model_dirs(&root);
     let (mut passed, mut skipped) = (0, 0);
     let mut failures = BTreeMap::new();
     for dir in &dirs {

@@ -8,24 +8,15 @@ use smelt::optimize::Options;
 
 #[test]
 fn reference_model_plans() {
-    let root = common::root().join("tests/models");
-    let mut dirs: Vec<_> = std::fs::read_dir(&root)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("model.onnx").exists())
-        .collect();
-    dirs.sort();
-    for dir in dirs {
+    for dir in common::model_dirs(&common::root().join("tests/models")) {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
         let mut opts = ImportOptions::default();
-        if let Ok(extra) = std::fs::read_to_string(dir.join("shapes.txt")) {
-            for s in extra.split_whitespace() {
-                let (n, dims) = s.split_once('=').unwrap();
-                opts.shapes.insert(
-                    n.into(),
-                    dims.split('x').map(|d| d.parse().unwrap()).collect(),
-                );
-            }
+        for s in common::model_shapes(&dir) {
+            let (n, dims) = s.split_once('=').unwrap();
+            opts.shapes.insert(
+                n.into(),
+                dims.split('x').map(|d| d.parse().unwrap()).collect(),
+            );
         }
         let graph = import_file(&dir.join("model.onnx"), &opts).unwrap();
         for (fuse, tag) in [(true, "fused"), (false, "unfused")] {

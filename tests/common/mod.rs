@@ -9,6 +9,24 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Subdirectories of `root` that hold a `model.onnx`, sorted.
+pub fn model_dirs(root: &std::path::Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("model.onnx").exists())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// The `NAME=AxB` shapes a reference model needs (`shapes.txt` beside it), if any.
+pub fn model_shapes(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("shapes.txt"))
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
 /// Compares `got` with `want`: same dtype and shape; floats within `atol + rtol * |want|`
 /// (NaN matches NaN, infinities must match exactly); integers and bools exactly.
 /// Returns a message describing the first mismatch.

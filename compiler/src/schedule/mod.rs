@@ -153,28 +153,20 @@ pub fn schedule(g: &Graph) -> Plan {
             (Op::Reshape(_), BufferKind::Intermediate) => Some(buffer_of[node.inputs[0]]),
             _ => None,
         };
-        if let Some(src) = alias {
-            buffer_of[id] = src;
-            buffers.push(Buffer {
-                name: node.name.clone(),
-                ty: node.ty.to_string(),
-                bytes: node.ty.bytes(),
-                kind,
-                offset: None,
-                alias_of: Some(buffers[src].name.clone()),
-            });
-            step_of_buffer_write.push(usize::MAX);
-            continue;
-        }
-        buffer_of[id] = buffers.len();
         buffers.push(Buffer {
             name: node.name.clone(),
             ty: node.ty.to_string(),
             bytes: node.ty.bytes(),
             kind,
             offset: None,
-            alias_of: None,
+            alias_of: alias.map(|src| buffers[src].name.clone()),
         });
+        if let Some(src) = alias {
+            buffer_of[id] = src;
+            step_of_buffer_write.push(usize::MAX);
+            continue;
+        }
+        buffer_of[id] = buffers.len() - 1;
         step_of_buffer_write.push(kernels.len());
         if matches!(node.op, Op::Input | Op::Constant(_)) {
             continue;
