@@ -30,6 +30,7 @@ pub mod zoo;
 
 pub use smelt_compiler::interp;
 pub use smelt_compiler::ir::{self, DType, Graph, GraphBuilder, Tensor, Value};
+pub use smelt_compiler::kernel;
 pub use smelt_compiler::onnx;
 pub use smelt_compiler::optimize;
 pub use smelt_compiler::schedule;

@@ -7,6 +7,7 @@
 pub mod error;
 pub mod interp;
 pub mod ir;
+pub mod kernel;
 pub mod onnx;
 pub mod optimize;
 pub mod schedule;

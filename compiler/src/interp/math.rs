@@ -25,7 +25,7 @@ pub fn unary(u: UnaryOp, x: &Tensor, out: &TensorType) -> Tensor {
     Tensor::from_i64(out.dtype, shape, &v)
 }
 
-fn unary_f(u: UnaryOp, x: f64) -> f64 {
+pub(crate) fn unary_f(u: UnaryOp, x: f64) -> f64 {
     use std::f64::consts::{FRAC_1_SQRT_2, PI};
     match u {
         UnaryOp::Neg => -x,
@@ -152,7 +152,7 @@ fn nan_aware(a: f64, b: f64, pick: fn(f64, f64) -> f64) -> f64 {
     }
 }
 
-fn binary_f(b: BinaryOp, x: f64, y: f64) -> f64 {
+pub(crate) fn binary_f(b: BinaryOp, x: f64, y: f64) -> f64 {
     let t = |c: bool| c as u8 as f64;
     match b {
         BinaryOp::Add => x + y,
@@ -189,7 +189,7 @@ fn binary_f(b: BinaryOp, x: f64, y: f64) -> f64 {
     }
 }
 
-fn binary_i(b: BinaryOp, x: i64, y: i64, dtype: DType) -> Result<i64, String> {
+pub(crate) fn binary_i(b: BinaryOp, x: i64, y: i64, dtype: DType) -> Result<i64, String> {
     let t = |c: bool| c as i64;
     Ok(match b {
         BinaryOp::Add => x.wrapping_add(y),

@@ -4,7 +4,7 @@
 //! It is the oracle for every later stage, so it favours plain loops over speed.
 
 mod layout;
-mod math;
+pub(crate) mod math;
 mod nn;
 
 use crate::error::{Error, Result};

@@ -1,0 +1,382 @@
+//! The kernel-IR interpreter: runs a lowered program on the CPU exactly as written — every
+//! block and thread, their index arithmetic, loops, and the block reductions as the same
+//! warp-shuffle tree the GPU runs — so lowering bugs are caught without a GPU.
+
+use super::ir::{Builtin, Expr, IndexOp, Kernel, Precision, Program, ReduceOp, Stmt};
+use crate::error::{Error, Result};
+use crate::interp::math::{binary_f, binary_i, unary_f};
+use crate::ir::{DType, Tensor};
+use std::collections::HashMap;
+
+/// A value: float (rounded to the kernel's precision) or integer. Bools are floats 0/1.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Val {
+    F(f64),
+    I(i64),
+}
+
+impl Val {
+    fn f(self) -> f64 {
+        match self {
+            Val::F(x) => x,
+            Val::I(i) => i as f64,
+        }
+    }
+    fn i(self) -> i64 {
+        match self {
+            Val::I(i) => i,
+            Val::F(x) => x as i64,
+        }
+    }
+}
+
+struct Ctx<'a> {
+    buffers: &'a mut [Vec<f64>],
+    dtypes: &'a [DType],
+    precision: Precision,
+    block: i64,
+    grid: i64,
+    block_dim: i64,
+}
+
+fn round(p: Precision, x: f64) -> f64 {
+    match p {
+        Precision::F32 => x as f32 as f64,
+        Precision::F64 => x,
+    }
+}
+
+/// Rounds a value as storing it in `dtype` would.
+fn to_dtype(d: DType, x: f64) -> f64 {
+    Tensor::from_f64(d, vec![], &[x]).to_f64()[0]
+}
+
+type Env = HashMap<u32, Val>;
+
+fn err(k: &Kernel, msg: String) -> Error {
+    Error::Node {
+        node: k.name.clone(),
+        op: "kernel".into(),
+        message: msg,
+    }
+}
+
+fn eval(e: &Expr, env: &Env, t: i64, cx: &Ctx, k: &Kernel) -> Result<Val> {
+    let p = cx.precision;
+    Ok(match e {
+        Expr::F(x) => Val::F(round(p, *x)),
+        Expr::I(i) => Val::I(*i),
+        Expr::Var(v) => *env
+            .get(v)
+            .ok_or_else(|| err(k, format!("v{v} read before it is set")))?,
+        Expr::Builtin(b) => Val::I(match b {
+            Builtin::Block => cx.block,
+            Builtin::Thread => t,
+            Builtin::BlockDim => cx.block_dim,
+            Builtin::GridDim => cx.grid,
+        }),
+        Expr::Load { buf, index } => {
+            let i = eval(index, env, t, cx, k)?.i();
+            let b = &cx.buffers[*buf as usize];
+            let x = *usize::try_from(i)
+                .ok()
+                .and_then(|i| b.get(i))
+                .ok_or_else(|| {
+                    err(
+                        k,
+                        format!("load b{buf}[{i}] out of bounds (len {})", b.len()),
+                    )
+                })?;
+            if cx.dtypes[*buf as usize].is_int() {
+                Val::I(x as i64)
+            } else {
+                Val::F(round(p, x))
+            }
+        }
+        Expr::Unary(u, a) => match eval(a, env, t, cx, k)? {
+            Val::F(x) => Val::F(round(p, unary_f(*u, x))),
+            Val::I(i) => Val::I(match u {
+                crate::ir::UnaryOp::Neg => i.wrapping_neg(),
+                crate::ir::UnaryOp::Abs => i.wrapping_abs(),
+                crate::ir::UnaryOp::Sign => i.signum(),
+                crate::ir::UnaryOp::Relu => i.max(0),
+                crate::ir::UnaryOp::Not => (i == 0) as i64,
+                _ => return Ok(Val::F(round(p, unary_f(*u, i as f64)))),
+            }),
+        },
+        Expr::Binary(b, x, y) => match (eval(x, env, t, cx, k)?, eval(y, env, t, cx, k)?) {
+            (Val::I(a), Val::I(c)) => {
+                Val::I(binary_i(*b, a, c, DType::I64).map_err(|m| err(k, m))?)
+            }
+            (a, c) => Val::F(round(p, binary_f(*b, a.f(), c.f()))),
+        },
+        Expr::Select(c, a, b) => {
+            if eval(c, env, t, cx, k)?.f() != 0.0 {
+                eval(a, env, t, cx, k)?
+            } else {
+                eval(b, env, t, cx, k)?
+            }
+        }
+        Expr::Cast(d, a) => {
+            let v = eval(a, env, t, cx, k)?;
+            if d.is_int() {
+                Val::I(Tensor::from_f64(*d, vec![], &[v.f()]).to_i64()[0])
+            } else {
+                Val::F(to_dtype(*d, v.f()))
+            }
+        }
+        Expr::Combine(op, a, b) => {
+            let (x, y) = (eval(a, env, t, cx, k)?.f(), eval(b, env, t, cx, k)?.f());
+            Val::F(round(p, combine(*op, x, y)))
+        }
+        Expr::Index(op, a, b) => {
+            let (x, y) = (eval(a, env, t, cx, k)?.i(), eval(b, env, t, cx, k)?.i());
+            Val::I(match op {
+                IndexOp::Add => x.wrapping_add(y),
+                IndexOp::Sub => x.wrapping_sub(y),
+                IndexOp::Mul => x.wrapping_mul(y),
+                IndexOp::Div | IndexOp::Rem if y == 0 => {
+                    return Err(err(k, "index division by zero".into()))
+                }
+                IndexOp::Div => x / y,
+                IndexOp::Rem => x % y,
+                IndexOp::Lt => (x < y) as i64,
+            })
+        }
+    })
+}
+
+fn combine(op: ReduceOp, x: f64, y: f64) -> f64 {
+    match op {
+        ReduceOp::Sum => x + y,
+        ReduceOp::Prod => x * y,
+        ReduceOp::Max => {
+            if x.is_nan() || y.is_nan() {
+                f64::NAN
+            } else {
+                x.max(y)
+            }
+        }
+        ReduceOp::Min => {
+            if x.is_nan() || y.is_nan() {
+                f64::NAN
+            } else {
+                x.min(y)
+            }
+        }
+    }
+}
+
+fn has_collective(stmts: &[Stmt]) -> bool {
+    stmts.iter().any(|s| match s {
+        Stmt::BlockReduce { .. } | Stmt::Barrier => true,
+        Stmt::For { body, .. } => has_collective(body),
+        Stmt::If { then, .. } => has_collective(then),
+        _ => false,
+    })
+}
+
+/// Runs one thread through statements that contain no collective.
+fn exec_thread(stmts: &[Stmt], env: &mut Env, t: i64, cx: &mut Ctx, k: &Kernel) -> Result<()> {
+    for s in stmts {
+        match s {
+            Stmt::Let { var, value } => {
+                let v = eval(value, env, t, cx, k)?;
+                env.insert(*var, v);
+            }
+            Stmt::Store { buf, index, value } => {
+                let i = eval(index, env, t, cx, k)?.i();
+                let v = eval(value, env, t, cx, k)?;
+                let d = cx.dtypes[*buf as usize];
+                let b = &mut cx.buffers[*buf as usize];
+                let len = b.len();
+                let slot = usize::try_from(i)
+                    .ok()
+                    .and_then(|i| b.get_mut(i))
+                    .ok_or_else(|| {
+                        err(k, format!("store b{buf}[{i}] out of bounds (len {len})"))
+                    })?;
+                *slot = to_dtype(d, v.f());
+            }
+            Stmt::For {
+                var,
+                start,
+                end,
+                step,
+                body,
+                ..
+            } => {
+                let (mut i, e, st) = (
+                    eval(start, env, t, cx, k)?.i(),
+                    eval(end, env, t, cx, k)?.i(),
+                    eval(step, env, t, cx, k)?.i(),
+                );
+                if st <= 0 {
+                    return Err(err(k, format!("loop step {st}")));
+                }
+                while i < e {
+                    env.insert(*var, Val::I(i));
+                    exec_thread(body, env, t, cx, k)?;
+                    i += st;
+                }
+            }
+            Stmt::If { cond, then } => {
+                if eval(cond, env, t, cx, k)?.f() != 0.0 {
+                    exec_thread(then, env, t, cx, k)?;
+                }
+            }
+            Stmt::BlockReduce { .. } | Stmt::Barrier => unreachable!("collectives run in lockstep"),
+        }
+    }
+    Ok(())
+}
+
+/// Runs every thread of a block through statements, in lockstep at collectives.
+fn exec_block(stmts: &[Stmt], envs: &mut [Env], cx: &mut Ctx, k: &Kernel) -> Result<()> {
+    for s in stmts {
+        match s {
+            Stmt::BlockReduce { var, op } => block_reduce(envs, *var, *op, cx.precision, k)?,
+            Stmt::Barrier => {}
+            Stmt::For {
+                var,
+                start,
+                end,
+                step,
+                uniform,
+                body,
+            } if has_collective(body) => {
+                if !uniform {
+                    return Err(err(
+                        k,
+                        "a collective inside a loop whose bounds vary by thread".into(),
+                    ));
+                }
+                let b = |e: &Expr, envs: &[Env], cx: &Ctx| -> Result<Vec<i64>> {
+                    envs.iter()
+                        .enumerate()
+                        .map(|(t, env)| Ok(eval(e, env, t as i64, cx, k)?.i()))
+                        .collect()
+                };
+                let (s0, e0, st0) = (b(start, envs, cx)?, b(end, envs, cx)?, b(step, envs, cx)?);
+                let same = |v: &[i64]| v.windows(2).all(|w| w[0] == w[1]);
+                if !(same(&s0) && same(&e0) && same(&st0)) || st0[0] <= 0 {
+                    return Err(err(
+                        k,
+                        "a loop marked uniform has bounds that vary by thread".into(),
+                    ));
+                }
+                let mut i = s0[0];
+                while i < e0[0] {
+                    for env in envs.iter_mut() {
+                        env.insert(*var, Val::I(i));
+                    }
+                    exec_block(body, envs, cx, k)?;
+                    i += st0[0];
+                }
+            }
+            Stmt::If { then, .. } if has_collective(then) => {
+                return Err(err(k, "a collective inside a conditional".into()));
+            }
+            other => {
+                for (t, env) in envs.iter_mut().enumerate() {
+                    exec_thread(std::slice::from_ref(other), env, t as i64, cx, k)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The GPU's reduction tree: a butterfly over each warp's 32 lanes, warp results through
+/// shared memory, and a butterfly over those in every warp.
+fn block_reduce(envs: &mut [Env], var: u32, op: ReduceOp, p: Precision, k: &Kernel) -> Result<()> {
+    let mut v: Vec<f64> = envs
+        .iter()
+        .map(|e| {
+            e.get(&var)
+                .map(|x| x.f())
+                .ok_or_else(|| err(k, format!("v{var} reduced before it is set")))
+        })
+        .collect::<Result<_>>()?;
+    let butterfly = |v: &mut [f64]| {
+        for warp in v.chunks_mut(32) {
+            let mut offset = 16;
+            while offset > 0 {
+                let prev = warp.to_vec();
+                for lane in 0..warp.len() {
+                    let other = prev.get(lane ^ offset).copied().unwrap_or(op.identity());
+                    warp[lane] = round(p, combine(op, prev[lane], other));
+                }
+                offset >>= 1;
+            }
+        }
+    };
+    butterfly(&mut v);
+    let warps = v.len().div_ceil(32);
+    let shared: Vec<f64> = (0..warps).map(|w| v[w * 32]).collect();
+    for (t, x) in v.iter_mut().enumerate() {
+        let lane = t % 32;
+        *x = if lane < warps {
+            shared[lane]
+        } else {
+            op.identity()
+        };
+    }
+    butterfly(&mut v);
+    for (env, x) in envs.iter_mut().zip(v) {
+        env.insert(var, Val::F(x));
+    }
+    Ok(())
+}
+
+/// Runs a lowered program on named inputs; returns the outputs in order.
+pub fn run(p: &Program, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>> {
+    let dtypes: Vec<DType> = p.buffers.iter().map(|b| b.dtype).collect();
+    let mut buffers: Vec<Vec<f64>> = p.buffers.iter().map(|b| vec![f64::NAN; b.len]).collect();
+    for (b, t) in &p.constants {
+        buffers[*b as usize] = t.to_f64();
+    }
+    for (name, b) in &p.inputs {
+        let t = inputs.get(name).ok_or_else(|| Error::Input {
+            name: name.clone(),
+            message: "missing".into(),
+        })?;
+        let decl = &p.buffers[*b as usize];
+        if t.dtype() != decl.dtype || t.numel() != decl.len {
+            return Err(Error::Input {
+                name: name.clone(),
+                message: format!(
+                    "expected {} elements of {}, got {}",
+                    decl.len,
+                    decl.dtype,
+                    t.ty()
+                ),
+            });
+        }
+        buffers[*b as usize] = t.to_f64();
+    }
+    for k in &p.kernels {
+        for block in 0..k.launch.grid {
+            let mut envs: Vec<Env> = vec![Env::new(); k.launch.block];
+            let mut cx = Ctx {
+                buffers: &mut buffers,
+                dtypes: &dtypes,
+                precision: k.precision,
+                block: block as i64,
+                grid: k.launch.grid as i64,
+                block_dim: k.launch.block as i64,
+            };
+            exec_block(&k.body, &mut envs, &mut cx, k)?;
+        }
+    }
+    Ok(p.outputs
+        .iter()
+        .map(|(name, b)| {
+            let d = &p.buffers[*b as usize];
+            (
+                name.clone(),
+                Tensor::from_f64(d.dtype, d.shape.clone(), &buffers[*b as usize]),
+            )
+        })
+        .collect())
+}

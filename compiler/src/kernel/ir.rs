@@ -1,0 +1,309 @@
+//! The kernel IR: what one launch does, written out as loops, loads, stores, scalar ops and
+//! block-level collectives. Lowering produces it; the kernel-IR interpreter runs it exactly as
+//! written; the CUDA and C renderers print it.
+//!
+//! Execution model: a kernel runs `launch.grid` blocks of `launch.block` threads. Every
+//! thread runs the body with its own variables. [`Stmt::BlockReduce`] and [`Stmt::Barrier`]
+//! involve every thread of the block, so they may only appear where all threads of a block
+//! get to them together: at the top level of the body, or inside a loop whose bounds depend
+//! on the block index alone ([`Stmt::For`] with `uniform: true`).
+
+use crate::ir::{BinaryOp, DType, UnaryOp};
+use serde::Serialize;
+use std::fmt;
+
+/// A buffer of the program (graph input, weight, intermediate or output).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BufferDecl {
+    /// Name (the producing node's).
+    pub name: String,
+    /// Element type in memory.
+    pub dtype: DType,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Number of elements.
+    pub len: usize,
+}
+
+/// Built-in integer values of the execution model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Builtin {
+    /// Index of the block in the grid.
+    Block,
+    /// Index of the thread in its block.
+    Thread,
+    /// Threads per block.
+    BlockDim,
+    /// Blocks in the grid.
+    GridDim,
+}
+
+/// Integer index arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[allow(missing_docs)]
+pub enum IndexOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Rem,
+    Lt,
+}
+
+/// Combining operation of a reduction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[allow(missing_docs)]
+pub enum ReduceOp {
+    Sum,
+    Max,
+    Min,
+    Prod,
+}
+
+impl ReduceOp {
+    /// The identity element.
+    pub fn identity(self) -> f64 {
+        match self {
+            ReduceOp::Sum => 0.0,
+            ReduceOp::Prod => 1.0,
+            ReduceOp::Max => f64::NEG_INFINITY,
+            ReduceOp::Min => f64::INFINITY,
+        }
+    }
+}
+
+/// A scalar expression. Floats compute in the kernel's [`Precision`]; indices in i64.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum Expr {
+    /// Float constant.
+    F(f64),
+    /// Integer constant.
+    I(i64),
+    /// A variable.
+    Var(u32),
+    /// A built-in index.
+    Builtin(Builtin),
+    /// Element `index` of buffer `buf`, converted to the compute type.
+    Load {
+        /// Buffer.
+        buf: u32,
+        /// Element index.
+        index: Box<Expr>,
+    },
+    /// Elementwise function.
+    Unary(UnaryOp, Box<Expr>),
+    /// Elementwise function of two values.
+    Binary(BinaryOp, Box<Expr>, Box<Expr>),
+    /// `cond ? a : b`.
+    Select(Box<Expr>, Box<Expr>, Box<Expr>),
+    /// Conversion to a dtype's values (rounding as storing would).
+    Cast(DType, Box<Expr>),
+    /// Combining two values as a reduction does.
+    Combine(ReduceOp, Box<Expr>, Box<Expr>),
+    /// Integer index arithmetic.
+    Index(IndexOp, Box<Expr>, Box<Expr>),
+}
+
+/// A statement.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum Stmt {
+    /// `var = value` (declares on first assignment).
+    Let {
+        /// Variable.
+        var: u32,
+        /// Value.
+        value: Expr,
+    },
+    /// `buf[index] = value`, converted to the buffer's dtype.
+    Store {
+        /// Buffer.
+        buf: u32,
+        /// Element index.
+        index: Expr,
+        /// Value.
+        value: Expr,
+    },
+    /// `for var in (start..end).step_by(step)`.
+    For {
+        /// Loop variable.
+        var: u32,
+        /// First value.
+        start: Expr,
+        /// Bound (exclusive).
+        end: Expr,
+        /// Step (positive).
+        step: Expr,
+        /// Bounds depend on the block index alone (collectives allowed inside).
+        uniform: bool,
+        /// Body.
+        body: Vec<Stmt>,
+    },
+    /// Runs `then` when `cond` is nonzero.
+    If {
+        /// Condition.
+        cond: Expr,
+        /// Body.
+        then: Vec<Stmt>,
+    },
+    /// Every thread of the block combines its `var` with `op` (a warp shuffle tree, then
+    /// across warps through shared memory); afterwards every thread holds the result.
+    BlockReduce {
+        /// Variable reduced in place.
+        var: u32,
+        /// How.
+        op: ReduceOp,
+    },
+    /// Every thread of the block waits for the others.
+    Barrier,
+}
+
+/// Float arithmetic precision of a kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 (f16/bf16/f32 storage).
+    F32,
+    /// f64 (f64 storage).
+    F64,
+}
+
+/// Blocks and threads of a launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Launch {
+    /// Blocks.
+    pub grid: usize,
+    /// Threads per block (a multiple of 32).
+    pub block: usize,
+}
+
+/// One kernel.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Kernel {
+    /// Stable name.
+    pub name: String,
+    /// Blocks and threads.
+    pub launch: Launch,
+    /// Float precision.
+    pub precision: Precision,
+    /// Buffers it reads.
+    pub reads: Vec<u32>,
+    /// Buffers it writes.
+    pub writes: Vec<u32>,
+    /// Statements every thread runs.
+    pub body: Vec<Stmt>,
+}
+
+/// A lowered program: buffers and kernels in launch order.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Program {
+    /// Every buffer.
+    pub buffers: Vec<BufferDecl>,
+    /// Graph inputs: (input name, buffer).
+    pub inputs: Vec<(String, u32)>,
+    /// Constants: (buffer, value), uploaded before the first run.
+    pub constants: Vec<(u32, std::sync::Arc<crate::ir::Tensor>)>,
+    /// Graph outputs: (output name, buffer).
+    pub outputs: Vec<(String, u32)>,
+    /// Kernels in launch order.
+    pub kernels: Vec<Kernel>,
+}
+
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expr::F(v) => write!(f, "{v:?}"),
+            Expr::I(v) => write!(f, "{v}"),
+            Expr::Var(v) => write!(f, "v{v}"),
+            Expr::Builtin(b) => write!(
+                f,
+                "{}",
+                match b {
+                    Builtin::Block => "block",
+                    Builtin::Thread => "thread",
+                    Builtin::BlockDim => "block_dim",
+                    Builtin::GridDim => "grid_dim",
+                }
+            ),
+            Expr::Load { buf, index } => write!(f, "b{buf}[{index}]"),
+            Expr::Unary(u, a) => write!(f, "{}({a})", crate::ir::Op::Unary(*u).name()),
+            Expr::Binary(b, x, y) => write!(f, "{}({x}, {y})", crate::ir::Op::Binary(*b).name()),
+            Expr::Select(c, a, b) => write!(f, "({c} ? {a} : {b})"),
+            Expr::Cast(d, a) => write!(f, "{d}({a})"),
+            Expr::Combine(op, a, b) => write!(f, "{op:?}({a}, {b})"),
+            Expr::Index(op, a, b) => {
+                let s = match op {
+                    IndexOp::Add => "+",
+                    IndexOp::Sub => "-",
+                    IndexOp::Mul => "*",
+                    IndexOp::Div => "/",
+                    IndexOp::Rem => "%",
+                    IndexOp::Lt => "<",
+                };
+                write!(f, "({a} {s} {b})")
+            }
+        }
+    }
+}
+
+fn fmt_block(f: &mut fmt::Formatter<'_>, stmts: &[Stmt], depth: usize) -> fmt::Result {
+    let pad = "  ".repeat(depth);
+    for s in stmts {
+        match s {
+            Stmt::Let { var, value } => writeln!(f, "{pad}v{var} = {value}")?,
+            Stmt::Store { buf, index, value } => writeln!(f, "{pad}b{buf}[{index}] = {value}")?,
+            Stmt::For {
+                var,
+                start,
+                end,
+                step,
+                uniform,
+                body,
+            } => {
+                let u = if *uniform { " uniform" } else { "" };
+                writeln!(f, "{pad}for{u} v{var} in {start}..{end} step {step} {{")?;
+                fmt_block(f, body, depth + 1)?;
+                writeln!(f, "{pad}}}")?;
+            }
+            Stmt::If { cond, then } => {
+                writeln!(f, "{pad}if {cond} {{")?;
+                fmt_block(f, then, depth + 1)?;
+                writeln!(f, "{pad}}}")?;
+            }
+            Stmt::BlockReduce { var, op } => {
+                writeln!(f, "{pad}v{var} = block_reduce_{op:?}(v{var})")?
+            }
+            Stmt::Barrier => writeln!(f, "{pad}barrier")?,
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Display for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "kernel {} <<<{}, {}>>> {:?} reads {:?} writes {:?} {{",
+            self.name, self.launch.grid, self.launch.block, self.precision, self.reads, self.writes
+        )?;
+        fmt_block(f, &self.body, 1)?;
+        write!(f, "}}")
+    }
+}
+
+impl fmt::Display for Program {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.buffers.iter().enumerate() {
+            writeln!(
+                f,
+                "buffer b{i} {}: {}{}",
+                b.name,
+                b.dtype,
+                crate::ir::fmt_shape(&b.shape)
+            )?;
+        }
+        for k in &self.kernels {
+            writeln!(f, "{k}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,934 @@
+//! Lowering: each scheduled kernel of an optimized graph becomes a [`Kernel`] of the kernel IR.
+//!
+//! Two shapes of kernel:
+//! - pointwise: a grid-stride loop over the output elements, each computed by following the
+//!   body graph back to loads (index maps for broadcast, transpose, reshape and slice;
+//!   reductions, normalizations and matrix products as serial loops);
+//! - rows: one block per row of a row kernel's iteration space; the row statistics
+//!   (reductions, softmax max/sum, layernorm mean/variance) are block reductions computed once
+//!   per row, then the row's outputs are written by the block's threads.
+
+use super::ir::{
+    BufferDecl, Builtin, Expr, IndexOp, Kernel, Launch, Precision, Program, ReduceOp, Stmt,
+};
+use crate::ir::{
+    broadcast_shapes, DType, Graph, KernelKind, Node, NodeId, Op, ReduceKind, UnaryOp,
+};
+use std::collections::HashMap;
+use thiserror::Error;
+
+/// Why a graph cannot be lowered (yet).
+#[derive(Debug, Error)]
+pub enum LowerError {
+    /// An op the lowering does not handle.
+    #[error("node '{node}': lowering does not support {op} yet")]
+    Unsupported {
+        /// Node name.
+        node: String,
+        /// Op name.
+        op: String,
+    },
+}
+
+type R<T> = Result<T, LowerError>;
+
+/// Threads per block of pointwise kernels.
+pub const POINTWISE_BLOCK: usize = 256;
+/// Threads per block of row kernels.
+pub const ROW_BLOCK: usize = 128;
+/// Most blocks of one launch (loops stride over the rest).
+pub const MAX_GRID: usize = 1024;
+
+// Index expressions, folded where constant.
+fn add(a: Expr, b: Expr) -> Expr {
+    match (a, b) {
+        (Expr::I(0), e) | (e, Expr::I(0)) => e,
+        (Expr::I(x), Expr::I(y)) => Expr::I(x + y),
+        (a, b) => Expr::Index(IndexOp::Add, Box::new(a), Box::new(b)),
+    }
+}
+fn mul(a: Expr, b: Expr) -> Expr {
+    match (a, b) {
+        (Expr::I(0), _) | (_, Expr::I(0)) => Expr::I(0),
+        (Expr::I(1), e) | (e, Expr::I(1)) => e,
+        (Expr::I(x), Expr::I(y)) => Expr::I(x * y),
+        (a, b) => Expr::Index(IndexOp::Mul, Box::new(a), Box::new(b)),
+    }
+}
+fn div(a: Expr, d: usize) -> Expr {
+    match (a, d) {
+        (e, 1) => e,
+        (Expr::I(x), d) => Expr::I(x / d as i64),
+        (a, d) => Expr::Index(IndexOp::Div, Box::new(a), Box::new(Expr::I(d as i64))),
+    }
+}
+fn rem(a: Expr, d: usize) -> Expr {
+    match (a, d) {
+        (_, 1) => Expr::I(0),
+        (Expr::I(x), d) => Expr::I(x % d as i64),
+        (a, d) => Expr::Index(IndexOp::Rem, Box::new(a), Box::new(Expr::I(d as i64))),
+    }
+}
+
+fn strides(shape: &[usize]) -> Vec<usize> {
+    crate::interp::strides(shape)
+}
+
+/// Flat row-major index of a multi-index.
+fn ravel(idx: &[Expr], shape: &[usize]) -> Expr {
+    let s = strides(shape);
+    idx.iter()
+        .zip(&s)
+        .zip(shape)
+        .fold(Expr::I(0), |acc, ((i, &st), &n)| {
+            if n == 1 {
+                acc
+            } else {
+                add(acc, mul(i.clone(), Expr::I(st as i64)))
+            }
+        })
+}
+
+/// Multi-index of a flat index.
+fn unravel(flat: &Expr, shape: &[usize]) -> Vec<Expr> {
+    let s = strides(shape);
+    let total: usize = shape.iter().product();
+    shape
+        .iter()
+        .zip(&s)
+        .map(|(&n, &st)| {
+            if n == 1 {
+                Expr::I(0)
+            } else if st * n == total {
+                div(flat.clone(), st)
+            } else {
+                rem(div(flat.clone(), st), n)
+            }
+        })
+        .collect()
+}
+
+/// The index into an input of shape `from` that numpy broadcasting reads for `idx`.
+fn broadcast_index(idx: &[Expr], from: &[usize]) -> Vec<Expr> {
+    let off = idx.len() - from.len();
+    from.iter()
+        .enumerate()
+        .map(|(d, &n)| {
+            if n == 1 {
+                Expr::I(0)
+            } else {
+                idx[d + off].clone()
+            }
+        })
+        .collect()
+}
+
+fn key(node: NodeId, idx: &[Expr]) -> String {
+    let parts: Vec<String> = idx.iter().map(|e| e.to_string()).collect();
+    format!("{node}@{}", parts.join(","))
+}
+
+/// Emits the statements that compute body values at given indices.
+struct Emitter<'a> {
+    body: &'a Graph,
+    inputs: &'a [u32],
+    next_var: u32,
+    blocks: Vec<Vec<Stmt>>,
+    memo: Vec<HashMap<String, Expr>>,
+    /// Per-row statistics of row ops, computed once per row (row kernels only).
+    stats: HashMap<(NodeId, &'static str), Expr>,
+}
+
+impl<'a> Emitter<'a> {
+    fn var(&mut self) -> u32 {
+        self.next_var += 1;
+        self.next_var - 1
+    }
+    fn push(&mut self, s: Stmt) {
+        self.blocks.last_mut().expect("a block is open").push(s);
+    }
+    fn open(&mut self) {
+        self.blocks.push(Vec::new());
+        self.memo.push(HashMap::new());
+    }
+    fn close(&mut self) -> Vec<Stmt> {
+        self.memo.pop();
+        self.blocks.pop().expect("a block is open")
+    }
+    fn bind(&mut self, value: Expr) -> Expr {
+        match value {
+            Expr::Var(_) | Expr::F(_) | Expr::I(_) => value,
+            value => {
+                let v = self.var();
+                self.push(Stmt::Let { var: v, value });
+                Expr::Var(v)
+            }
+        }
+    }
+    fn node(&self, id: NodeId) -> &'a Node {
+        &self.body.nodes[id]
+    }
+    fn unsupported(&self, id: NodeId) -> LowerError {
+        LowerError::Unsupported {
+            node: self.node(id).name.clone(),
+            op: self.node(id).op.name(),
+        }
+    }
+
+    /// A loop `for var in 0..n` (serial, in every thread), its body built by `f`.
+    fn serial_loop(&mut self, n: usize, f: &mut dyn FnMut(&mut Self, Expr) -> R<()>) -> R<()> {
+        let v = self.var();
+        self.open();
+        f(self, Expr::Var(v))?;
+        let body = self.close();
+        self.push(Stmt::For {
+            var: v,
+            start: Expr::I(0),
+            end: Expr::I(n as i64),
+            step: Expr::I(1),
+            uniform: false,
+            body,
+        });
+        Ok(())
+    }
+
+    /// Reduces `f(element index)` over the trailing dims `axis..` of `space` at row `prefix`,
+    /// serially in this thread.
+    fn serial_reduce(
+        &mut self,
+        prefix: &[Expr],
+        tail: &[usize],
+        op: ReduceOp,
+        f: &mut dyn FnMut(&mut Self, &[Expr]) -> R<Expr>,
+    ) -> R<Expr> {
+        let acc = self.var();
+        self.push(Stmt::Let {
+            var: acc,
+            value: Expr::F(op.identity()),
+        });
+        let n: usize = tail.iter().product();
+        let prefix = prefix.to_vec();
+        let tail = tail.to_vec();
+        self.serial_loop(n, &mut |me, j| {
+            let mut idx = prefix.clone();
+            idx.extend(unravel(&j, &tail));
+            let v = f(me, &idx)?;
+            me.push(Stmt::Let {
+                var: acc,
+                value: Expr::Combine(op, Box::new(Expr::Var(acc)), Box::new(v)),
+            });
+            Ok(())
+        })?;
+        Ok(Expr::Var(acc))
+    }
+
+    /// The value of body node `id` at multi-index `idx` (of that node's shape).
+    fn value(&mut self, id: NodeId, idx: &[Expr]) -> R<Expr> {
+        let k = key(id, idx);
+        if let Some(e) = self.memo.iter().rev().find_map(|m| m.get(&k)) {
+            return Ok(e.clone());
+        }
+        let e = self.compute(id, idx)?;
+        let e = self.bind(e);
+        self.memo
+            .last_mut()
+            .expect("a scope is open")
+            .insert(k, e.clone());
+        Ok(e)
+    }
+
+    fn arg(&mut self, id: NodeId, i: usize, idx: &[Expr]) -> R<Expr> {
+        let a = self.node(id).inputs[i];
+        let bidx = broadcast_index(idx, &self.node(a).ty.shape);
+        self.value(a, &bidx)
+    }
+
+    fn compute(&mut self, id: NodeId, idx: &[Expr]) -> R<Expr> {
+        let node = self.node(id);
+        let shape = &node.ty.shape;
+        Ok(match &node.op {
+            Op::Input => {
+                let k = self
+                    .body
+                    .inputs
+                    .iter()
+                    .position(|&i| i == id)
+                    .expect("listed input");
+                Expr::Load {
+                    buf: self.inputs[k],
+                    index: Box::new(ravel(idx, shape)),
+                }
+            }
+            Op::Unary(u) => Expr::Unary(*u, Box::new(self.arg(id, 0, idx)?)),
+            Op::Binary(b) => {
+                let (x, y) = (self.arg(id, 0, idx)?, self.arg(id, 1, idx)?);
+                Expr::Binary(*b, Box::new(x), Box::new(y))
+            }
+            Op::Where => {
+                let (c, a, b) = (
+                    self.arg(id, 0, idx)?,
+                    self.arg(id, 1, idx)?,
+                    self.arg(id, 2, idx)?,
+                );
+                Expr::Select(Box::new(c), Box::new(a), Box::new(b))
+            }
+            Op::Cast(d) => Expr::Cast(*d, Box::new(self.arg(id, 0, idx)?)),
+            Op::Broadcast(_) => self.arg(id, 0, idx)?,
+            Op::Transpose(perm) => {
+                let mut inner = vec![Expr::I(0); perm.len()];
+                for (i, &p) in perm.iter().enumerate() {
+                    inner[p] = idx[i].clone();
+                }
+                self.value(node.inputs[0], &inner)?
+            }
+            Op::Reshape(_) => {
+                let x = node.inputs[0];
+                let flat = ravel(idx, shape);
+                let inner = unravel(&flat, &self.node(x).ty.shape);
+                self.value(x, &inner)?
+            }
+            Op::Slice { starts, steps, .. } => {
+                let inner: Vec<Expr> = idx
+                    .iter()
+                    .enumerate()
+                    .map(|(d, i)| add(Expr::I(starts[d] as i64), mul(i.clone(), Expr::I(steps[d]))))
+                    .collect();
+                self.value(node.inputs[0], &inner)?
+            }
+            Op::Reduce {
+                kind,
+                axes,
+                keepdims,
+            } => self.reduce(id, *kind, axes, *keepdims, idx)?,
+            Op::Softmax { axis } | Op::LogSoftmax { axis } => {
+                let log = matches!(node.op, Op::LogSoftmax { .. });
+                let (m, s) = self.softmax_stats(id, *axis, idx)?;
+                let x = self.value(node.inputs[0], idx)?;
+                let shifted = Expr::Binary(crate::ir::BinaryOp::Sub, Box::new(x), Box::new(m));
+                if log {
+                    let ls = Expr::Unary(UnaryOp::Log, Box::new(s));
+                    Expr::Binary(crate::ir::BinaryOp::Sub, Box::new(shifted), Box::new(ls))
+                } else {
+                    let e = Expr::Unary(UnaryOp::Exp, Box::new(shifted));
+                    Expr::Binary(crate::ir::BinaryOp::Div, Box::new(e), Box::new(s))
+                }
+            }
+            Op::LayerNorm { axis, .. } => {
+                let (mean, inv) = self.layernorm_stats(id, *axis, idx)?;
+                let x = self.value(node.inputs[0], idx)?;
+                let tail = &idx[*axis..];
+                use crate::ir::BinaryOp as B;
+                let c = Expr::Binary(B::Sub, Box::new(x), Box::new(mean));
+                let n = Expr::Binary(B::Mul, Box::new(c), Box::new(inv));
+                let scale = self.param(node.inputs[1], tail)?;
+                let mut y = Expr::Binary(B::Mul, Box::new(n), Box::new(scale));
+                if let Some(&b) = node.inputs.get(2) {
+                    let bias = self.param(b, tail)?;
+                    y = Expr::Binary(B::Add, Box::new(y), Box::new(bias));
+                }
+                y
+            }
+            Op::MatMul => self.matmul(id, idx)?,
+            _ => return Err(self.unsupported(id)),
+        })
+    }
+
+    /// A layernorm parameter broadcast over the normalized dims.
+    fn param(&mut self, p: NodeId, tail: &[Expr]) -> R<Expr> {
+        let bidx = broadcast_index(tail, &self.node(p).ty.shape);
+        self.value(p, &bidx)
+    }
+
+    fn row_prefix(idx: &[Expr], axis: usize) -> Vec<Expr> {
+        idx[..axis].to_vec()
+    }
+
+    fn reduce(
+        &mut self,
+        id: NodeId,
+        kind: ReduceKind,
+        axes: &[usize],
+        keepdims: bool,
+        idx: &[Expr],
+    ) -> R<Expr> {
+        if let Some(e) = self.stats.get(&(id, "reduce")) {
+            return Ok(e.clone());
+        }
+        let node = self.node(id);
+        let x = node.inputs[0];
+        let xs = self.node(x).ty.shape.clone();
+        // The input index: kept dims from idx, reduced dims from the loop.
+        let mut kept = Vec::new();
+        let mut it = idx.iter();
+        for d in 0..xs.len() {
+            if axes.contains(&d) {
+                if keepdims {
+                    it.next();
+                }
+                kept.push(None);
+            } else {
+                kept.push(it.next().cloned());
+            }
+        }
+        let reduced: Vec<usize> = axes.iter().map(|&a| xs[a]).collect();
+        let count: usize = reduced.iter().product();
+        let op = reduce_op(kind);
+        let acc = self.serial_reduce(&[], &reduced, op, &mut |me, j| {
+            let mut jt = j.iter();
+            let full: Vec<Expr> = kept
+                .iter()
+                .map(|k| {
+                    k.clone()
+                        .unwrap_or_else(|| jt.next().cloned().unwrap_or(Expr::I(0)))
+                })
+                .collect();
+            me.value(x, &full)
+        })?;
+        Ok(if kind == ReduceKind::Mean {
+            Expr::Binary(
+                crate::ir::BinaryOp::Div,
+                Box::new(acc),
+                Box::new(Expr::F(count as f64)),
+            )
+        } else {
+            acc
+        })
+    }
+
+    fn softmax_stats(&mut self, id: NodeId, axis: usize, idx: &[Expr]) -> R<(Expr, Expr)> {
+        if let (Some(m), Some(s)) = (self.stats.get(&(id, "max")), self.stats.get(&(id, "sum"))) {
+            return Ok((m.clone(), s.clone()));
+        }
+        let x = self.node(id).inputs[0];
+        let shape = self.node(x).ty.shape.clone();
+        let prefix = Self::row_prefix(idx, axis);
+        let tail = shape[axis..].to_vec();
+        let m = self.serial_reduce(&prefix, &tail, ReduceOp::Max, &mut |me, i| me.value(x, i))?;
+        let s = self.serial_reduce(&prefix, &tail, ReduceOp::Sum, &mut |me, i| {
+            let v = me.value(x, i)?;
+            let d = Expr::Binary(crate::ir::BinaryOp::Sub, Box::new(v), Box::new(m.clone()));
+            Ok(Expr::Unary(UnaryOp::Exp, Box::new(d)))
+        })?;
+        Ok((m, s))
+    }
+
+    fn layernorm_stats(&mut self, id: NodeId, axis: usize, idx: &[Expr]) -> R<(Expr, Expr)> {
+        if let (Some(m), Some(s)) = (self.stats.get(&(id, "mean")), self.stats.get(&(id, "inv"))) {
+            return Ok((m.clone(), s.clone()));
+        }
+        let Op::LayerNorm { epsilon, .. } = self.node(id).op else {
+            unreachable!("layernorm")
+        };
+        let x = self.node(id).inputs[0];
+        let shape = self.node(x).ty.shape.clone();
+        let prefix = Self::row_prefix(idx, axis);
+        let tail = shape[axis..].to_vec();
+        let n = tail.iter().product::<usize>() as f64;
+        let sum = self.serial_reduce(&prefix, &tail, ReduceOp::Sum, &mut |me, i| me.value(x, i))?;
+        let mean = self.bind(div_f(sum, n));
+        let sq = self.serial_reduce(&prefix, &tail, ReduceOp::Sum, &mut |me, i| {
+            let v = me.value(x, i)?;
+            Ok(square(Expr::Binary(
+                crate::ir::BinaryOp::Sub,
+                Box::new(v),
+                Box::new(mean.clone()),
+            )))
+        })?;
+        let inv = self.bind(inv_std(div_f(sq, n), epsilon.0));
+        Ok((mean, inv))
+    }
+
+    fn matmul(&mut self, id: NodeId, idx: &[Expr]) -> R<Expr> {
+        let node = self.node(id);
+        let (a, b) = (node.inputs[0], node.inputs[1]);
+        let (sa, sb) = (self.node(a).ty.shape.clone(), self.node(b).ty.shape.clone());
+        let r = idx.len();
+        // Output index: [batch.., m, n], with m or n absent for 1-D operands.
+        let (m_i, n_i) = match (sa.len(), sb.len()) {
+            (1, 1) => (None, None),
+            (1, _) => (None, Some(r - 1)),
+            (_, 1) => (Some(r - 1), None),
+            _ => (Some(r - 2), Some(r - 1)),
+        };
+        let batch_len = r - m_i.is_some() as usize - n_i.is_some() as usize;
+        let batch = &idx[..batch_len];
+        let k = sa[sa.len() - 1];
+        let acc = self.serial_reduce(&[], &[k], ReduceOp::Sum, &mut |me, kk| {
+            let kk = kk[0].clone();
+            let ia: Vec<Expr> = if sa.len() == 1 {
+                vec![kk.clone()]
+            } else {
+                let mut v = broadcast_index(batch, &sa[..sa.len() - 2]);
+                v.push(m_i.map(|i| idx[i].clone()).unwrap_or(Expr::I(0)));
+                v.push(kk.clone());
+                v
+            };
+            let ib: Vec<Expr> = if sb.len() == 1 {
+                vec![kk.clone()]
+            } else {
+                let mut v = broadcast_index(batch, &sb[..sb.len() - 2]);
+                v.push(kk.clone());
+                v.push(n_i.map(|i| idx[i].clone()).unwrap_or(Expr::I(0)));
+                v
+            };
+            let (x, y) = (me.value(a, &ia)?, me.value(b, &ib)?);
+            Ok(Expr::Binary(
+                crate::ir::BinaryOp::Mul,
+                Box::new(x),
+                Box::new(y),
+            ))
+        })?;
+        Ok(acc)
+    }
+}
+
+fn div_f(a: Expr, n: f64) -> Expr {
+    Expr::Binary(crate::ir::BinaryOp::Div, Box::new(a), Box::new(Expr::F(n)))
+}
+fn square(a: Expr) -> Expr {
+    Expr::Binary(crate::ir::BinaryOp::Mul, Box::new(a.clone()), Box::new(a))
+}
+fn inv_std(var: Expr, eps: f64) -> Expr {
+    let ve = Expr::Binary(
+        crate::ir::BinaryOp::Add,
+        Box::new(var),
+        Box::new(Expr::F(eps)),
+    );
+    Expr::Unary(
+        UnaryOp::Reciprocal,
+        Box::new(Expr::Unary(UnaryOp::Sqrt, Box::new(ve))),
+    )
+}
+
+fn reduce_op(kind: ReduceKind) -> ReduceOp {
+    match kind {
+        ReduceKind::Sum | ReduceKind::Mean => ReduceOp::Sum,
+        ReduceKind::Max => ReduceOp::Max,
+        ReduceKind::Min => ReduceOp::Min,
+        ReduceKind::Prod => ReduceOp::Prod,
+    }
+}
+
+fn builtin(b: Builtin) -> Expr {
+    Expr::Builtin(b)
+}
+
+/// A one-op body for a node that is not a fused kernel.
+fn single_op_body(g: &Graph, id: NodeId) -> Graph {
+    let node = &g.nodes[id];
+    let mut body = Graph::default();
+    let mut seen: Vec<NodeId> = Vec::new();
+    let mut args = Vec::new();
+    for &a in &node.inputs {
+        let k = seen.iter().position(|&s| s == a).unwrap_or_else(|| {
+            seen.push(a);
+            body.inputs.push(body.nodes.len());
+            body.nodes.push(Node {
+                name: format!("in{}", seen.len() - 1),
+                op: Op::Input,
+                inputs: vec![],
+                ty: g.nodes[a].ty.clone(),
+            });
+            seen.len() - 1
+        });
+        args.push(body.inputs[k]);
+    }
+    body.nodes.push(Node {
+        name: node.name.clone(),
+        op: node.op.clone(),
+        inputs: args,
+        ty: node.ty.clone(),
+    });
+    body.outputs.push(("out".into(), body.nodes.len() - 1));
+    body
+}
+
+/// The distinct inputs of a node, in order (a fused body has one input per distinct value).
+fn distinct_inputs(node: &Node) -> Vec<NodeId> {
+    let mut v: Vec<NodeId> = Vec::new();
+    for &a in &node.inputs {
+        if !v.contains(&a) {
+            v.push(a);
+        }
+    }
+    v
+}
+
+/// Row structure of a one-op body, if it is a row op over trailing dims.
+fn single_row_axis(op: &Op, rank: usize) -> Option<usize> {
+    match op {
+        Op::Softmax { axis } | Op::LogSoftmax { axis } if axis + 1 == rank => Some(*axis),
+        Op::LayerNorm { axis, .. } => Some(*axis),
+        Op::Reduce { axes, .. } => {
+            let a = *axes.first()?;
+            axes.iter().copied().eq(a..rank).then_some(a)
+        }
+        _ => None,
+    }
+}
+
+/// Lowers an optimized graph to the kernel IR.
+pub fn lower(g: &Graph) -> R<Program> {
+    let mut buffers: Vec<BufferDecl> = Vec::new();
+    let mut buf_of: Vec<u32> = vec![u32::MAX; g.nodes.len()];
+    let mut constants = Vec::new();
+    let mut kernels = Vec::new();
+    let outputs: Vec<NodeId> = g.outputs.iter().map(|(_, i)| *i).collect();
+    for (id, node) in g.nodes.iter().enumerate() {
+        // A reshape that no output names is a view of its input's buffer.
+        if matches!(node.op, Op::Reshape(_)) && !outputs.contains(&id) {
+            buf_of[id] = buf_of[node.inputs[0]];
+            continue;
+        }
+        buf_of[id] = buffers.len() as u32;
+        buffers.push(BufferDecl {
+            name: node.name.clone(),
+            dtype: node.ty.dtype,
+            shape: node.ty.shape.clone(),
+            len: node.ty.numel(),
+        });
+        match &node.op {
+            Op::Input => continue,
+            Op::Constant(t) => {
+                constants.push((buf_of[id], t.clone()));
+                continue;
+            }
+            _ => {}
+        }
+        let (body, row_axis) = match &node.op {
+            Op::Fused(k) => (
+                k.body.clone(),
+                match k.kind {
+                    KernelKind::Row { axis } => Some(axis),
+                    _ => None,
+                },
+            ),
+            op => {
+                let body = single_op_body(g, id);
+                let rank = node
+                    .inputs
+                    .first()
+                    .map(|&a| g.nodes[a].ty.rank())
+                    .unwrap_or(0);
+                (body, single_row_axis(op, rank))
+            }
+        };
+        let ins: Vec<u32> = distinct_inputs(node).iter().map(|&a| buf_of[a]).collect();
+        let out = buf_of[id];
+        let name = format!("k{}_{}", kernels.len(), node.op.name());
+        let precision = if ins
+            .iter()
+            .chain([&out])
+            .any(|&b| buffers[b as usize].dtype == DType::F64)
+        {
+            Precision::F64
+        } else {
+            Precision::F32
+        };
+        let kernel = match row_axis {
+            Some(axis) => lower_rows(&body, &ins, out, axis, name, precision)?,
+            None => lower_pointwise(&body, &ins, out, name, precision)?,
+        };
+        kernels.push(kernel);
+    }
+    Ok(Program {
+        buffers,
+        inputs: g
+            .inputs
+            .iter()
+            .map(|&i| (g.nodes[i].name.clone(), buf_of[i]))
+            .collect(),
+        constants,
+        outputs: g
+            .outputs
+            .iter()
+            .map(|(n, i)| (n.clone(), buf_of[*i]))
+            .collect(),
+        kernels,
+    })
+}
+
+fn emitter<'a>(body: &'a Graph, inputs: &'a [u32]) -> Emitter<'a> {
+    Emitter {
+        body,
+        inputs,
+        next_var: 0,
+        blocks: vec![Vec::new()],
+        memo: vec![HashMap::new()],
+        stats: HashMap::new(),
+    }
+}
+
+fn reads_writes(inputs: &[u32], out: u32) -> (Vec<u32>, Vec<u32>) {
+    let mut r = inputs.to_vec();
+    r.sort_unstable();
+    r.dedup();
+    (r, vec![out])
+}
+
+/// A grid-stride loop over the output elements.
+fn lower_pointwise(
+    body: &Graph,
+    inputs: &[u32],
+    out: u32,
+    name: String,
+    precision: Precision,
+) -> R<Kernel> {
+    let root = body.outputs[0].1;
+    let shape = body.nodes[root].ty.shape.clone();
+    let n = body.nodes[root].ty.numel();
+    let mut e = emitter(body, inputs);
+    let i = e.var();
+    e.open();
+    let idx = unravel(&Expr::Var(i), &shape);
+    let v = e.value(root, &idx)?;
+    e.push(Stmt::Store {
+        buf: out,
+        index: Expr::Var(i),
+        value: v,
+    });
+    let loop_body = e.close();
+    let start = add(
+        mul(builtin(Builtin::Block), builtin(Builtin::BlockDim)),
+        builtin(Builtin::Thread),
+    );
+    let step = mul(builtin(Builtin::GridDim), builtin(Builtin::BlockDim));
+    e.push(Stmt::For {
+        var: i,
+        start,
+        end: Expr::I(n as i64),
+        step,
+        uniform: false,
+        body: loop_body,
+    });
+    let (reads, writes) = reads_writes(inputs, out);
+    Ok(Kernel {
+        name,
+        launch: Launch {
+            grid: n.div_ceil(POINTWISE_BLOCK).clamp(1, MAX_GRID),
+            block: POINTWISE_BLOCK,
+        },
+        precision,
+        reads,
+        writes,
+        body: e.close_root(),
+    })
+}
+
+impl Emitter<'_> {
+    fn close_root(mut self) -> Vec<Stmt> {
+        self.blocks.pop().expect("root block")
+    }
+
+    /// Block-level reduction over the row: each thread folds a strided share of the
+    /// elements, then the block combines.
+    fn block_reduce(
+        &mut self,
+        prefix: &[Expr],
+        tail: &[usize],
+        op: ReduceOp,
+        f: &mut dyn FnMut(&mut Self, &[Expr]) -> R<Expr>,
+    ) -> R<Expr> {
+        let acc = self.var();
+        self.push(Stmt::Let {
+            var: acc,
+            value: Expr::F(op.identity()),
+        });
+        let j = self.var();
+        self.open();
+        let mut idx = prefix.to_vec();
+        idx.extend(unravel(&Expr::Var(j), tail));
+        let v = f(self, &idx)?;
+        self.push(Stmt::Let {
+            var: acc,
+            value: Expr::Combine(op, Box::new(Expr::Var(acc)), Box::new(v)),
+        });
+        let body = self.close();
+        let n: usize = tail.iter().product();
+        self.push(Stmt::For {
+            var: j,
+            start: builtin(Builtin::Thread),
+            end: Expr::I(n as i64),
+            step: builtin(Builtin::BlockDim),
+            uniform: false,
+            body,
+        });
+        self.push(Stmt::BlockReduce { var: acc, op });
+        Ok(Expr::Var(acc))
+    }
+
+    /// Computes every row op's statistics for the row `prefix`, as block reductions.
+    fn row_stats(&mut self, prefix: &[Expr], space: &[usize], axis: usize) -> R<()> {
+        let tail = space[axis..].to_vec();
+        let n = tail.iter().product::<usize>() as f64;
+        for id in 0..self.body.nodes.len() {
+            let node = self.node(id);
+            let x = match node.inputs.first() {
+                Some(&x) => x,
+                None => continue,
+            };
+            match &node.op {
+                Op::Reduce { kind, .. } => {
+                    let kind = *kind;
+                    let acc = self.block_reduce(prefix, &tail, reduce_op(kind), &mut |me, i| {
+                        me.value(x, i)
+                    })?;
+                    let v = if kind == ReduceKind::Mean {
+                        self.bind(div_f(acc, n))
+                    } else {
+                        acc
+                    };
+                    self.stats.insert((id, "reduce"), v);
+                }
+                Op::Softmax { .. } | Op::LogSoftmax { .. } => {
+                    let m = self
+                        .block_reduce(prefix, &tail, ReduceOp::Max, &mut |me, i| me.value(x, i))?;
+                    let s = self.block_reduce(prefix, &tail, ReduceOp::Sum, &mut |me, i| {
+                        let v = me.value(x, i)?;
+                        Ok(Expr::Unary(
+                            UnaryOp::Exp,
+                            Box::new(Expr::Binary(
+                                crate::ir::BinaryOp::Sub,
+                                Box::new(v),
+                                Box::new(m.clone()),
+                            )),
+                        ))
+                    })?;
+                    self.stats.insert((id, "max"), m);
+                    self.stats.insert((id, "sum"), s);
+                }
+                Op::LayerNorm { epsilon, .. } => {
+                    let eps = epsilon.0;
+                    let sum = self
+                        .block_reduce(prefix, &tail, ReduceOp::Sum, &mut |me, i| me.value(x, i))?;
+                    let mean = self.bind(div_f(sum, n));
+                    let sq = self.block_reduce(prefix, &tail, ReduceOp::Sum, &mut |me, i| {
+                        let v = me.value(x, i)?;
+                        Ok(square(Expr::Binary(
+                            crate::ir::BinaryOp::Sub,
+                            Box::new(v),
+                            Box::new(mean.clone()),
+                        )))
+                    })?;
+                    let inv = self.bind(inv_std(div_f(sq, n), eps));
+                    self.stats.insert((id, "mean"), mean);
+                    self.stats.insert((id, "inv"), inv);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One block per row: statistics by block reductions, then the row's outputs.
+fn lower_rows(
+    body: &Graph,
+    inputs: &[u32],
+    out: u32,
+    axis: usize,
+    name: String,
+    precision: Precision,
+) -> R<Kernel> {
+    let root = body.outputs[0].1;
+    // The iteration space: the input of the first row op.
+    let first = body
+        .nodes
+        .iter()
+        .find(|n| {
+            single_row_axis(
+                &n.op,
+                n.inputs
+                    .first()
+                    .map(|&a| body.nodes[a].ty.rank())
+                    .unwrap_or(0),
+            )
+            .is_some()
+        })
+        .ok_or_else(|| LowerError::Unsupported {
+            node: name.clone(),
+            op: "row kernel without a row op".into(),
+        })?;
+    let space = body.nodes[first.inputs[0]].ty.shape.clone();
+    let rows: usize = space[..axis].iter().product();
+    let len: usize = space[axis..].iter().product();
+    let out_shape = body.nodes[root].ty.shape.clone();
+    let out_n = body.nodes[root].ty.numel();
+    let mut e = emitter(body, inputs);
+    let row = e.var();
+    e.open();
+    let prefix = unravel(&Expr::Var(row), &space[..axis]);
+    e.row_stats(&prefix, &space, axis)?;
+    if out_n == rows * len && broadcast_shapes(&out_shape, &space).is_some_and(|b| b == space) {
+        // One output per element of the row: the block's threads share the row.
+        let j = e.var();
+        e.open();
+        let mut idx = prefix.clone();
+        idx.extend(unravel(&Expr::Var(j), &space[axis..]));
+        let v = e.value(root, &idx)?;
+        e.push(Stmt::Store {
+            buf: out,
+            index: add(mul(Expr::Var(row), Expr::I(len as i64)), Expr::Var(j)),
+            value: v,
+        });
+        let body_j = e.close();
+        e.push(Stmt::For {
+            var: j,
+            start: builtin(Builtin::Thread),
+            end: Expr::I(len as i64),
+            step: builtin(Builtin::BlockDim),
+            uniform: false,
+            body: body_j,
+        });
+    } else if out_n == rows {
+        // One output per row (a reduction): thread 0 writes it.
+        e.open();
+        let mut idx: Vec<Expr> = prefix.clone();
+        idx.extend(std::iter::repeat_n(
+            Expr::I(0),
+            out_shape.len().saturating_sub(prefix.len()),
+        ));
+        idx.truncate(out_shape.len());
+        let v = e.value(root, &idx)?;
+        e.push(Stmt::Store {
+            buf: out,
+            index: Expr::Var(row),
+            value: v,
+        });
+        let then = e.close();
+        e.push(Stmt::If {
+            cond: Expr::Index(
+                IndexOp::Lt,
+                Box::new(builtin(Builtin::Thread)),
+                Box::new(Expr::I(1)),
+            ),
+            then,
+        });
+    } else {
+        return Err(LowerError::Unsupported {
+            node: name,
+            op: format!("row kernel with output {out_shape:?} over rows of {space:?}"),
+        });
+    }
+    let row_body = e.close();
+    e.push(Stmt::For {
+        var: row,
+        start: builtin(Builtin::Block),
+        end: Expr::I(rows as i64),
+        step: builtin(Builtin::GridDim),
+        uniform: true,
+        body: row_body,
+    });
+    let (reads, writes) = reads_writes(inputs, out);
+    Ok(Kernel {
+        name,
+        launch: Launch {
+            grid: rows.clamp(1, MAX_GRID),
+            block: ROW_BLOCK,
+        },
+        precision,
+        reads,
+        writes,
+        body: e.close_root(),
+    })
+}
