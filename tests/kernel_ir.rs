@@ -69,3 +69,21 @@ fn lowered_row_kernels_use_block_reductions() {
     assert!(text.contains("for uniform"), "{text}");
     check(&g, true).unwrap();
 }
+
+#[test]
+fn reference_models_run_lowered() {
+    for dir in common::model_dirs(&common::root().join("tests/models")) {
+        let mut opts = smelt::onnx::ImportOptions::default();
+        for s in common::model_shapes(&dir) {
+            let (n, dims) = s.split_once('=').unwrap();
+            opts.shapes.insert(
+                n.into(),
+                dims.split('x').map(|d| d.parse().unwrap()).collect(),
+            );
+        }
+        let g = smelt::onnx::import_file(&dir.join("model.onnx"), &opts).unwrap();
+        for fuse in [true, false] {
+            check(&g, fuse).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        }
+    }
+}

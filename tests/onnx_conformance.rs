@@ -64,7 +64,31 @@ fn read_tensor(path: &Path) -> Result<(String, Tensor), String> {
     Ok((t.name().to_string(), tensor))
 }
 
-fn run_case(dir: &Path, model: &proto::ModelProto) -> Result<(), String> {
+/// Named outputs of a run, or why it failed.
+type Outputs = Result<Vec<(String, Tensor)>, String>;
+/// How a test case is executed after import.
+type Backend = dyn Fn(&smelt::Graph, &HashMap<String, Tensor>) -> Outputs;
+
+/// The reference interpreter on the imported graph.
+fn reference(g: &smelt::Graph, inputs: &HashMap<String, Tensor>) -> Outputs {
+    interp::run(g, inputs).map_err(|e| e.to_string())
+}
+
+/// The optimized (fused or unfused) graph, lowered to the kernel IR and run by its
+/// interpreter.
+fn lowered(fuse: bool) -> impl Fn(&smelt::Graph, &HashMap<String, Tensor>) -> Outputs {
+    move |g, inputs| {
+        let opts = smelt::optimize::Options {
+            fuse,
+            ..Default::default()
+        };
+        let c = smelt::compile(g, &opts).map_err(|e| e.to_string())?;
+        let p = smelt::kernel::lower(&c.graph).map_err(|e| e.to_string())?;
+        smelt::kernel::interp::run(&p, inputs).map_err(|e| e.to_string())
+    }
+}
+
+fn run_case(dir: &Path, model: &proto::ModelProto, backend: &Backend) -> Result<(), String> {
     let data = dir.join("test_data_set_0");
     let mut inputs = HashMap::new();
     let mut shapes = BTreeMap::new();
@@ -97,7 +121,7 @@ fn run_case(dir: &Path, model: &proto::ModelProto) -> Result<(), String> {
         onnx::import_model(model, Some(dir), "model.onnx", &opts).map_err(|e| e.to_string())?;
     // Inputs that became constants (initializers with the same name) are not fed.
     inputs.retain(|k, _| graph.inputs.iter().any(|&i| &graph.nodes[i].name == k));
-    let outs = interp::run(&graph, &inputs).map_err(|e| e.to_string())?;
+    let outs = backend(&graph, &inputs)?;
     let name = dir.file_name().unwrap().to_string_lossy();
     for (i, (out_name, got)) in outs.iter().enumerate() {
         let (_, want) = read_tensor(&data.join(format!("output_{i}.pb")))?;
@@ -131,9 +155,8 @@ fn shape_parameter_inputs(model: &proto::ModelProto) -> BTreeSet<String> {
     out
 }
 
-fn known_failures() -> BTreeMap<String, String> {
-    let text = std::fs::read_to_string(common::root().join("tests/onnx_known_failures.txt"))
-        .expect("tests/onnx_known_failures.txt");
+fn known_failures(file: &str) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(common::root().join(file)).expect(file);
     text.lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .map(|l| {
@@ -143,15 +166,16 @@ fn known_failures() -> BTreeMap<String, String> {
         .collect()
 }
 
-#[test]
-fn onnx_node_conformance() {
+/// Runs every in-scope node test through `backend`; checks the results against the list of
+/// known failures in `known_file` and the 95% floor.
+fn conformance(label: &str, backend: &Backend, known_file: &str) {
     let root = common::root().join(".cache/onnx-node-tests");
     assert!(
         root.join(".complete").exists(),
         "{} is missing: run scripts/setup first",
         root.display()
     );
-    let known = known_failures();
+    let known = known_failures(known_file);
     let dirs = common::model_dirs(&root);
     let (mut passed, mut skipped) = (0, 0);
     let mut failures = BTreeMap::new();
@@ -166,8 +190,10 @@ fn onnx_node_conformance() {
             skipped += 1;
             continue;
         }
-        let result = std::panic::catch_unwind(|| run_case(dir, &model))
-            .unwrap_or_else(|_| Err("panicked".into()));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_case(dir, &model, backend)
+        }))
+        .unwrap_or_else(|_| Err("panicked".into()));
         match result {
             Ok(()) => passed += 1,
             Err(e) => {
@@ -177,7 +203,7 @@ fn onnx_node_conformance() {
     }
     let total = passed + failures.len();
     println!(
-        "onnx node conformance: {passed} of {total} in-scope tests pass, {} fail, {skipped} out of scope",
+        "onnx node conformance ({label}): {passed} of {total} in-scope tests pass, {} fail, {skipped} out of scope",
         failures.len()
     );
     let unexpected: Vec<String> = failures
@@ -201,5 +227,33 @@ fn onnx_node_conformance() {
     assert!(
         passed * 100 >= total * 95,
         "only {passed} of {total} in-scope node tests pass (< 95%)"
+    );
+}
+
+#[test]
+fn onnx_node_conformance() {
+    conformance(
+        "reference interpreter",
+        &reference,
+        "tests/onnx_known_failures.txt",
+    );
+}
+
+#[test]
+fn onnx_node_conformance_lowered() {
+    let both = |g: &smelt::Graph, inputs: &HashMap<String, Tensor>| {
+        let fused = lowered(true)(g, inputs)?;
+        let unfused = lowered(false)(g, inputs)?;
+        for ((n, a), (_, b)) in fused.iter().zip(&unfused) {
+            let (rtol, atol) = common::tolerance(a.dtype());
+            common::compare(a, b, rtol, atol)
+                .map_err(|e| format!("fused and unfused differ on {n}: {e}"))?;
+        }
+        Ok(fused)
+    };
+    conformance(
+        "kernel IR, fused and unfused",
+        &both,
+        "tests/onnx_known_failures_lowered.txt",
     );
 }

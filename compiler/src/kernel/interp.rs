@@ -51,7 +51,8 @@ fn to_dtype(d: DType, x: f64) -> f64 {
     Tensor::from_f64(d, vec![], &[x]).to_f64()[0]
 }
 
-type Env = HashMap<u32, Val>;
+/// A thread's variables, by number.
+type Env = Vec<Option<Val>>;
 
 fn err(k: &Kernel, msg: String) -> Error {
     Error::Node {
@@ -66,8 +67,10 @@ fn eval(e: &Expr, env: &Env, t: i64, cx: &Ctx, k: &Kernel) -> Result<Val> {
     Ok(match e {
         Expr::F(x) => Val::F(round(p, *x)),
         Expr::I(i) => Val::I(*i),
-        Expr::Var(v) => *env
-            .get(v)
+        Expr::Var(v) => env
+            .get(*v as usize)
+            .copied()
+            .flatten()
             .ok_or_else(|| err(k, format!("v{v} read before it is set")))?,
         Expr::Builtin(b) => Val::I(match b {
             Builtin::Block => cx.block,
@@ -141,6 +144,8 @@ fn eval(e: &Expr, env: &Env, t: i64, cx: &Ctx, k: &Kernel) -> Result<Val> {
                 IndexOp::Div => x / y,
                 IndexOp::Rem => x % y,
                 IndexOp::Lt => (x < y) as i64,
+                IndexOp::Ge => (x >= y) as i64,
+                IndexOp::And => (x != 0 && y != 0) as i64,
             })
         }
     })
@@ -182,7 +187,7 @@ fn exec_thread(stmts: &[Stmt], env: &mut Env, t: i64, cx: &mut Ctx, k: &Kernel) 
         match s {
             Stmt::Let { var, value } => {
                 let v = eval(value, env, t, cx, k)?;
-                env.insert(*var, v);
+                env[*var as usize] = Some(v);
             }
             Stmt::Store { buf, index, value } => {
                 let i = eval(index, env, t, cx, k)?.i();
@@ -215,7 +220,7 @@ fn exec_thread(stmts: &[Stmt], env: &mut Env, t: i64, cx: &mut Ctx, k: &Kernel) 
                     return Err(err(k, format!("loop step {st}")));
                 }
                 while i < e {
-                    env.insert(*var, Val::I(i));
+                    env[*var as usize] = Some(Val::I(i));
                     exec_thread(body, env, t, cx, k)?;
                     i += st;
                 }
@@ -268,7 +273,7 @@ fn exec_block(stmts: &[Stmt], envs: &mut [Env], cx: &mut Ctx, k: &Kernel) -> Res
                 let mut i = s0[0];
                 while i < e0[0] {
                     for env in envs.iter_mut() {
-                        env.insert(*var, Val::I(i));
+                        env[*var as usize] = Some(Val::I(i));
                     }
                     exec_block(body, envs, cx, k)?;
                     i += st0[0];
@@ -293,7 +298,9 @@ fn block_reduce(envs: &mut [Env], var: u32, op: ReduceOp, p: Precision, k: &Kern
     let mut v: Vec<f64> = envs
         .iter()
         .map(|e| {
-            e.get(&var)
+            e.get(var as usize)
+                .copied()
+                .flatten()
                 .map(|x| x.f())
                 .ok_or_else(|| err(k, format!("v{var} reduced before it is set")))
         })
@@ -324,7 +331,7 @@ fn block_reduce(envs: &mut [Env], var: u32, op: ReduceOp, p: Precision, k: &Kern
     }
     butterfly(&mut v);
     for (env, x) in envs.iter_mut().zip(v) {
-        env.insert(var, Val::F(x));
+        env[var as usize] = Some(Val::F(x));
     }
     Ok(())
 }
@@ -357,7 +364,7 @@ pub fn run(p: &Program, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String,
     }
     for k in &p.kernels {
         for block in 0..k.launch.grid {
-            let mut envs: Vec<Env> = vec![Env::new(); k.launch.block];
+            let mut envs: Vec<Env> = vec![vec![None; k.vars as usize]; k.launch.block];
             let mut cx = Ctx {
                 buffers: &mut buffers,
                 dtypes: &dtypes,

@@ -47,7 +47,12 @@ pub enum IndexOp {
     Mul,
     Div,
     Rem,
+    /// 1 if a < b else 0.
     Lt,
+    /// 1 if a >= b else 0.
+    Ge,
+    /// 1 if both are nonzero else 0.
+    And,
 }
 
 /// Combining operation of a reduction.
@@ -189,6 +194,8 @@ pub struct Kernel {
     pub reads: Vec<u32>,
     /// Buffers it writes.
     pub writes: Vec<u32>,
+    /// Number of variables (`v0..`).
+    pub vars: u32,
     /// Statements every thread runs.
     pub body: Vec<Stmt>,
 }
@@ -238,6 +245,8 @@ impl fmt::Display for Expr {
                     IndexOp::Div => "/",
                     IndexOp::Rem => "%",
                     IndexOp::Lt => "<",
+                    IndexOp::Ge => ">=",
+                    IndexOp::And => "&&",
                 };
                 write!(f, "({a} {s} {b})")
             }

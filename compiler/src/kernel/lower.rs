@@ -329,8 +329,431 @@ impl<'a> Emitter<'a> {
                 y
             }
             Op::MatMul => self.matmul(id, idx)?,
+            Op::Conv(c) => self.conv(id, c, idx)?,
+            Op::Pool(p) => self.pool(id, p, idx)?,
+            Op::Gather { axis } => self.gather(id, *axis, idx)?,
+            Op::GatherElements { axis } => {
+                let (x, ind) = (node.inputs[0], node.inputs[1]);
+                let n = self.node(x).ty.shape[*axis];
+                let i = self.value(ind, idx)?;
+                let mut inner = idx.to_vec();
+                inner[*axis] = wrap_negative(i, n);
+                self.load(x, &inner)?
+            }
+            Op::Concat { axis } => self.concat(id, *axis, idx)?,
+            Op::Pad { pads, mode } => self.pad(id, pads, *mode, idx)?,
+            Op::Trilu { upper, k } => {
+                let r = idx.len();
+                let diff = Expr::Index(
+                    IndexOp::Sub,
+                    Box::new(idx[r - 1].clone()),
+                    Box::new(idx[r - 2].clone()),
+                );
+                let keep = if *upper {
+                    Expr::Index(IndexOp::Ge, Box::new(diff), Box::new(Expr::I(*k)))
+                } else {
+                    Expr::Index(IndexOp::Ge, Box::new(Expr::I(*k)), Box::new(diff))
+                };
+                let x = self.value(node.inputs[0], idx)?;
+                Expr::Select(
+                    Box::new(keep),
+                    Box::new(x),
+                    Box::new(zero_of(node.ty.dtype)),
+                )
+            }
+            Op::ArgReduce {
+                max,
+                axis,
+                keepdims,
+                select_last,
+            } => self.arg_reduce(id, *max, *axis, *keepdims, *select_last, idx)?,
+            Op::CumSum {
+                axis,
+                exclusive,
+                reverse,
+            } => {
+                let x = node.inputs[0];
+                let n = shape[*axis];
+                let i = idx[*axis].clone();
+                let (excl, rev) = (*exclusive, *reverse);
+                let idx = idx.to_vec();
+                self.serial_reduce(&[], &[n], ReduceOp::Sum, &mut |me, j| {
+                    let j = j[0].clone();
+                    // Included: j <= i (j < i exclusive), or j >= i (j > i) in reverse.
+                    let take = match (rev, excl) {
+                        (false, false) => {
+                            Expr::Index(IndexOp::Ge, Box::new(i.clone()), Box::new(j.clone()))
+                        }
+                        (false, true) => {
+                            Expr::Index(IndexOp::Lt, Box::new(j.clone()), Box::new(i.clone()))
+                        }
+                        (true, false) => {
+                            Expr::Index(IndexOp::Ge, Box::new(j.clone()), Box::new(i.clone()))
+                        }
+                        (true, true) => {
+                            Expr::Index(IndexOp::Lt, Box::new(i.clone()), Box::new(j.clone()))
+                        }
+                    };
+                    let mut at = idx.clone();
+                    at[*axis] = j;
+                    let v = me.value(x, &at)?;
+                    Ok(Expr::Select(
+                        Box::new(take),
+                        Box::new(v),
+                        Box::new(Expr::F(0.0)),
+                    ))
+                })?
+            }
             _ => return Err(self.unsupported(id)),
         })
+    }
+
+    /// A load from a kernel input, left unbound so it can sit in a guarded branch (a
+    /// padded or out-of-range position must not be read).
+    fn load(&mut self, id: NodeId, idx: &[Expr]) -> R<Expr> {
+        let k = self
+            .body
+            .inputs
+            .iter()
+            .position(|&i| i == id)
+            .ok_or_else(|| self.unsupported(id))?;
+        Ok(Expr::Load {
+            buf: self.inputs[k],
+            index: Box::new(ravel(idx, &self.node(id).ty.shape)),
+        })
+    }
+
+    /// `cond ? load(x, idx) : fill`.
+    fn guarded(&mut self, cond: Expr, x: NodeId, idx: &[Expr], fill: Expr) -> R<Expr> {
+        let l = self.load(x, idx)?;
+        Ok(Expr::Select(Box::new(cond), Box::new(l), Box::new(fill)))
+    }
+
+    /// Input position `o*stride + k*dilation - pad` along one window dim, and whether it is
+    /// inside `0..n`.
+    fn window_pos(
+        o: &Expr,
+        k: &Expr,
+        stride: usize,
+        dilation: usize,
+        pad: usize,
+        n: usize,
+    ) -> (Expr, Expr) {
+        let p = Expr::Index(
+            IndexOp::Sub,
+            Box::new(add(
+                mul(o.clone(), Expr::I(stride as i64)),
+                mul(k.clone(), Expr::I(dilation as i64)),
+            )),
+            Box::new(Expr::I(pad as i64)),
+        );
+        let inside = and(
+            Expr::Index(IndexOp::Ge, Box::new(p.clone()), Box::new(Expr::I(0))),
+            Expr::Index(
+                IndexOp::Lt,
+                Box::new(p.clone()),
+                Box::new(Expr::I(n as i64)),
+            ),
+        );
+        (p, inside)
+    }
+
+    fn conv(&mut self, id: NodeId, c: &crate::ir::Conv2d, idx: &[Expr]) -> R<Expr> {
+        let node = self.node(id);
+        let (x, w) = (node.inputs[0], node.inputs[1]);
+        let bias = node.inputs.get(2).copied();
+        let xs = self.node(x).ty.shape.clone();
+        let ws = self.node(w).ty.shape.clone();
+        let (cig, kh, kw) = (ws[1], ws[2], ws[3]);
+        let cog = ws[0] / c.group;
+        let group = div(idx[1].clone(), cog);
+        let idx = idx.to_vec();
+        let c = c.clone();
+        let acc = self.serial_reduce(&[], &[cig, kh, kw], ReduceOp::Sum, &mut |me, j| {
+            let ic = add(mul(group.clone(), Expr::I(cig as i64)), j[0].clone());
+            let (iy, in_y) = Self::window_pos(
+                &idx[2],
+                &j[1],
+                c.strides[0],
+                c.dilations[0],
+                c.pads[0],
+                xs[2],
+            );
+            let (ix, in_x) = Self::window_pos(
+                &idx[3],
+                &j[2],
+                c.strides[1],
+                c.dilations[1],
+                c.pads[1],
+                xs[3],
+            );
+            let xv = me.guarded(
+                and(in_y, in_x),
+                x,
+                &[idx[0].clone(), ic, iy, ix],
+                Expr::F(0.0),
+            )?;
+            let wv = me.value(
+                w,
+                &[idx[1].clone(), j[0].clone(), j[1].clone(), j[2].clone()],
+            )?;
+            Ok(Expr::Binary(
+                crate::ir::BinaryOp::Mul,
+                Box::new(xv),
+                Box::new(wv),
+            ))
+        })?;
+        Ok(match bias {
+            Some(b) => {
+                let bv = self.value(b, &[idx[1].clone()])?;
+                Expr::Binary(crate::ir::BinaryOp::Add, Box::new(acc), Box::new(bv))
+            }
+            None => acc,
+        })
+    }
+
+    fn pool(&mut self, id: NodeId, p: &crate::ir::Pool2d, idx: &[Expr]) -> R<Expr> {
+        use crate::ir::PoolKind;
+        let x = self.node(id).inputs[0];
+        let xs = self.node(x).ty.shape.clone();
+        let idx = idx.to_vec();
+        let p = p.clone();
+        let at = |j: &[Expr]| {
+            let (iy, in_y) = Self::window_pos(
+                &idx[2],
+                &j[0],
+                p.strides[0],
+                p.dilations[0],
+                p.pads[0],
+                xs[2],
+            );
+            let (ix, in_x) = Self::window_pos(
+                &idx[3],
+                &j[1],
+                p.strides[1],
+                p.dilations[1],
+                p.pads[1],
+                xs[3],
+            );
+            (vec![idx[0].clone(), idx[1].clone(), iy, ix], in_y, in_x)
+        };
+        Ok(match p.kind {
+            PoolKind::Max => self.serial_reduce(&[], &p.kernel, ReduceOp::Max, &mut |me, j| {
+                let (i, in_y, in_x) = at(j);
+                me.guarded(and(in_y, in_x), x, &i, Expr::F(f64::NEG_INFINITY))
+            })?,
+            PoolKind::Avg { count_include_pad } => {
+                let sum = self.serial_reduce(&[], &p.kernel, ReduceOp::Sum, &mut |me, j| {
+                    let (i, in_y, in_x) = at(j);
+                    me.guarded(and(in_y, in_x), x, &i, Expr::F(0.0))
+                })?;
+                // Positions counted: inside the input, or (count_include_pad) inside the
+                // explicit padding, never the ceil-mode overhang.
+                let count = self.serial_reduce(&[], &p.kernel, ReduceOp::Sum, &mut |_, j| {
+                    let (i, in_y, in_x) = at(j);
+                    let cond = if count_include_pad {
+                        and(
+                            Expr::Index(
+                                IndexOp::Lt,
+                                Box::new(i[2].clone()),
+                                Box::new(Expr::I((xs[2] + p.pads[2]) as i64)),
+                            ),
+                            Expr::Index(
+                                IndexOp::Lt,
+                                Box::new(i[3].clone()),
+                                Box::new(Expr::I((xs[3] + p.pads[3]) as i64)),
+                            ),
+                        )
+                    } else {
+                        and(in_y, in_x)
+                    };
+                    Ok(Expr::Select(
+                        Box::new(cond),
+                        Box::new(Expr::F(1.0)),
+                        Box::new(Expr::F(0.0)),
+                    ))
+                })?;
+                Expr::Binary(crate::ir::BinaryOp::Div, Box::new(sum), Box::new(count))
+            }
+        })
+    }
+
+    fn gather(&mut self, id: NodeId, axis: usize, idx: &[Expr]) -> R<Expr> {
+        let node = self.node(id);
+        let (x, ind) = (node.inputs[0], node.inputs[1]);
+        let n = self.node(x).ty.shape[axis];
+        let ir = self.node(ind).ty.rank();
+        let i = self.value(ind, &idx[axis..axis + ir])?;
+        let mut inner = idx[..axis].to_vec();
+        inner.push(wrap_negative(i, n));
+        inner.extend_from_slice(&idx[axis + ir..]);
+        self.load(x, &inner)
+    }
+
+    fn concat(&mut self, id: NodeId, axis: usize, idx: &[Expr]) -> R<Expr> {
+        let inputs = self.node(id).inputs.clone();
+        // Last input first: each earlier one takes over below its end offset.
+        let mut offsets = Vec::new();
+        let mut off = 0;
+        for &i in &inputs {
+            offsets.push(off);
+            off += self.node(i).ty.shape[axis];
+        }
+        let mut e: Option<Expr> = None;
+        for (k, &i) in inputs.iter().enumerate().rev() {
+            let mut at = idx.to_vec();
+            at[axis] = Expr::Index(
+                IndexOp::Sub,
+                Box::new(idx[axis].clone()),
+                Box::new(Expr::I(offsets[k] as i64)),
+            );
+            let l = self.load(i, &at)?;
+            e = Some(match e {
+                None => l,
+                Some(rest) => {
+                    let end = offsets[k] + self.node(i).ty.shape[axis];
+                    let here = Expr::Index(
+                        IndexOp::Lt,
+                        Box::new(idx[axis].clone()),
+                        Box::new(Expr::I(end as i64)),
+                    );
+                    Expr::Select(Box::new(here), Box::new(l), Box::new(rest))
+                }
+            });
+        }
+        e.ok_or_else(|| self.unsupported(id))
+    }
+
+    fn pad(
+        &mut self,
+        id: NodeId,
+        pads: &[(i64, i64)],
+        mode: crate::ir::PadMode,
+        idx: &[Expr],
+    ) -> R<Expr> {
+        use crate::ir::PadMode;
+        let x = self.node(id).inputs[0];
+        let xs = self.node(x).ty.shape.clone();
+        let mut inner = Vec::new();
+        let mut inside = Expr::I(1);
+        for (d, i) in idx.iter().enumerate() {
+            let p = Expr::Index(
+                IndexOp::Sub,
+                Box::new(i.clone()),
+                Box::new(Expr::I(pads[d].0)),
+            );
+            let n = xs[d] as i64;
+            match mode {
+                PadMode::Constant(_) => {
+                    inside = and(
+                        inside,
+                        and(
+                            Expr::Index(IndexOp::Ge, Box::new(p.clone()), Box::new(Expr::I(0))),
+                            Expr::Index(IndexOp::Lt, Box::new(p.clone()), Box::new(Expr::I(n))),
+                        ),
+                    );
+                    inner.push(p);
+                }
+                PadMode::Edge => {
+                    // clamp(p, 0, n - 1)
+                    let lo = Expr::Select(
+                        Box::new(Expr::Index(
+                            IndexOp::Lt,
+                            Box::new(p.clone()),
+                            Box::new(Expr::I(0)),
+                        )),
+                        Box::new(Expr::I(0)),
+                        Box::new(p),
+                    );
+                    inner.push(Expr::Select(
+                        Box::new(Expr::Index(
+                            IndexOp::Ge,
+                            Box::new(lo.clone()),
+                            Box::new(Expr::I(n)),
+                        )),
+                        Box::new(Expr::I(n - 1)),
+                        Box::new(lo),
+                    ));
+                }
+                PadMode::Wrap => inner.push(pos_rem(p, n)),
+                PadMode::Reflect if n == 1 => inner.push(Expr::I(0)),
+                PadMode::Reflect => {
+                    // q = p mod 2(n-1); q < n ? q : 2(n-1) - q
+                    let period = 2 * (n - 1);
+                    let q = pos_rem(p, period);
+                    let back =
+                        Expr::Index(IndexOp::Sub, Box::new(Expr::I(period)), Box::new(q.clone()));
+                    inner.push(Expr::Select(
+                        Box::new(Expr::Index(
+                            IndexOp::Lt,
+                            Box::new(q.clone()),
+                            Box::new(Expr::I(n)),
+                        )),
+                        Box::new(q),
+                        Box::new(back),
+                    ));
+                }
+            }
+        }
+        match mode {
+            PadMode::Constant(v) => self.guarded(inside, x, &inner, Expr::F(v.0)),
+            _ => self.load(x, &inner),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn arg_reduce(
+        &mut self,
+        id: NodeId,
+        max: bool,
+        axis: usize,
+        keepdims: bool,
+        last: bool,
+        idx: &[Expr],
+    ) -> R<Expr> {
+        let x = self.node(id).inputs[0];
+        let n = self.node(x).ty.shape[axis];
+        let mut at: Vec<Expr> = idx.to_vec();
+        if keepdims {
+            at[axis] = Expr::I(0);
+        } else {
+            at.insert(axis, Expr::I(0));
+        }
+        let first = self.value(x, &at)?;
+        let (best, arg) = (self.var(), self.var());
+        self.push(Stmt::Let {
+            var: best,
+            value: first,
+        });
+        self.push(Stmt::Let {
+            var: arg,
+            value: Expr::I(0),
+        });
+        self.serial_loop(n, &mut |me, j| {
+            let mut a = at.clone();
+            a[axis] = j.clone();
+            let v = me.value(x, &a)?;
+            use crate::ir::BinaryOp as B;
+            let cmp = if max { B::Greater } else { B::Less };
+            let better = Expr::Binary(cmp, Box::new(v.clone()), Box::new(Expr::Var(best)));
+            let better = if last {
+                let tie = Expr::Binary(B::Equal, Box::new(v.clone()), Box::new(Expr::Var(best)));
+                Expr::Binary(B::Or, Box::new(better), Box::new(tie))
+            } else {
+                better
+            };
+            let b = me.bind(better);
+            me.push(Stmt::Let {
+                var: best,
+                value: Expr::Select(Box::new(b.clone()), Box::new(v), Box::new(Expr::Var(best))),
+            });
+            me.push(Stmt::Let {
+                var: arg,
+                value: Expr::Select(Box::new(b), Box::new(j), Box::new(Expr::Var(arg))),
+            });
+            Ok(())
+        })?;
+        Ok(Expr::Var(arg))
     }
 
     /// A layernorm parameter broadcast over the normalized dims.
@@ -384,28 +807,24 @@ impl<'a> Emitter<'a> {
                 .collect();
             me.value(x, &full)
         })?;
-        Ok(if kind == ReduceKind::Mean {
-            Expr::Binary(
-                crate::ir::BinaryOp::Div,
-                Box::new(acc),
-                Box::new(Expr::F(count as f64)),
-            )
-        } else {
-            acc
-        })
+        Ok(finish_reduce(kind, acc, count, self.node(x).ty.dtype))
     }
 
     fn softmax_stats(&mut self, id: NodeId, axis: usize, idx: &[Expr]) -> R<(Expr, Expr)> {
         if let (Some(m), Some(s)) = (self.stats.get(&(id, "max")), self.stats.get(&(id, "sum"))) {
             return Ok((m.clone(), s.clone()));
         }
+        // Softmax runs along `axis` alone: vary that dim, keep the others.
         let x = self.node(id).inputs[0];
-        let shape = self.node(x).ty.shape.clone();
-        let prefix = Self::row_prefix(idx, axis);
-        let tail = shape[axis..].to_vec();
-        let m = self.serial_reduce(&prefix, &tail, ReduceOp::Max, &mut |me, i| me.value(x, i))?;
-        let s = self.serial_reduce(&prefix, &tail, ReduceOp::Sum, &mut |me, i| {
-            let v = me.value(x, i)?;
+        let n = self.node(x).ty.shape[axis];
+        let at = |j: &[Expr]| {
+            let mut i = idx.to_vec();
+            i[axis] = j[0].clone();
+            i
+        };
+        let m = self.serial_reduce(&[], &[n], ReduceOp::Max, &mut |me, j| me.value(x, &at(j)))?;
+        let s = self.serial_reduce(&[], &[n], ReduceOp::Sum, &mut |me, j| {
+            let v = me.value(x, &at(j))?;
             let d = Expr::Binary(crate::ir::BinaryOp::Sub, Box::new(v), Box::new(m.clone()));
             Ok(Expr::Unary(UnaryOp::Exp, Box::new(d)))
         })?;
@@ -482,6 +901,41 @@ impl<'a> Emitter<'a> {
     }
 }
 
+/// `((a % n) + n) % n`: the remainder in `0..n` for any sign of `a`.
+fn pos_rem(a: Expr, n: i64) -> Expr {
+    let r = Expr::Index(IndexOp::Rem, Box::new(a), Box::new(Expr::I(n)));
+    let r = Expr::Index(IndexOp::Add, Box::new(r), Box::new(Expr::I(n)));
+    Expr::Index(IndexOp::Rem, Box::new(r), Box::new(Expr::I(n)))
+}
+
+fn and(a: Expr, b: Expr) -> Expr {
+    match (a, b) {
+        (Expr::I(1), e) | (e, Expr::I(1)) => e,
+        (a, b) => Expr::Index(IndexOp::And, Box::new(a), Box::new(b)),
+    }
+}
+
+/// `i < 0 ? i + n : i`: a negative gather index counts from the end.
+fn wrap_negative(i: Expr, n: usize) -> Expr {
+    Expr::Select(
+        Box::new(Expr::Index(
+            IndexOp::Lt,
+            Box::new(i.clone()),
+            Box::new(Expr::I(0)),
+        )),
+        Box::new(Expr::Index(
+            IndexOp::Add,
+            Box::new(i.clone()),
+            Box::new(Expr::I(n as i64)),
+        )),
+        Box::new(i),
+    )
+}
+
+fn zero_of(_d: DType) -> Expr {
+    Expr::F(0.0)
+}
+
 fn div_f(a: Expr, n: f64) -> Expr {
     Expr::Binary(crate::ir::BinaryOp::Div, Box::new(a), Box::new(Expr::F(n)))
 }
@@ -498,6 +952,21 @@ fn inv_std(var: Expr, eps: f64) -> Expr {
         UnaryOp::Reciprocal,
         Box::new(Expr::Unary(UnaryOp::Sqrt, Box::new(ve))),
     )
+}
+
+/// The result of a reduction from its accumulator over `count` elements: a mean divides,
+/// and over bools the empty max is false and the empty min true.
+fn finish_reduce(kind: ReduceKind, acc: Expr, count: usize, dtype: DType) -> Expr {
+    match kind {
+        ReduceKind::Mean => div_f(acc, count as f64),
+        ReduceKind::Max if dtype == DType::Bool => {
+            Expr::Combine(ReduceOp::Max, Box::new(acc), Box::new(Expr::F(0.0)))
+        }
+        ReduceKind::Min if dtype == DType::Bool => {
+            Expr::Combine(ReduceOp::Min, Box::new(acc), Box::new(Expr::F(1.0)))
+        }
+        _ => acc,
+    }
 }
 
 fn reduce_op(kind: ReduceKind) -> ReduceOp {
@@ -711,6 +1180,7 @@ fn lower_pointwise(
         precision,
         reads,
         writes,
+        vars: e.next_var,
         body: e.close_root(),
     })
 }
@@ -773,11 +1243,8 @@ impl Emitter<'_> {
                     let acc = self.block_reduce(prefix, &tail, reduce_op(kind), &mut |me, i| {
                         me.value(x, i)
                     })?;
-                    let v = if kind == ReduceKind::Mean {
-                        self.bind(div_f(acc, n))
-                    } else {
-                        acc
-                    };
+                    let dtype = self.node(x).ty.dtype;
+                    let v = self.bind(finish_reduce(kind, acc, n as usize, dtype));
                     self.stats.insert((id, "reduce"), v);
                 }
                 Op::Softmax { .. } | Op::LogSoftmax { .. } => {
@@ -929,6 +1396,7 @@ fn lower_rows(
         precision,
         reads,
         writes,
+        vars: e.next_var,
         body: e.close_root(),
     })
 }
