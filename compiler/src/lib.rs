@@ -4,6 +4,7 @@
 
 #![warn(missing_docs)]
 
+pub mod codegen;
 pub mod error;
 pub mod interp;
 pub mod ir;

@@ -23,4 +23,20 @@ __device__ __forceinline__ float elu(float x, float alpha) { return x < 0.0f ? a
 __device__ __forceinline__ float max_nan(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b); }
 __device__ __forceinline__ float min_nan(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b); }
 
+__device__ __forceinline__ float sign(float x) { return x != x ? x : (float)((x > 0.0f) - (x < 0.0f)); }
+// Remainder with the sign of the divisor (Python's %, ONNX Mod with fmod=0).
+__device__ __forceinline__ float mod_floor(float a, float b) {
+    const float r = fmodf(a, b);
+    return (r != 0.0f && ((r < 0.0f) != (b < 0.0f))) ? r + b : r;
+}
+__device__ __forceinline__ long long mod_floor(long long a, long long b) {
+    const long long r = a % b;
+    return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+}
+__device__ __forceinline__ float celu(float x, float alpha) { return fmaxf(0.0f, x) + fminf(0.0f, alpha * (expf(x / alpha) - 1.0f)); }
+__device__ __forceinline__ float selu(float x, float alpha, float gamma) {
+    return x > 0.0f ? gamma * x : gamma * (alpha * expf(x) - alpha);
+}
+__device__ __forceinline__ float thresholded_relu(float x, float alpha) { return x > alpha ? x : 0.0f; }
+
 }  // namespace smelt

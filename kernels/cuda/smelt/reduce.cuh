@@ -5,8 +5,19 @@
 
 namespace smelt {
 
+// Combining functors; max and min propagate NaN like the reference (fmaxf would drop it).
 struct Sum { __device__ __forceinline__ float operator()(float a, float b) const { return a + b; } };
-struct Max { __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); } };
+struct Prod { __device__ __forceinline__ float operator()(float a, float b) const { return a * b; } };
+struct Max {
+    __device__ __forceinline__ float operator()(float a, float b) const {
+        return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b);
+    }
+};
+struct Min {
+    __device__ __forceinline__ float operator()(float a, float b) const {
+        return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b);
+    }
+};
 
 // Reduces `v` over the 32 lanes of a warp; every lane gets the result.
 template <typename Op> __device__ __forceinline__ float warp_reduce(float v, Op op) {
