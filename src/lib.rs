@@ -28,6 +28,7 @@
 pub mod npy;
 pub mod zoo;
 
+pub use smelt_compiler::codegen;
 pub use smelt_compiler::interp;
 pub use smelt_compiler::ir::{self, DType, Graph, GraphBuilder, Tensor, Value};
 pub use smelt_compiler::kernel;

@@ -87,6 +87,9 @@ enum Command {
         /// Allow rewrites that change results beyond rounding (x*0 -> 0, reassociation).
         #[arg(long)]
         fast_math: bool,
+        /// CUDA architecture of the cubins (NVRTC compiles each kernel when it is installed).
+        #[arg(long, default_value = "sm_90")]
+        arch: String,
     },
     /// Explain a compile: the kernels and their costs, the fusions not taken and why, and
     /// (with --dot) Graphviz of the graph before and after optimization.
@@ -139,9 +142,11 @@ fn run(cli: Cli) -> Result<(), Error> {
             out_dir,
             no_fuse,
             fast_math,
+            arch,
         } => {
-            let compiled = compile(&model.load()?, fast_math, !no_fuse)?;
+            let mut compiled = compile(&model.load()?, fast_math, !no_fuse)?;
             std::fs::create_dir_all(&out_dir).map_err(|e| io_error(&out_dir, e))?;
+            write_kernels(&mut compiled, &out_dir, &arch)?;
             let path = out_dir.join("plan.json");
             std::fs::write(&path, compiled.plan.to_json() + "\n")
                 .map_err(|e| io_error(&path, e))?;
@@ -179,6 +184,52 @@ fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
     }
+}
+
+/// Lowers the plan, writes `DIR/kernels/<kernel>.cu`, and, where NVRTC is installed, the
+/// cubins for `arch` with their registers and spills recorded in the plan.
+fn write_kernels(compiled: &mut smelt::Compiled, out_dir: &Path, arch: &str) -> Result<(), Error> {
+    use smelt::schedule::CudaResources;
+    let program = smelt::kernel::lower(&compiled.graph).map_err(|e| Error::Usage(e.to_string()))?;
+    let sources =
+        smelt::codegen::cuda::render(&program).map_err(|e| Error::Usage(e.to_string()))?;
+    let dir = out_dir.join("kernels");
+    std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+    let nvrtc = smelt_runtime::cuda::nvrtc::version();
+    if let Err(e) = &nvrtc {
+        eprintln!("warning: CUDA sources written, no cubins: {e}");
+    }
+    for (kernel, (name, src)) in program.kernels.iter().zip(&sources) {
+        let path = dir.join(format!("{name}.cu"));
+        std::fs::write(&path, src).map_err(|e| io_error(&path, e))?;
+        if nvrtc.is_err() {
+            continue;
+        }
+        let out = smelt_runtime::cuda::nvrtc::compile(&format!("{name}.cu"), src, arch)
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        let cubin = dir.join(format!("{name}.{arch}.cubin"));
+        std::fs::write(&cubin, &out.cubin).map_err(|e| io_error(&cubin, e))?;
+        let r = out
+            .resources
+            .first()
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default();
+        if let Some(k) = compiled
+            .plan
+            .kernels
+            .iter_mut()
+            .find(|k| k.node == kernel.node)
+        {
+            k.cuda = Some(CudaResources {
+                arch: arch.to_string(),
+                source: format!("kernels/{name}.cu"),
+                registers: r.registers,
+                stack_bytes: r.stack_bytes,
+                spill_bytes: r.spill_stores + r.spill_loads,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Optimizes and schedules, printing one line per optimizer pass to stderr.

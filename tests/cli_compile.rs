@@ -64,6 +64,20 @@ fn compile_writes_plan_json_fused_and_unfused() {
             ] {
                 assert!(k.get(key).is_some(), "kernel lacks {key}: {k}");
             }
+            // NVRTC is installed by scripts/setup: every kernel has its source, cubin and
+            // ptxas report.
+            let cuda = &k["cuda"];
+            assert!(cuda["registers"].as_u64().unwrap() > 0, "{k}");
+            assert_eq!(cuda["spill_bytes"].as_u64(), Some(0), "{k}");
+            let src = out.join(cuda["source"].as_str().unwrap());
+            assert!(std::fs::read_to_string(&src)
+                .unwrap()
+                .contains("__global__"));
+            assert!(
+                src.with_extension("sm_90.cubin").exists(),
+                "{}",
+                src.display()
+            );
             let kind = k["kind"].as_str().unwrap();
             assert!(
                 ["fused", "gemm", "conv", "attention"].contains(&kind),

@@ -186,6 +186,8 @@ pub struct Launch {
 pub struct Kernel {
     /// Stable name.
     pub name: String,
+    /// The graph node it computes.
+    pub node: String,
     /// Blocks and threads.
     pub launch: Launch,
     /// Float precision.

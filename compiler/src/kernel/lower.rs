@@ -1098,7 +1098,10 @@ pub fn lower(g: &Graph) -> R<Program> {
             Some(axis) => lower_rows(&body, &ins, out, axis, name, precision)?,
             None => lower_pointwise(&body, &ins, out, name, precision)?,
         };
-        kernels.push(kernel);
+        kernels.push(Kernel {
+            node: node.name.clone(),
+            ..kernel
+        });
     }
     Ok(Program {
         buffers,
@@ -1173,6 +1176,7 @@ fn lower_pointwise(
     let (reads, writes) = reads_writes(inputs, out);
     Ok(Kernel {
         name,
+        node: String::new(),
         launch: Launch {
             grid: n.div_ceil(POINTWISE_BLOCK).clamp(1, MAX_GRID),
             block: POINTWISE_BLOCK,
@@ -1389,6 +1393,7 @@ fn lower_rows(
     let (reads, writes) = reads_writes(inputs, out);
     Ok(Kernel {
         name,
+        node: String::new(),
         launch: Launch {
             grid: rows.clamp(1, MAX_GRID),
             block: ROW_BLOCK,

@@ -63,6 +63,24 @@ pub struct Kernel {
     pub bytes_written: usize,
     /// Floating-point operations.
     pub flops: u64,
+    /// The compiled CUDA kernel's resources, when `smelt compile` built it with NVRTC.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cuda: Option<CudaResources>,
+}
+
+/// What ptxas reports for a compiled CUDA kernel.
+#[derive(Clone, Debug, Serialize)]
+pub struct CudaResources {
+    /// Target architecture (`sm_90`).
+    pub arch: String,
+    /// Source file, relative to the output directory.
+    pub source: String,
+    /// Registers per thread.
+    pub registers: u32,
+    /// Stack frame bytes.
+    pub stack_bytes: u32,
+    /// Bytes spilled (stores + loads).
+    pub spill_bytes: u32,
 }
 
 /// The whole plan.
@@ -214,6 +232,7 @@ pub fn schedule(g: &Graph) -> Plan {
             bytes_read: ins.iter().map(|&i| g.nodes[i].ty.bytes()).sum(),
             bytes_written: node.ty.bytes(),
             flops: flops(&node.op, &tys, &node.ty),
+            cuda: None,
         });
     }
     // A reshape that is a graph output was given its own buffer above (kind Output) but no
