@@ -212,16 +212,7 @@ impl<'a, T: Target> Ctx<'a, T> {
             }
             Expr::Index(op, a, b) => {
                 let (x, y) = (self.expr(a)?, self.expr(b)?);
-                let o = match op {
-                    IndexOp::Add => "+",
-                    IndexOp::Sub => "-",
-                    IndexOp::Mul => "*",
-                    IndexOp::Div => "/",
-                    IndexOp::Rem => "%",
-                    IndexOp::Lt => "<",
-                    IndexOp::Ge => ">=",
-                    IndexOp::And => "&&",
-                };
+                let o = op.symbol();
                 match op {
                     IndexOp::Lt | IndexOp::Ge | IndexOp::And => format!("(long long)({x} {o} {y})"),
                     _ => format!("({x} {o} {y})"),

@@ -73,12 +73,7 @@ impl Target for Cuda {
 }
 
 fn has_block_reduce(stmts: &[Stmt]) -> bool {
-    stmts.iter().any(|s| match s {
-        Stmt::BlockReduce { .. } => true,
-        Stmt::For { body, .. } => has_block_reduce(body),
-        Stmt::If { then, .. } => has_block_reduce(then),
-        _ => false,
-    })
+    Stmt::any(stmts, &|s| matches!(s, Stmt::BlockReduce { .. }))
 }
 
 /// CUDA C for one kernel of a program.

@@ -173,11 +173,8 @@ fn combine(op: ReduceOp, x: f64, y: f64) -> f64 {
 }
 
 fn has_collective(stmts: &[Stmt]) -> bool {
-    stmts.iter().any(|s| match s {
-        Stmt::BlockReduce { .. } | Stmt::Barrier => true,
-        Stmt::For { body, .. } => has_collective(body),
-        Stmt::If { then, .. } => has_collective(then),
-        _ => false,
+    Stmt::any(stmts, &|s| {
+        matches!(s, Stmt::BlockReduce { .. } | Stmt::Barrier)
     })
 }
 

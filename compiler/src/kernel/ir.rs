@@ -55,6 +55,22 @@ pub enum IndexOp {
     And,
 }
 
+impl IndexOp {
+    /// The C operator.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            IndexOp::Add => "+",
+            IndexOp::Sub => "-",
+            IndexOp::Mul => "*",
+            IndexOp::Div => "/",
+            IndexOp::Rem => "%",
+            IndexOp::Lt => "<",
+            IndexOp::Ge => ">=",
+            IndexOp::And => "&&",
+        }
+    }
+}
+
 /// Combining operation of a reduction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[allow(missing_docs)]
@@ -162,6 +178,20 @@ pub enum Stmt {
     Barrier,
 }
 
+impl Stmt {
+    /// True when `pred` holds for any statement, nested loop and branch bodies included.
+    pub fn any(stmts: &[Stmt], pred: &dyn Fn(&Stmt) -> bool) -> bool {
+        stmts.iter().any(|s| {
+            pred(s)
+                || match s {
+                    Stmt::For { body, .. } => Stmt::any(body, pred),
+                    Stmt::If { then, .. } => Stmt::any(then, pred),
+                    _ => false,
+                }
+        })
+    }
+}
+
 /// Float arithmetic precision of a kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -240,16 +270,7 @@ impl fmt::Display for Expr {
             Expr::Cast(d, a) => write!(f, "{d}({a})"),
             Expr::Combine(op, a, b) => write!(f, "{op:?}({a}, {b})"),
             Expr::Index(op, a, b) => {
-                let s = match op {
-                    IndexOp::Add => "+",
-                    IndexOp::Sub => "-",
-                    IndexOp::Mul => "*",
-                    IndexOp::Div => "/",
-                    IndexOp::Rem => "%",
-                    IndexOp::Lt => "<",
-                    IndexOp::Ge => ">=",
-                    IndexOp::And => "&&",
-                };
+                let s = op.symbol();
                 write!(f, "({a} {s} {b})")
             }
         }

@@ -192,8 +192,45 @@ impl<'a> Emitter<'a> {
         Ok(())
     }
 
-    /// Reduces `f(element index)` over the trailing dims `axis..` of `space` at row `prefix`,
-    /// serially in this thread.
+    /// `acc = identity; for j in (start..len(tail)).step_by(step) { acc = op(acc, f(prefix ⊕
+    /// unravel(j))) }`; returns the accumulator variable.
+    fn fold(
+        &mut self,
+        prefix: &[Expr],
+        tail: &[usize],
+        op: ReduceOp,
+        (start, step): (Expr, Expr),
+        f: &mut dyn FnMut(&mut Self, &[Expr]) -> R<Expr>,
+    ) -> R<u32> {
+        let acc = self.var();
+        self.push(Stmt::Let {
+            var: acc,
+            value: Expr::F(op.identity()),
+        });
+        let j = self.var();
+        self.open();
+        let mut idx = prefix.to_vec();
+        idx.extend(unravel(&Expr::Var(j), tail));
+        let v = f(self, &idx)?;
+        self.push(Stmt::Let {
+            var: acc,
+            value: Expr::Combine(op, Box::new(Expr::Var(acc)), Box::new(v)),
+        });
+        let body = self.close();
+        let n: usize = tail.iter().product();
+        self.push(Stmt::For {
+            var: j,
+            start,
+            end: Expr::I(n as i64),
+            step,
+            uniform: false,
+            body,
+        });
+        Ok(acc)
+    }
+
+    /// Reduces `f(element index)` over the dims `tail` after the index `prefix`, serially in
+    /// this thread.
     fn serial_reduce(
         &mut self,
         prefix: &[Expr],
@@ -201,24 +238,7 @@ impl<'a> Emitter<'a> {
         op: ReduceOp,
         f: &mut dyn FnMut(&mut Self, &[Expr]) -> R<Expr>,
     ) -> R<Expr> {
-        let acc = self.var();
-        self.push(Stmt::Let {
-            var: acc,
-            value: Expr::F(op.identity()),
-        });
-        let n: usize = tail.iter().product();
-        let prefix = prefix.to_vec();
-        let tail = tail.to_vec();
-        self.serial_loop(n, &mut |me, j| {
-            let mut idx = prefix.clone();
-            idx.extend(unravel(&j, &tail));
-            let v = f(me, &idx)?;
-            me.push(Stmt::Let {
-                var: acc,
-                value: Expr::Combine(op, Box::new(Expr::Var(acc)), Box::new(v)),
-            });
-            Ok(())
-        })?;
+        let acc = self.fold(prefix, tail, op, (Expr::I(0), Expr::I(1)), f)?;
         Ok(Expr::Var(acc))
     }
 
@@ -1203,30 +1223,8 @@ impl Emitter<'_> {
         op: ReduceOp,
         f: &mut dyn FnMut(&mut Self, &[Expr]) -> R<Expr>,
     ) -> R<Expr> {
-        let acc = self.var();
-        self.push(Stmt::Let {
-            var: acc,
-            value: Expr::F(op.identity()),
-        });
-        let j = self.var();
-        self.open();
-        let mut idx = prefix.to_vec();
-        idx.extend(unravel(&Expr::Var(j), tail));
-        let v = f(self, &idx)?;
-        self.push(Stmt::Let {
-            var: acc,
-            value: Expr::Combine(op, Box::new(Expr::Var(acc)), Box::new(v)),
-        });
-        let body = self.close();
-        let n: usize = tail.iter().product();
-        self.push(Stmt::For {
-            var: j,
-            start: builtin(Builtin::Thread),
-            end: Expr::I(n as i64),
-            step: builtin(Builtin::BlockDim),
-            uniform: false,
-            body,
-        });
+        let strided = (builtin(Builtin::Thread), builtin(Builtin::BlockDim));
+        let acc = self.fold(prefix, tail, op, strided, f)?;
         self.push(Stmt::BlockReduce { var: acc, op });
         Ok(Expr::Var(acc))
     }
