@@ -36,7 +36,7 @@ pub use smelt_compiler::onnx;
 pub use smelt_compiler::optimize;
 pub use smelt_compiler::schedule;
 pub use smelt_compiler::{compile, Compiled};
-pub use smelt_runtime::{Device, Session};
+pub use smelt_runtime::{Device, Session, SessionOptions};
 
 /// The facade's error type: everything the CLI and the API can report.
 #[derive(Debug, thiserror::Error)]

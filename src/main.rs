@@ -69,8 +69,7 @@ enum Command {
         /// Where to run: cpu (default), interp (the reference interpreter) or cuda.
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// Run the unfused plan (one kernel per op). The interpreter-backed CPU path runs
-        /// one op at a time either way.
+        /// Run the unfused plan (one kernel per op).
         #[arg(long)]
         no_fuse: bool,
     },
@@ -135,8 +134,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             inputs,
             output_dir,
             device,
-            no_fuse: _,
-        } => run_model(&model, &inputs, &output_dir, &device),
+            no_fuse,
+        } => run_model(&model, &inputs, &output_dir, &device, !no_fuse),
         Command::Compile {
             model,
             out_dir,
@@ -186,7 +185,8 @@ fn run(cli: Cli) -> Result<(), Error> {
     }
 }
 
-/// Lowers the plan, writes `DIR/kernels/<kernel>.cu`, and, where NVRTC is installed, the
+/// Lowers the plan, writes `DIR/model.c` (the C backend's source), `DIR/kernels/<kernel>.cu`,
+/// and, where NVRTC is installed, the
 /// cubins for `arch` with their registers and spills recorded in the plan.
 fn write_kernels(compiled: &mut smelt::Compiled, out_dir: &Path, arch: &str) -> Result<(), Error> {
     use smelt::schedule::CudaResources;
@@ -195,6 +195,10 @@ fn write_kernels(compiled: &mut smelt::Compiled, out_dir: &Path, arch: &str) -> 
         smelt::codegen::cuda::render(&program).map_err(|e| Error::Usage(e.to_string()))?;
     let dir = out_dir.join("kernels");
     std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+    // The C backend's translation unit, as `--device cpu` compiles it.
+    let (_, _, c_src) = smelt_runtime::cpu::source(&compiled.graph)?;
+    let c_path = out_dir.join("model.c");
+    std::fs::write(&c_path, c_src).map_err(|e| io_error(&c_path, e))?;
     let nvrtc = smelt_runtime::cuda::nvrtc::version();
     if let Err(e) = &nvrtc {
         eprintln!("warning: CUDA sources written, no cubins: {e}");
@@ -336,6 +340,7 @@ fn run_model(
     inputs: &[String],
     output_dir: &Path,
     device: &str,
+    fuse: bool,
 ) -> Result<(), Error> {
     let device: Device = device.parse()?;
     let graph = model.load()?;
@@ -374,7 +379,14 @@ fn run_model(
             graph.nodes[id].ty
         )));
     }
-    let session = Session::new(graph, device)?;
+    let opts = smelt_runtime::SessionOptions {
+        optimize: smelt::optimize::Options {
+            fuse,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let session = Session::with_options(graph, device, &opts)?;
     let outputs = session.run(&feeds)?;
     std::fs::create_dir_all(output_dir).map_err(|e| io_error(output_dir, e))?;
     for (name, t) in &outputs {

@@ -116,6 +116,88 @@ pub fn gpt2_block(batch: usize, seq: usize, d: usize, heads: usize) -> Result<Gr
     g.build()
 }
 
+/// A chain of 10 elementwise ops over `n` elements: `x·a + b`, then activations and
+/// arithmetic with a second input. Inputs `x, y: f32[n]`.
+pub fn elementwise_chain(n: usize) -> Result<Graph> {
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", DType::F32, &[n])?;
+    let y = g.input("y", DType::F32, &[n])?;
+    let (a, b, c) = (s(&mut g, 0.5), s(&mut g, 0.25), s(&mut g, 1.5));
+    let v = g.mul(x, a)?; // 1
+    let v = g.add(v, b)?; // 2
+    let v = g.tanh(v)?; // 3
+    let v = g.mul(v, y)?; // 4
+    let v = g.sub(v, x)?; // 5
+    let v = g.relu(v)?; // 6
+    let v = g.add(v, c)?; // 7
+    let v = g.sqrt(v)?; // 8
+    let v = g.mul(v, y)?; // 9
+    let v = g.sigmoid(v)?; // 10
+    g.output("z", v)?;
+    g.build()
+}
+
+/// Softmax over the last axis of `x: f32[rows, cols]`.
+pub fn softmax(rows: usize, cols: usize) -> Result<Graph> {
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", DType::F32, &[rows, cols])?;
+    let y = g.softmax(x, -1)?;
+    g.output("y", y)?;
+    g.build()
+}
+
+/// Decomposed LayerNorm (as exporters write it) over the last axis of `x: f32[rows, cols]`.
+pub fn layernorm(rows: usize, cols: usize) -> Result<Graph> {
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", DType::F32, &[rows, cols])?;
+    let y = layernorm_decomposed(&mut g, x, 1)?;
+    g.output("y", y)?;
+    g.build()
+}
+
+/// A GELU MLP: `gelu(x·W1 + b1)·W2 + b2` with erf-GELU, `x: f32[batch, d]`, hidden `h`.
+pub fn gelu_mlp(batch: usize, d: usize, h: usize) -> Result<Graph> {
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", DType::F32, &[batch, d])?;
+    let w1 = konst(&mut g, &[d, h], 21, 1.0 / (d as f64).sqrt());
+    let b1 = konst(&mut g, &[h], 22, 0.1);
+    let w2 = konst(&mut g, &[h, d], 23, 1.0 / (h as f64).sqrt());
+    let b2 = konst(&mut g, &[d], 24, 0.1);
+    let f = g.matmul(x, w1)?;
+    let f = g.add(f, b1)?;
+    let f = g.gelu(f)?;
+    let f = g.matmul(f, w2)?;
+    let y = g.add(f, b2)?;
+    g.output("y", y)?;
+    g.build()
+}
+
+/// `layers` 3×3 convolutions (padding 1, bias) each followed by ReLU, `x: f32[batch,
+/// channels, size, size]`.
+pub fn conv_relu_stack(layers: usize, batch: usize, channels: usize, size: usize) -> Result<Graph> {
+    let mut g = GraphBuilder::new();
+    let mut v = g.input("x", DType::F32, &[batch, channels, size, size])?;
+    for i in 0..layers {
+        let w = konst(
+            &mut g,
+            &[channels, channels, 3, 3],
+            100 + 2 * i as u64,
+            1.0 / ((9 * channels) as f64).sqrt(),
+        );
+        let b = konst(&mut g, &[channels], 101 + 2 * i as u64, 0.1);
+        let conv = crate::ir::Conv2d {
+            strides: [1, 1],
+            pads: [1, 1, 1, 1],
+            dilations: [1, 1],
+            group: 1,
+        };
+        v = g.op(crate::ir::Op::Conv(conv), &[v, w, b])?;
+        v = g.relu(v)?;
+    }
+    g.output("y", v)?;
+    g.build()
+}
+
 /// A deterministic pseudo-random tensor with values in [-2, 2) (floats) or small integers,
 /// never all zeros.
 pub fn random_tensor(dtype: DType, shape: &[usize], seed: u64) -> Tensor {

@@ -285,3 +285,89 @@ fn shape_errors_name_the_node() {
         &["node 'adder' (Add)", "[2,3] and [4] do not broadcast"],
     );
 }
+
+#[test]
+fn a_missing_c_compiler_says_how_to_fix_it() {
+    let d = Dir::new("nocc");
+    let m = relu_model(&d);
+    let x = write_input(&d, "x", &Tensor::f32([2, 3], vec![1.0; 6]));
+    let res = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .env("SMELT_CC", "/nonexistent/cc")
+        .env("SMELT_CACHE_DIR", d.path("cache"))
+        .arg("run")
+        .arg(&m)
+        .arg(format!("--input=x={x}"))
+        .arg("--output-dir")
+        .arg(d.path("out"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    for needle in [
+        "no C compiler",
+        "/nonexistent/cc",
+        "SMELT_CC",
+        "--device interp",
+    ] {
+        assert!(
+            stderr.contains(needle),
+            "{stderr:?} should mention {needle:?}"
+        );
+    }
+    // The interpreter needs no compiler.
+    let res = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .env("SMELT_CC", "/nonexistent/cc")
+        .arg("run")
+        .arg(&m)
+        .arg(format!("--input=x={x}"))
+        .args(["--device", "interp", "--output-dir"])
+        .arg(d.path("out"))
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+}
+
+#[test]
+fn concurrent_runs_share_one_valid_cache_entry() {
+    let d = Dir::new("concurrent");
+    let m = relu_model(&d);
+    let x = write_input(
+        &d,
+        "x",
+        &Tensor::f32([2, 3], vec![-1.0, 2.0, -3.0, 4.0, -5.0, 6.0]),
+    );
+    let cache = d.path("cache");
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_smelt"))
+                .env("SMELT_CACHE_DIR", &cache)
+                .arg("run")
+                .arg(&m)
+                .arg(format!("--input=x={x}"))
+                .arg("--output-dir")
+                .arg(d.path(&format!("out{i}")))
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, mut c) in children.into_iter().enumerate() {
+        assert!(c.wait().unwrap().success());
+        let y = npy::read(&d.path(&format!("out{i}/y.npy"))).unwrap();
+        assert_eq!(y.to_f64(), vec![0.0, 2.0, 0.0, 4.0, 0.0, 6.0]);
+    }
+    // One entry, verified, and no temporary files left behind.
+    let entries: Vec<_> = std::fs::read_dir(cache.join("cpu"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(smelt_runtime::cache::verify(
+        &std::fs::read(&entries[0]).unwrap()
+    ));
+}

@@ -5,7 +5,7 @@
 
 mod common;
 
-use smelt::kernel::{interp as kinterp, lower};
+use smelt::kernel::{interp as kinterp, lower, lower_for, Target};
 use smelt::optimize::Options;
 use smelt::{compile, interp, Graph, Tensor};
 use std::collections::HashMap;
@@ -34,13 +34,19 @@ fn check(g: &Graph, fuse: bool) -> Result<(), String> {
         },
     )
     .map_err(|e| e.to_string())?;
-    let program = lower(&c.graph).map_err(|e| e.to_string())?;
     let inputs = feeds(g, 5);
     let want = interp::run(g, &inputs).map_err(|e| e.to_string())?;
-    let got = kinterp::run(&program, &inputs).map_err(|e| format!("{e}\n{program}"))?;
-    for ((n, w), (_, v)) in want.iter().zip(&got) {
-        common::compare(v, w, 1e-4, 1e-5)
-            .map_err(|e| format!("output {n} (fuse {fuse}): {e}\n{}\n{program}", c.graph))?;
+    for target in [Target::Gpu, Target::Cpu] {
+        let program = lower_for(&c.graph, target).map_err(|e| e.to_string())?;
+        let got = kinterp::run(&program, &inputs).map_err(|e| format!("{e}\n{program}"))?;
+        for ((n, w), (_, v)) in want.iter().zip(&got) {
+            common::compare(v, w, 1e-4, 1e-5).map_err(|e| {
+                format!(
+                    "output {n} (fuse {fuse}, {target:?}): {e}\n{}\n{program}",
+                    c.graph
+                )
+            })?;
+        }
     }
     Ok(())
 }

@@ -190,6 +190,9 @@ fn conformance(label: &str, backend: &Backend, known_file: &str) {
             skipped += 1;
             continue;
         }
+        if std::env::var_os("SMELT_TRACE_TESTS").is_some() {
+            eprintln!("{label}: {name}");
+        }
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             run_case(dir, &model, backend)
         }))
@@ -255,5 +258,40 @@ fn onnx_node_conformance_lowered() {
         "kernel IR, fused and unfused",
         &both,
         "tests/onnx_known_failures_lowered.txt",
+    );
+}
+
+/// The optimized graph compiled by the C backend (generated C, the system compiler).
+fn c_backend(fuse: bool) -> impl Fn(&smelt::Graph, &HashMap<String, Tensor>) -> Outputs {
+    move |g, inputs| {
+        let opts = smelt::SessionOptions {
+            optimize: smelt::optimize::Options {
+                fuse,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let s = smelt::Session::with_options(g.clone(), smelt::Device::Cpu, &opts)
+            .map_err(|e| e.to_string())?;
+        s.run(inputs).map_err(|e| e.to_string())
+    }
+}
+
+#[test]
+fn onnx_node_conformance_c() {
+    let both = |g: &smelt::Graph, inputs: &HashMap<String, Tensor>| {
+        let fused = c_backend(true)(g, inputs)?;
+        let unfused = c_backend(false)(g, inputs)?;
+        for ((n, a), (_, b)) in fused.iter().zip(&unfused) {
+            let (rtol, atol) = common::tolerance(a.dtype());
+            common::compare(a, b, rtol, atol)
+                .map_err(|e| format!("fused and unfused differ on {n}: {e}"))?;
+        }
+        Ok(fused)
+    };
+    conformance(
+        "C backend, fused and unfused",
+        &both,
+        "tests/onnx_known_failures_c.txt",
     );
 }

@@ -291,6 +291,20 @@ fn check_case(
             TestCaseError::fail(format!("lowered output {n}: {e}\nafter:\n{opt}\n{program}"))
         })?;
     }
+    // So does the C backend (CPU lowering, generated C, the system compiler).
+    let model = smelt_runtime::cpu::CpuModel::new(&opt, 2)
+        .map_err(|e| TestCaseError::fail(format!("C backend: {e}\nafter:\n{opt}")))?;
+    let compiled = model
+        .run(&feeds)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    for ((n, w), (_, gv)) in want.iter().zip(&compiled) {
+        common::compare(gv, w, rtol, atol).map_err(|e| {
+            TestCaseError::fail(format!(
+                "C backend output {n}: {e}\nafter:\n{opt}\n{}",
+                model.program()
+            ))
+        })?;
+    }
     Ok(())
 }
 

@@ -1,7 +1,8 @@
-//! smelt's device-side CUDA library: element types, scalar functions, warp/block reductions
+//! smelt's device-side libraries. For CUDA: element types, scalar functions, warp/block reductions
 //! with the online-softmax and Welford merges, and vectorized loads and stores. Generated
 //! kernels include these headers; each is embedded here with `include_str!` and compiled by
-//! NVRTC in the runtime's tests (for sm_80 and sm_90, with no register spills).
+//! NVRTC in the runtime's tests (for sm_80 and sm_90, with no register spills). For the C
+//! backend: one header of scalar helpers and the GEMM driver ([`C_HEADERS`]).
 
 #![warn(missing_docs)]
 
@@ -12,6 +13,10 @@ pub const HEADERS: &[(&str, &str)] = &[
     ("smelt/reduce.cuh", include_str!("../cuda/smelt/reduce.cuh")),
     ("smelt/vector.cuh", include_str!("../cuda/smelt/vector.cuh")),
 ];
+
+/// The C backend's header, as (include path, source): scalar helpers, f16/bf16 conversions
+/// and the GEMM driver that generated C includes.
+pub const C_HEADERS: &[(&str, &str)] = &[("smelt/cpu.h", include_str!("../c/smelt/cpu.h"))];
 
 #[cfg(test)]
 mod tests {

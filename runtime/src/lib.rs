@@ -1,11 +1,13 @@
 //! smelt's runtime: what executes a compiled graph.
 //!
-//! A [`Session`] owns a validated graph and runs it on a [`Device`]. Today the one device is
-//! the CPU through the reference interpreter; the compiled C backend and the CUDA runtime
-//! plug in here (see `DESIGN.md`).
+//! A [`Session`] owns a validated graph and runs it on a [`Device`]: the CPU through the C
+//! backend ([`cpu`], the default), the reference interpreter ([`Device::Interp`], the
+//! oracle), or CUDA (see `DESIGN.md`; not wired yet).
 
 #![warn(missing_docs)]
 
+pub mod cache;
+pub mod cpu;
 pub mod cuda;
 
 use smelt_compiler::interp;
@@ -32,12 +34,32 @@ pub enum Error {
     /// An unknown device name.
     #[error("unknown device '{0}' (expected cpu, interp or cuda)")]
     UnknownDevice(String),
+    /// No usable C compiler for the CPU backend.
+    #[error("no C compiler found for --device cpu: {why}. Install gcc or clang, or set SMELT_CC to a C compiler; --device interp runs the slow reference interpreter instead")]
+    NoCompiler {
+        /// What was tried.
+        why: String,
+    },
+    /// The generated C did not compile (a smelt bug: please report it with the model).
+    #[error("C compilation failed: {0}")]
+    CCompile(String),
+    /// Lowering or rendering the graph failed.
+    #[error("code generation: {0}")]
+    Codegen(String),
+    /// A compiled shared object could not be loaded.
+    #[error("cannot load {path}: {why}")]
+    Load {
+        /// The file.
+        path: String,
+        /// Why.
+        why: String,
+    },
 }
 
 /// Where a session runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Device {
-    /// The CPU. Until the compiled C backend lands this runs the reference interpreter.
+    /// The CPU, through the C backend (generated C, the system compiler, a thread pool).
     #[default]
     Cpu,
     /// The reference interpreter, explicitly (slow; the oracle).
@@ -68,6 +90,39 @@ impl fmt::Display for Device {
     }
 }
 
+/// How a [`Session`] compiles its graph.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Optimizer options (fusion on by default; `fuse: false` gives the unfused plan).
+    pub optimize: smelt_compiler::optimize::Options,
+    /// Threads for the CPU backend (default: `$SMELT_THREADS`, else every core).
+    pub threads: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            optimize: Default::default(),
+            threads: default_threads(),
+        }
+    }
+}
+
+/// `$SMELT_THREADS` if set to a positive number, else the available parallelism.
+pub fn default_threads() -> usize {
+    std::env::var("SMELT_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+#[derive(Debug)]
+enum Backend {
+    Interp,
+    Cpu(Box<cpu::CpuModel>),
+}
+
 /// A graph ready to run on a device.
 ///
 /// ```
@@ -89,19 +144,41 @@ impl fmt::Display for Device {
 pub struct Session {
     graph: Graph,
     device: Device,
+    backend: Backend,
 }
 
 impl Session {
-    /// Validates `graph` and prepares it for `device`.
+    /// Validates `graph` and prepares it for `device` with the default options.
     pub fn new(graph: Graph, device: Device) -> Result<Self, Error> {
+        Session::with_options(graph, device, &SessionOptions::default())
+    }
+
+    /// Validates `graph`, optimizes it and compiles it for `device`: everything is compiled
+    /// and loaded before this returns, so the first run pays no compilation.
+    pub fn with_options(
+        graph: Graph,
+        device: Device,
+        opts: &SessionOptions,
+    ) -> Result<Self, Error> {
         graph.validate()?;
-        if device == Device::Cuda {
-            return Err(Error::DeviceUnavailable {
-                device: "cuda".into(),
-                why: "this build has no CUDA runtime yet; use --device cpu".into(),
-            });
-        }
-        Ok(Session { graph, device })
+        let backend = match device {
+            Device::Cuda => {
+                return Err(Error::DeviceUnavailable {
+                    device: "cuda".into(),
+                    why: "this build has no CUDA runtime yet; use --device cpu".into(),
+                })
+            }
+            Device::Interp => Backend::Interp,
+            Device::Cpu => {
+                let compiled = smelt_compiler::compile(&graph, &opts.optimize)?;
+                Backend::Cpu(Box::new(cpu::CpuModel::new(&compiled.graph, opts.threads)?))
+            }
+        };
+        Ok(Session {
+            graph,
+            device,
+            backend,
+        })
     }
 
     /// The graph this session runs.
@@ -114,9 +191,23 @@ impl Session {
         self.device
     }
 
+    /// The compiled CPU model, when the device is the CPU.
+    pub fn cpu_model(&self) -> Option<&cpu::CpuModel> {
+        match &self.backend {
+            Backend::Cpu(m) => Some(m),
+            Backend::Interp => None,
+        }
+    }
+
     /// Runs on named inputs (each exactly once, with the graph's dtype and shape) and returns
     /// the outputs in the graph's order.
     pub fn run(&self, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>, Error> {
-        Ok(interp::run(&self.graph, inputs)?)
+        match &self.backend {
+            Backend::Interp => Ok(interp::run(&self.graph, inputs)?),
+            Backend::Cpu(m) => {
+                interp::check_inputs(&self.graph, inputs)?;
+                m.run(inputs)
+            }
+        }
     }
 }

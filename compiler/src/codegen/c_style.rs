@@ -4,7 +4,7 @@
 
 use super::RenderError;
 use crate::ir::{BinaryOp, DType, UnaryOp};
-use crate::kernel::ir::{Builtin, Expr, IndexOp, Kernel, Precision, Program, ReduceOp, Stmt};
+use crate::kernel::ir::{Builtin, Expr, Gemm, IndexOp, Kernel, Precision, Program, ReduceOp, Stmt};
 use std::fmt::Write;
 
 /// What a renderer target decides.
@@ -13,14 +13,26 @@ pub trait Target {
     fn elem_type(&self, d: DType) -> &'static str;
     /// A built-in index.
     fn builtin(&self, b: Builtin) -> &'static str;
-    /// `var = block-wide reduction of var`.
-    fn block_reduce(&self, var: &str, op: ReduceOp, identity: &str) -> String;
+    /// `var = block-wide reduction of var`, if the target has it at that precision.
+    fn block_reduce(&self, var: &str, op: ReduceOp, identity: &str, p: Precision)
+        -> Option<String>;
     /// A barrier statement.
     fn barrier(&self) -> &'static str;
     /// A stored element's conversion from the compute value.
     fn store_conversion(&self, d: DType, value: &str, p: Precision) -> String;
     /// A loaded element's conversion to the compute value.
     fn load_conversion(&self, d: DType, value: &str, p: Precision) -> String;
+    /// The smelt float helper `name` (relu, gelu, max_nan, …) at a precision, if the target
+    /// has it.
+    fn helper(&self, name: &str, p: Precision) -> Option<String>;
+    /// The 64-bit integer function `name` (min, max, mod_floor).
+    fn int_fn(&self, name: &str) -> String;
+    /// The function combining two values of a reduction (NaN-propagating max/min).
+    fn combine_fn(&self, op: ReduceOp, p: Precision) -> String;
+    /// Positive infinity.
+    fn infinity(&self, p: Precision) -> &'static str;
+    /// A library matrix product statement, if the target has one.
+    fn gemm(&self, g: &Gemm, program: &Program) -> Option<String>;
 }
 
 /// The scalar type of a variable or expression.
@@ -70,11 +82,7 @@ impl<'a, T: Target> Ctx<'a, T> {
             );
         }
         if v.is_infinite() {
-            let inf = if f32 {
-                "__int_as_float(0x7f800000)"
-            } else {
-                "__longlong_as_double(0x7ff0000000000000ll)"
-            };
+            let inf = self.target.infinity(self.kernel.precision);
             return if v > 0.0 {
                 inf.to_string()
             } else {
@@ -168,7 +176,7 @@ impl<'a, T: Target> Ctx<'a, T> {
                         UnaryOp::Neg => Ok(format!("(-{x})")),
                         UnaryOp::Abs => Ok(format!("llabs({x})")),
                         UnaryOp::Sign => Ok(format!("(({x} > 0) - ({x} < 0))")),
-                        UnaryOp::Relu => Ok(format!("max({x}, 0ll)")),
+                        UnaryOp::Relu => Ok(format!("{}({x}, 0ll)", self.target.int_fn("max"))),
                         UnaryOp::Not => Ok(format!("(long long)({x} == 0)")),
                         _ => Ok(self.unary_float(*u, &format!("({})({x})", self.float()), &fun)?),
                     };
@@ -201,19 +209,20 @@ impl<'a, T: Target> Ctx<'a, T> {
             }
             Expr::Combine(op, a, b) => {
                 let (x, y) = (self.expr(a)?, self.expr(b)?);
-                match (op, f32) {
-                    (ReduceOp::Sum, _) => format!("({x} + {y})"),
-                    (ReduceOp::Prod, _) => format!("({x} * {y})"),
-                    (ReduceOp::Max, true) => format!("smelt::Max()({x}, {y})"),
-                    (ReduceOp::Min, true) => format!("smelt::Min()({x}, {y})"),
-                    (ReduceOp::Max, false) => format!("fmax({x}, {y})"),
-                    (ReduceOp::Min, false) => format!("fmin({x}, {y})"),
+                match op {
+                    ReduceOp::Sum => format!("({x} + {y})"),
+                    ReduceOp::Prod => format!("({x} * {y})"),
+                    ReduceOp::Max | ReduceOp::Min => format!(
+                        "{}({x}, {y})",
+                        self.target.combine_fn(*op, self.kernel.precision)
+                    ),
                 }
             }
             Expr::Index(op, a, b) => {
                 let (x, y) = (self.expr(a)?, self.expr(b)?);
                 let o = op.symbol();
                 match op {
+                    IndexOp::Min => format!("{}({x}, {y})", self.target.int_fn("min")),
                     IndexOp::Lt | IndexOp::Ge | IndexOp::And => format!("(long long)({x} {o} {y})"),
                     _ => format!("({x} {o} {y})"),
                 }
@@ -229,12 +238,15 @@ impl<'a, T: Target> Ctx<'a, T> {
     ) -> Result<String, RenderError> {
         let f32 = self.kernel.precision == Precision::F32;
         let one = if f32 { "1.0f" } else { "1.0" };
+        let p = self.kernel.precision;
+        let helper = |name: &str| self.target.helper(name, p);
+        let name_of = |name: &str| -> Result<String, RenderError> {
+            helper(name).ok_or_else(|| self.err(format!("{name} in f64")))
+        };
         let smelt_only = |name: &str| -> Result<String, RenderError> {
-            if f32 {
-                Ok(format!("smelt::{name}({x})"))
-            } else {
-                Err(self.err(format!("{name} in f64")))
-            }
+            helper(name)
+                .map(|h| format!("{h}({x})"))
+                .ok_or_else(|| self.err(format!("{name} in f64")))
         };
         Ok(match u {
             UnaryOp::Neg => format!("(-{x})"),
@@ -278,17 +290,27 @@ impl<'a, T: Target> Ctx<'a, T> {
             UnaryOp::HardSwish => smelt_only("hard_swish")?,
             UnaryOp::Gelu => smelt_only("gelu")?,
             UnaryOp::GeluTanh => smelt_only("gelu_tanh")?,
-            UnaryOp::LeakyRelu(a) if f32 => format!("smelt::leaky_relu({x}, {})", self.lit(a.0)),
-            UnaryOp::Elu(a) if f32 => format!("smelt::elu({x}, {})", self.lit(a.0)),
-            UnaryOp::Celu(a) if f32 => format!("smelt::celu({x}, {})", self.lit(a.0)),
-            UnaryOp::ThresholdedRelu(a) if f32 => {
-                format!("smelt::thresholded_relu({x}, {})", self.lit(a.0))
+            UnaryOp::LeakyRelu(a) if helper("leaky_relu").is_some() => {
+                format!("{}({x}, {})", name_of("leaky_relu")?, self.lit(a.0))
             }
-            UnaryOp::Selu(a, g) if f32 => {
-                format!("smelt::selu({x}, {}, {})", self.lit(a.0), self.lit(g.0))
+            UnaryOp::Elu(a) if helper("elu").is_some() => {
+                format!("{}({x}, {})", name_of("elu")?, self.lit(a.0))
             }
-            UnaryOp::HardSigmoid(a, b) if f32 => format!(
-                "smelt::hard_sigmoid({x}, {}, {})",
+            UnaryOp::Celu(a) if helper("celu").is_some() => {
+                format!("{}({x}, {})", name_of("celu")?, self.lit(a.0))
+            }
+            UnaryOp::ThresholdedRelu(a) if helper("thresholded_relu").is_some() => {
+                format!("{}({x}, {})", name_of("thresholded_relu")?, self.lit(a.0))
+            }
+            UnaryOp::Selu(a, g) if helper("selu").is_some() => format!(
+                "{}({x}, {}, {})",
+                name_of("selu")?,
+                self.lit(a.0),
+                self.lit(g.0)
+            ),
+            UnaryOp::HardSigmoid(a, b) if helper("hard_sigmoid").is_some() => format!(
+                "{}({x}, {}, {})",
+                name_of("hard_sigmoid")?,
                 self.lit(a.0),
                 self.lit(b.0)
             ),
@@ -304,21 +326,29 @@ impl<'a, T: Target> Ctx<'a, T> {
         int: bool,
         fun: &dyn Fn(&str) -> String,
     ) -> Result<String, RenderError> {
-        let f32 = self.kernel.precision == Precision::F32;
         let t = self.float();
+        let helper = |name: &str| self.target.helper(name, self.kernel.precision);
         Ok(match b {
             BinaryOp::Add => format!("({x} + {y})"),
             BinaryOp::Sub => format!("({x} - {y})"),
             BinaryOp::Mul => format!("({x} * {y})"),
             BinaryOp::Div => format!("({x} / {y})"),
             BinaryOp::Pow if !int => format!("{}({x}, {y})", fun("pow")),
-            BinaryOp::Min if int => format!("min({x}, {y})"),
-            BinaryOp::Max if int => format!("max({x}, {y})"),
-            BinaryOp::Min if f32 => format!("smelt::min_nan({x}, {y})"),
-            BinaryOp::Max if f32 => format!("smelt::max_nan({x}, {y})"),
-            BinaryOp::Min => format!("fmin({x}, {y})"),
-            BinaryOp::Max => format!("fmax({x}, {y})"),
-            BinaryOp::Mod if int || f32 => format!("smelt::mod_floor({x}, {y})"),
+            BinaryOp::Pow => format!("{}({x}, {y})", self.target.int_fn("pow_int")),
+            BinaryOp::Min if int => format!("{}({x}, {y})", self.target.int_fn("min")),
+            BinaryOp::Max if int => format!("{}({x}, {y})", self.target.int_fn("max")),
+            BinaryOp::Min => match helper("min_nan") {
+                Some(h) => format!("{h}({x}, {y})"),
+                None => format!("fmin({x}, {y})"),
+            },
+            BinaryOp::Max => match helper("max_nan") {
+                Some(h) => format!("{h}({x}, {y})"),
+                None => format!("fmax({x}, {y})"),
+            },
+            BinaryOp::Mod if int => format!("{}({x}, {y})", self.target.int_fn("mod_floor")),
+            BinaryOp::Mod if helper("mod_floor").is_some() => {
+                format!("{}({x}, {y})", helper("mod_floor").unwrap_or_default())
+            }
             BinaryOp::FMod if int => format!("({x} % {y})"),
             BinaryOp::FMod => format!("{}({x}, {y})", fun("fmod")),
             BinaryOp::PRelu => format!("({x} < 0 ? {y} * {x} : {x})"),
@@ -378,18 +408,24 @@ impl<'a, T: Target> Ctx<'a, T> {
                     let _ = writeln!(out, "{pad}}}");
                 }
                 Stmt::BlockReduce { var, op } => {
-                    if self.kernel.precision == Precision::F64 {
-                        return Err(self.err("a block reduction in f64".into()));
-                    }
                     let id = self.lit(op.identity());
-                    let _ = writeln!(
-                        out,
-                        "{pad}{}",
-                        self.target.block_reduce(&format!("v{var}"), *op, &id)
-                    );
+                    let text = self
+                        .target
+                        .block_reduce(&format!("v{var}"), *op, &id, self.kernel.precision)
+                        .ok_or_else(|| self.err("a block reduction in f64".into()))?;
+                    let _ = writeln!(out, "{pad}{text}");
                 }
                 Stmt::Barrier => {
                     let _ = writeln!(out, "{pad}{}", self.target.barrier());
+                }
+                Stmt::Gemm(g) => {
+                    let call = self
+                        .target
+                        .gemm(g, self.program)
+                        .ok_or_else(|| self.err("a library matrix product".into()))?;
+                    for line in call.lines() {
+                        let _ = writeln!(out, "{pad}{line}");
+                    }
                 }
             }
         }

@@ -5,7 +5,7 @@
 use super::c_style::{var_types, Ctx, Scalar, Target};
 use super::RenderError;
 use crate::ir::DType;
-use crate::kernel::ir::{Builtin, Kernel, Precision, Program, ReduceOp, Stmt};
+use crate::kernel::ir::{Builtin, Gemm, Kernel, Precision, Program, ReduceOp, Stmt};
 use std::fmt::Write;
 
 /// The CUDA target.
@@ -35,18 +35,60 @@ impl Target for Cuda {
         }
     }
 
-    fn block_reduce(&self, var: &str, op: ReduceOp, identity: &str) -> String {
+    fn block_reduce(
+        &self,
+        var: &str,
+        op: ReduceOp,
+        identity: &str,
+        p: Precision,
+    ) -> Option<String> {
+        if p == Precision::F64 {
+            return None;
+        }
         let f = match op {
             ReduceOp::Sum => "Sum",
             ReduceOp::Max => "Max",
             ReduceOp::Min => "Min",
             ReduceOp::Prod => "Prod",
         };
-        format!("{var} = smelt::block_reduce({var}, smelt::{f}(), {identity}, smelt_shared);")
+        Some(format!(
+            "{var} = smelt::block_reduce({var}, smelt::{f}(), {identity}, smelt_shared);"
+        ))
     }
 
     fn barrier(&self) -> &'static str {
         "__syncthreads();"
+    }
+
+    fn helper(&self, name: &str, p: Precision) -> Option<String> {
+        (p == Precision::F32).then(|| format!("smelt::{name}"))
+    }
+
+    fn int_fn(&self, name: &str) -> String {
+        match name {
+            "min" | "max" => name.to_string(),
+            _ => format!("smelt::{name}"),
+        }
+    }
+
+    fn combine_fn(&self, op: ReduceOp, p: Precision) -> String {
+        match (op, p) {
+            (ReduceOp::Min, Precision::F32) => "smelt::Min()".into(),
+            (ReduceOp::Min, Precision::F64) => "fmin".into(),
+            (_, Precision::F32) => "smelt::Max()".into(),
+            (_, Precision::F64) => "fmax".into(),
+        }
+    }
+
+    fn infinity(&self, p: Precision) -> &'static str {
+        match p {
+            Precision::F32 => "__int_as_float(0x7f800000)",
+            Precision::F64 => "__longlong_as_double(0x7ff0000000000000ll)",
+        }
+    }
+
+    fn gemm(&self, _g: &Gemm, _program: &Program) -> Option<String> {
+        None
     }
 
     fn store_conversion(&self, d: DType, v: &str, _p: Precision) -> String {

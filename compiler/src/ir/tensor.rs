@@ -132,6 +132,86 @@ impl Tensor {
         })
     }
 
+    /// Writes the elements, little-endian, into `out` (exactly `numel × dtype size` bytes;
+    /// bool as one byte 0/1). Returns false, writing nothing, when the length differs.
+    pub fn write_le_bytes(&self, out: &mut [u8]) -> bool {
+        if out.len() != self.numel() * self.dtype().size() {
+            return false;
+        }
+        macro_rules! put {
+            ($v:expr, $n:expr, $f:expr) => {
+                for (chunk, x) in out.chunks_exact_mut($n).zip($v) {
+                    chunk.copy_from_slice(&$f(x));
+                }
+            };
+        }
+        match &self.data {
+            Data::F32(v) => put!(v, 4, |x: &f32| x.to_le_bytes()),
+            Data::F16(v) => put!(v, 2, |x: &f16| x.to_le_bytes()),
+            Data::BF16(v) => put!(v, 2, |x: &bf16| x.to_le_bytes()),
+            Data::F64(v) => put!(v, 8, |x: &f64| x.to_le_bytes()),
+            Data::I64(v) => put!(v, 8, |x: &i64| x.to_le_bytes()),
+            Data::I32(v) => put!(v, 4, |x: &i32| x.to_le_bytes()),
+            Data::I8(v) => put!(v, 1, |x: &i8| x.to_le_bytes()),
+            Data::U8(v) => put!(v, 1, |x: &u8| [*x]),
+            Data::Bool(v) => put!(v, 1, |x: &bool| [*x as u8]),
+        }
+        true
+    }
+
+    /// A tensor from little-endian element bytes (bool: nonzero is true); `None` when the
+    /// byte count does not match the shape.
+    pub fn from_le_bytes(dtype: DType, shape: impl Into<Vec<usize>>, b: &[u8]) -> Option<Tensor> {
+        let shape = shape.into();
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a: usize, &d| a.checked_mul(d))?;
+        if n.checked_mul(dtype.size())? != b.len() {
+            return None;
+        }
+        fn arr<const N: usize>(c: &[u8]) -> [u8; N] {
+            let mut a = [0u8; N];
+            a.copy_from_slice(c);
+            a
+        }
+        let data = match dtype {
+            DType::F32 => Data::F32(
+                b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(arr(c)))
+                    .collect(),
+            ),
+            DType::F16 => Data::F16(
+                b.chunks_exact(2)
+                    .map(|c| f16::from_le_bytes(arr(c)))
+                    .collect(),
+            ),
+            DType::BF16 => Data::BF16(
+                b.chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes(arr(c)))
+                    .collect(),
+            ),
+            DType::F64 => Data::F64(
+                b.chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(arr(c)))
+                    .collect(),
+            ),
+            DType::I64 => Data::I64(
+                b.chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(arr(c)))
+                    .collect(),
+            ),
+            DType::I32 => Data::I32(
+                b.chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(arr(c)))
+                    .collect(),
+            ),
+            DType::I8 => Data::I8(b.iter().map(|&c| c as i8).collect()),
+            DType::U8 => Data::U8(b.to_vec()),
+            DType::Bool => Data::Bool(b.iter().map(|&c| c != 0).collect()),
+        };
+        Tensor::new(shape, data)
+    }
+
     /// Every element widened to f64 (bool as 0/1; i64 beyond 2^53 rounds).
     pub fn to_f64(&self) -> Vec<f64> {
         match &self.data {

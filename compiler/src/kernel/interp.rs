@@ -2,7 +2,9 @@
 //! block and thread, their index arithmetic, loops, and the block reductions as the same
 //! warp-shuffle tree the GPU runs — so lowering bugs are caught without a GPU.
 
-use super::ir::{Builtin, Expr, IndexOp, Kernel, Precision, Program, ReduceOp, Stmt};
+use super::ir::{
+    Builtin, Expr, Gemm, IndexOp, Kernel, MatrixView, Precision, Program, ReduceOp, Stmt,
+};
 use crate::error::{Error, Result};
 use crate::interp::math::{binary_f, binary_i, unary_f};
 use crate::ir::{DType, Tensor};
@@ -146,6 +148,7 @@ fn eval(e: &Expr, env: &Env, t: i64, cx: &Ctx, k: &Kernel) -> Result<Val> {
                 IndexOp::Lt => (x < y) as i64,
                 IndexOp::Ge => (x >= y) as i64,
                 IndexOp::And => (x != 0 && y != 0) as i64,
+                IndexOp::Min => x.min(y),
             })
         }
     })
@@ -227,7 +230,48 @@ fn exec_thread(stmts: &[Stmt], env: &mut Env, t: i64, cx: &mut Ctx, k: &Kernel) 
                     exec_thread(then, env, t, cx, k)?;
                 }
             }
+            Stmt::Gemm(g) => gemm(g, cx, k)?,
             Stmt::BlockReduce { .. } | Stmt::Barrier => unreachable!("collectives run in lockstep"),
+        }
+    }
+    Ok(())
+}
+
+/// A library matrix product: sums in f64, each result rounded to its buffer's dtype.
+fn gemm(g: &Gemm, cx: &mut Ctx, k: &Kernel) -> Result<()> {
+    let batches: usize = g.batch.iter().product();
+    let at = |v: &MatrixView, b: usize, r: usize, c: usize| -> i64 {
+        let mut off = 0i64;
+        let mut rest = b;
+        for (d, &n) in g.batch.iter().enumerate().rev() {
+            off += (rest % n) as i64 * v.batch_strides[d];
+            rest /= n;
+        }
+        off + r as i64 * v.row_stride + c as i64 * v.col_stride
+    };
+    let get = |cx: &Ctx, v: &MatrixView, i: i64| -> Result<f64> {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| cx.buffers[v.buf as usize].get(i).copied())
+            .ok_or_else(|| err(k, format!("gemm reads b{}[{i}] out of bounds", v.buf)))
+    };
+    let d = cx.dtypes[g.c.buf as usize];
+    for b in 0..batches {
+        for r in 0..g.m {
+            for c in 0..g.n {
+                let mut acc = 0.0;
+                for j in 0..g.k {
+                    acc += get(cx, &g.a, at(&g.a, b, r, j))? * get(cx, &g.b, at(&g.b, b, j, c))?;
+                }
+                let i = at(&g.c, b, r, c);
+                let out = &mut cx.buffers[g.c.buf as usize];
+                let len = out.len();
+                *usize::try_from(i)
+                    .ok()
+                    .and_then(|i| out.get_mut(i))
+                    .ok_or_else(|| err(k, format!("gemm writes b{}[{i}] of {len}", g.c.buf)))? =
+                    to_dtype(d, acc);
+            }
         }
     }
     Ok(())

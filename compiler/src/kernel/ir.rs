@@ -53,6 +53,8 @@ pub enum IndexOp {
     Ge,
     /// 1 if both are nonzero else 0.
     And,
+    /// The smaller of the two.
+    Min,
 }
 
 impl IndexOp {
@@ -67,6 +69,7 @@ impl IndexOp {
             IndexOp::Lt => "<",
             IndexOp::Ge => ">=",
             IndexOp::And => "&&",
+            IndexOp::Min => "min",
         }
     }
 }
@@ -176,6 +179,44 @@ pub enum Stmt {
     },
     /// Every thread of the block waits for the others.
     Barrier,
+    /// A matrix product by a library routine (the `gemm` crate on the CPU). Kernels holding
+    /// one run it once: they launch one block of one thread.
+    Gemm(Box<Gemm>),
+}
+
+/// A strided matrix operand of a [`Gemm`]: element `(batch…, r, c)` of buffer `buf` is at
+/// `Σ batch[i]·batch_strides[i] + r·row_stride + c·col_stride` (strides in elements; 0
+/// broadcasts).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MatrixView {
+    /// Buffer.
+    pub buf: u32,
+    /// Stride of each batch dim of the product.
+    pub batch_strides: Vec<i64>,
+    /// Stride between rows.
+    pub row_stride: i64,
+    /// Stride between columns.
+    pub col_stride: i64,
+}
+
+/// `c[b] = a[b] × b[b]` for every batch index `b`: `a` is m×k, `b` is k×n, `c` is m×n, all
+/// f32, accumulated in f32 or wider.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Gemm {
+    /// Batch dims.
+    pub batch: Vec<usize>,
+    /// Rows of `a` and `c`.
+    pub m: usize,
+    /// Columns of `b` and `c`.
+    pub n: usize,
+    /// Columns of `a`, rows of `b`.
+    pub k: usize,
+    /// Left operand.
+    pub a: MatrixView,
+    /// Right operand.
+    pub b: MatrixView,
+    /// Result (written, never read).
+    pub c: MatrixView,
 }
 
 impl Stmt {
@@ -269,6 +310,7 @@ impl fmt::Display for Expr {
             Expr::Select(c, a, b) => write!(f, "({c} ? {a} : {b})"),
             Expr::Cast(d, a) => write!(f, "{d}({a})"),
             Expr::Combine(op, a, b) => write!(f, "{op:?}({a}, {b})"),
+            Expr::Index(IndexOp::Min, a, b) => write!(f, "min({a}, {b})"),
             Expr::Index(op, a, b) => {
                 let s = op.symbol();
                 write!(f, "({a} {s} {b})")
@@ -305,6 +347,25 @@ fn fmt_block(f: &mut fmt::Formatter<'_>, stmts: &[Stmt], depth: usize) -> fmt::R
                 writeln!(f, "{pad}v{var} = block_reduce_{op:?}(v{var})")?
             }
             Stmt::Barrier => writeln!(f, "{pad}barrier")?,
+            Stmt::Gemm(g) => {
+                let v = |m: &MatrixView| {
+                    format!(
+                        "b{}{:?}/{}/{}",
+                        m.buf, m.batch_strides, m.row_stride, m.col_stride
+                    )
+                };
+                writeln!(
+                    f,
+                    "{pad}gemm batch {:?} m {} n {} k {}: {} = {} x {}",
+                    g.batch,
+                    g.m,
+                    g.n,
+                    g.k,
+                    v(&g.c),
+                    v(&g.a),
+                    v(&g.b)
+                )?
+            }
         }
     }
     Ok(())

@@ -32,6 +32,23 @@ pub enum LowerError {
 
 type R<T> = Result<T, LowerError>;
 
+mod cpu;
+pub use cpu::CPU_CHUNK;
+
+/// What a program is lowered for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Target {
+    /// A GPU: blocks of many threads, block reductions, matrix products as loops.
+    #[default]
+    Gpu,
+    /// The CPU: one thread per block, each block a contiguous share of the work (the C
+    /// renderer runs blocks on a thread pool), f32 matrix products as library [`Gemm`]
+    /// calls.
+    ///
+    /// [`Gemm`]: super::ir::Gemm
+    Cpu,
+}
+
 /// Threads per block of pointwise kernels.
 pub const POINTWISE_BLOCK: usize = 256;
 /// Threads per block of row kernels.
@@ -1056,8 +1073,13 @@ fn single_row_axis(op: &Op, rank: usize) -> Option<usize> {
     }
 }
 
-/// Lowers an optimized graph to the kernel IR.
+/// Lowers an optimized graph to the kernel IR for a GPU.
 pub fn lower(g: &Graph) -> R<Program> {
+    lower_for(g, Target::Gpu)
+}
+
+/// Lowers an optimized graph to the kernel IR for a target.
+pub fn lower_for(g: &Graph, target: Target) -> R<Program> {
     let mut buffers: Vec<BufferDecl> = Vec::new();
     let mut buf_of: Vec<u32> = vec![u32::MAX; g.nodes.len()];
     let mut constants = Vec::new();
@@ -1104,7 +1126,8 @@ pub fn lower(g: &Graph) -> R<Program> {
         };
         let ins: Vec<u32> = distinct_inputs(node).iter().map(|&a| buf_of[a]).collect();
         let out = buf_of[id];
-        let name = format!("k{}_{}", kernels.len(), node.op.name());
+        let op_name = node.op.name();
+        let name = format!("k{}_{op_name}", kernels.len());
         let precision = if ins
             .iter()
             .chain([&out])
@@ -1114,8 +1137,18 @@ pub fn lower(g: &Graph) -> R<Program> {
         } else {
             Precision::F32
         };
+        if target == Target::Cpu {
+            let mut sink = cpu::Sink {
+                buffers: &mut buffers,
+                kernels: &mut kernels,
+                node: &node.name,
+                op: &op_name,
+            };
+            cpu::lower_node(&body, row_axis, &ins, out, precision, &mut sink)?;
+            continue;
+        }
         let kernel = match row_axis {
-            Some(axis) => lower_rows(&body, &ins, out, axis, name, precision)?,
+            Some(axis) => lower_rows(&body, &ins, out, axis, name, precision, false)?,
             None => lower_pointwise(&body, &ins, out, name, precision)?,
         };
         kernels.push(Kernel {
@@ -1298,6 +1331,7 @@ fn lower_rows(
     axis: usize,
     name: String,
     precision: Precision,
+    cpu: bool,
 ) -> R<Kernel> {
     let root = body.outputs[0].1;
     // The iteration space: the input of the first row op.
@@ -1380,22 +1414,33 @@ fn lower_rows(
         });
     }
     let row_body = e.close();
-    e.push(Stmt::For {
-        var: row,
-        start: builtin(Builtin::Block),
-        end: Expr::I(rows as i64),
-        step: builtin(Builtin::GridDim),
-        uniform: true,
-        body: row_body,
-    });
+    let launch = if cpu {
+        // Contiguous runs of whole rows, about CPU_CHUNK elements per block.
+        let per = (CPU_CHUNK / len.max(1)).max(1);
+        e.push(cpu::chunk_loop(row, rows, per, row_body));
+        Launch {
+            grid: rows.div_ceil(per).max(1),
+            block: 1,
+        }
+    } else {
+        e.push(Stmt::For {
+            var: row,
+            start: builtin(Builtin::Block),
+            end: Expr::I(rows as i64),
+            step: builtin(Builtin::GridDim),
+            uniform: true,
+            body: row_body,
+        });
+        Launch {
+            grid: rows.clamp(1, MAX_GRID),
+            block: ROW_BLOCK,
+        }
+    };
     let (reads, writes) = reads_writes(inputs, out);
     Ok(Kernel {
         name,
         node: String::new(),
-        launch: Launch {
-            grid: rows.clamp(1, MAX_GRID),
-            block: ROW_BLOCK,
-        },
+        launch,
         precision,
         reads,
         writes,

@@ -6,4 +6,4 @@ pub mod ir;
 pub mod lower;
 
 pub use ir::{Kernel, Program};
-pub use lower::{lower, LowerError};
+pub use lower::{lower, lower_for, LowerError, Target};

@@ -64,6 +64,41 @@ pub fn plan(buffers: &[Lifetime]) -> ArenaPlan {
     ArenaPlan { offsets, size }
 }
 
+/// The lifetimes of a lowered program's buffers, by step (kernel index): graph inputs from
+/// the start to their last read, intermediates from their first write to their last read,
+/// outputs to the end, and constants (uploaded once, read by every run) for the whole run.
+pub fn program_lifetimes(p: &crate::kernel::Program) -> Vec<Lifetime> {
+    let end = p.kernels.len();
+    let mut first: Vec<Option<usize>> = vec![None; p.buffers.len()];
+    let mut last = vec![0usize; p.buffers.len()];
+    for (step, k) in p.kernels.iter().enumerate() {
+        for &b in k.reads.iter().chain(&k.writes) {
+            let b = b as usize;
+            first[b] = Some(first[b].unwrap_or(step));
+            last[b] = step;
+        }
+    }
+    for &(_, b) in &p.inputs {
+        first[b as usize] = Some(0);
+    }
+    for (b, _) in &p.constants {
+        first[*b as usize] = Some(0);
+        last[*b as usize] = end;
+    }
+    for (_, b) in &p.outputs {
+        last[*b as usize] = end;
+    }
+    p.buffers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| Lifetime {
+            bytes: b.len * b.dtype.size(),
+            first: first[i].unwrap_or(0),
+            last: last[i].max(first[i].unwrap_or(0)),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

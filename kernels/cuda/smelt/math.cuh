@@ -33,6 +33,18 @@ __device__ __forceinline__ long long mod_floor(long long a, long long b) {
     const long long r = a % b;
     return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
 }
+// Integer power: wrapping, by squaring; a negative exponent goes through double (numpy).
+__device__ __forceinline__ long long pow_int(long long x, long long y) {
+    if (y < 0) return (long long)pow((double)x, (double)y);
+    unsigned long long r = 1, b = (unsigned long long)x;
+    unsigned long long e = y > 0xffffffffll ? 0xffffffffull : (unsigned long long)y;
+    while (e) {
+        if (e & 1u) r *= b;
+        b *= b;
+        e >>= 1;
+    }
+    return (long long)r;
+}
 __device__ __forceinline__ float celu(float x, float alpha) { return fmaxf(0.0f, x) + fminf(0.0f, alpha * (expf(x / alpha) - 1.0f)); }
 __device__ __forceinline__ float selu(float x, float alpha, float gamma) {
     return x > 0.0f ? gamma * x : gamma * (alpha * expf(x) - alpha);

@@ -1,0 +1,269 @@
+//! C from the kernel IR: one `static` function per kernel and one entry point,
+//! `smelt_run(ctx, arena)`, that runs every kernel in order over one arena whose buffer
+//! offsets are fixed at compile time.
+//!
+//! A kernel's blocks become the iterations of a loop that OpenMP splits over the thread pool
+//! (`schedule(static)`, so each thread gets a contiguous run of blocks); a block of more than
+//! one thread becomes an inner loop over the threads. Block reductions and barriers are
+//! no-ops in a block of one thread, which is how [`Target::Cpu`] lowers; a kernel that
+//! needs them across several threads is rejected. Library matrix products call
+//! `smelt_gemm_f32` (`smelt/cpu.h`), which splits them over the pool and calls the routine
+//! the runtime passes in `ctx`.
+//!
+//! [`Target::Cpu`]: crate::kernel::Target::Cpu
+
+use super::c_style::{var_types, Ctx, Scalar, Target};
+use super::RenderError;
+use crate::ir::DType;
+use crate::kernel::ir::{Builtin, Gemm, Kernel, MatrixView, Precision, Program, ReduceOp, Stmt};
+use std::fmt::Write;
+
+/// Version of the entry point's contract (`smelt_ctx`, `smelt_run`); the runtime checks it.
+pub const ABI_VERSION: u32 = 1;
+
+/// The C target.
+pub struct C;
+
+impl Target for C {
+    fn elem_type(&self, d: DType) -> &'static str {
+        match d {
+            DType::F32 => "float",
+            DType::F16 | DType::BF16 => "uint16_t",
+            DType::F64 => "double",
+            DType::I64 => "int64_t",
+            DType::I32 => "int32_t",
+            DType::I8 => "int8_t",
+            DType::U8 | DType::Bool => "uint8_t",
+        }
+    }
+
+    fn builtin(&self, b: Builtin) -> &'static str {
+        match b {
+            Builtin::Block => "blk",
+            Builtin::Thread => "thr",
+            Builtin::BlockDim => "block_dim",
+            Builtin::GridDim => "grid_dim",
+        }
+    }
+
+    fn block_reduce(&self, var: &str, _op: ReduceOp, _id: &str, _p: Precision) -> Option<String> {
+        Some(format!(
+            "/* {var}: the block's one thread holds the block's value */"
+        ))
+    }
+
+    fn barrier(&self) -> &'static str {
+        "/* barrier: one thread per block */"
+    }
+
+    fn store_conversion(&self, d: DType, v: &str, _p: Precision) -> String {
+        match d {
+            DType::F16 => format!("smelt_f32_to_f16((float)({v}))"),
+            DType::BF16 => format!("smelt_f32_to_bf16((float)({v}))"),
+            DType::Bool => format!("(uint8_t)(({v}) != 0)"),
+            d => format!("({})({v})", self.elem_type(d)),
+        }
+    }
+
+    fn load_conversion(&self, d: DType, raw: &str, p: Precision) -> String {
+        let float = match p {
+            Precision::F32 => "float",
+            Precision::F64 => "double",
+        };
+        match d {
+            DType::F16 => format!("({float})smelt_f16_to_f32({raw})"),
+            DType::BF16 => format!("({float})smelt_bf16_to_f32({raw})"),
+            DType::F32 | DType::F64 | DType::Bool => format!("({float})({raw})"),
+            _ => format!("(long long)({raw})"),
+        }
+    }
+
+    fn helper(&self, name: &str, p: Precision) -> Option<String> {
+        Some(match p {
+            Precision::F32 => format!("smelt_{name}f"),
+            Precision::F64 => format!("smelt_{name}"),
+        })
+    }
+
+    fn int_fn(&self, name: &str) -> String {
+        format!("smelt_{name}_ll")
+    }
+
+    fn combine_fn(&self, op: ReduceOp, p: Precision) -> String {
+        let name = if op == ReduceOp::Min {
+            "min_nan"
+        } else {
+            "max_nan"
+        };
+        self.helper(name, p).unwrap_or_default()
+    }
+
+    fn infinity(&self, p: Precision) -> &'static str {
+        match p {
+            Precision::F32 => "INFINITY",
+            Precision::F64 => "((double)INFINITY)",
+        }
+    }
+
+    fn gemm(&self, g: &Gemm, program: &Program) -> Option<String> {
+        if [g.a.buf, g.b.buf, g.c.buf]
+            .iter()
+            .any(|&b| program.buffers[b as usize].dtype != DType::F32)
+        {
+            return None;
+        }
+        let list = |v: &[i64]| {
+            let parts: Vec<String> = v.iter().map(|x| format!("{x}ll")).collect();
+            format!("{{{}}}", parts.join(", "))
+        };
+        let mut s = String::from("{\n");
+        let nb = g.batch.len();
+        let arr = |name: &str, v: &[i64], s: &mut String| {
+            if nb > 0 {
+                let _ = writeln!(s, "    static const long long {name}[{nb}] = {};", list(v));
+                name.to_string()
+            } else {
+                "NULL".to_string()
+            }
+        };
+        let batch: Vec<i64> = g.batch.iter().map(|&d| d as i64).collect();
+        let bt = arr("batch", &batch, &mut s);
+        let view = |name: &str, v: &MatrixView, s: &mut String| {
+            let bs = arr(&format!("{name}_bs"), &v.batch_strides, s);
+            format!("b{}, {bs}, {}ll, {}ll", v.buf, v.row_stride, v.col_stride)
+        };
+        let c = view("c", &g.c, &mut s);
+        let a = view("a", &g.a, &mut s);
+        let b = view("b", &g.b, &mut s);
+        let _ = writeln!(
+            s,
+            "    smelt_gemm_f32(ctx, {nb}, {bt}, {}ll, {}ll, {}ll, {c}, {a}, {b});\n}}",
+            g.m, g.n, g.k
+        );
+        Some(s)
+    }
+}
+
+fn has_collective(stmts: &[Stmt]) -> bool {
+    Stmt::any(stmts, &|s| {
+        matches!(s, Stmt::BlockReduce { .. } | Stmt::Barrier)
+    })
+}
+
+fn has_gemm(stmts: &[Stmt]) -> bool {
+    Stmt::any(stmts, &|s| matches!(s, Stmt::Gemm(_)))
+}
+
+/// C for one kernel: `static void NAME(const smelt_ctx* ctx, unsigned char* arena)`, its
+/// buffers at `offsets` in the arena.
+pub fn render_kernel(
+    program: &Program,
+    kernel: &Kernel,
+    offsets: &[usize],
+) -> Result<String, RenderError> {
+    let target = C;
+    let err = |what: &str| RenderError {
+        kernel: kernel.name.clone(),
+        what: what.into(),
+    };
+    if kernel.launch.block > 1 && has_collective(&kernel.body) {
+        return Err(err("block collectives across several threads on the CPU"));
+    }
+    if kernel.launch.grid * kernel.launch.block > 1 && has_gemm(&kernel.body) {
+        return Err(err("a library matrix product run by several threads"));
+    }
+    let mut ctx = Ctx {
+        target: &target,
+        program,
+        kernel,
+        vars: vec![None; kernel.vars as usize],
+    };
+    var_types(&mut ctx, &kernel.body);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "// {} ({})\nstatic void {}(const smelt_ctx* ctx, unsigned char* arena) {{\n    (void)ctx;",
+        kernel.name, kernel.node, kernel.name
+    );
+    let mut bufs: Vec<u32> = kernel.reads.iter().chain(&kernel.writes).copied().collect();
+    bufs.sort_unstable();
+    bufs.dedup();
+    for b in bufs {
+        let d = program.buffers[b as usize].dtype;
+        let t = target.elem_type(d);
+        let konst = if kernel.writes.contains(&b) {
+            ""
+        } else {
+            "const "
+        };
+        let off = offsets
+            .get(b as usize)
+            .copied()
+            .ok_or_else(|| err("a buffer without an arena offset"))?;
+        let _ = writeln!(
+            out,
+            "    {konst}{t}* restrict b{b} = ({konst}{t}*)__builtin_assume_aligned(arena + {off}, 64);"
+        );
+    }
+    let (grid, block) = (kernel.launch.grid, kernel.launch.block);
+    let _ = writeln!(
+        out,
+        "    const long long grid_dim = {grid}ll, block_dim = {block}ll;\n    (void)grid_dim; (void)block_dim;"
+    );
+    if grid > 1 {
+        let _ = writeln!(
+            out,
+            "#pragma omp parallel for schedule(static) num_threads(ctx->threads)"
+        );
+    }
+    let _ = writeln!(out, "    for (long long blk = 0; blk < grid_dim; blk++) {{");
+    let depth = if block > 1 {
+        let _ = writeln!(
+            out,
+            "        for (long long thr = 0; thr < block_dim; thr++) {{"
+        );
+        3
+    } else {
+        let _ = writeln!(out, "        const long long thr = 0; (void)thr;");
+        2
+    };
+    let pad = "    ".repeat(depth);
+    for (v, t) in ctx.vars.iter().enumerate() {
+        match t {
+            Some(Scalar::Int) => {
+                let _ = writeln!(out, "{pad}long long v{v};");
+            }
+            Some(Scalar::Float) => {
+                let _ = writeln!(out, "{pad}{} v{v};", ctx.float());
+            }
+            None => {}
+        }
+    }
+    ctx.stmts(&mut out, &kernel.body, depth)?;
+    if block > 1 {
+        let _ = writeln!(out, "        }}");
+    }
+    let _ = writeln!(out, "    }}\n}}");
+    Ok(out)
+}
+
+/// The whole program as one C translation unit: the kernels and `smelt_run`, which runs
+/// them in order. `offsets[b]` is buffer `b`'s byte offset in the arena (64-byte aligned).
+pub fn render(program: &Program, offsets: &[usize]) -> Result<String, RenderError> {
+    let mut out = String::from(
+        "// generated by smelt from the kernel IR; do not edit.\n#include \"smelt/cpu.h\"\n\n",
+    );
+    for k in &program.kernels {
+        out.push_str(&render_kernel(program, k, offsets)?);
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "int smelt_abi_version(void) {{ return {ABI_VERSION}; }}\n\nint smelt_run(const smelt_ctx* ctx, unsigned char* arena) {{"
+    );
+    for k in &program.kernels {
+        let _ = writeln!(out, "    {}(ctx, arena);", k.name);
+    }
+    let _ = writeln!(out, "    return 0;\n}}");
+    Ok(out)
+}

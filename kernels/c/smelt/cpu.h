@@ -1,0 +1,172 @@
+// smelt CPU library: what generated C includes. Scalar helpers in float (suffix f) and
+// double, NaN-propagating min/max, f16/bf16 storage conversions (round to nearest even),
+// and the GEMM driver that splits a (batched) product over the thread pool and calls the
+// library routine the runtime passes in.
+#pragma once
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+// One call of the library routine: c = a × b, a m×k, b k×n, strides in elements.
+typedef void (*smelt_gemm_f32_fn)(size_t m, size_t n, size_t k, float* c, ptrdiff_t c_rs,
+                                  ptrdiff_t c_cs, const float* a, ptrdiff_t a_rs,
+                                  ptrdiff_t a_cs, const float* b, ptrdiff_t b_rs,
+                                  ptrdiff_t b_cs);
+
+// What the runtime gives a run.
+typedef struct smelt_ctx {
+    smelt_gemm_f32_fn gemm_f32;
+    int threads;
+} smelt_ctx;
+
+#define SMELT_UNARY(name, expr_f, expr_d)                                   \
+    static inline float smelt_##name##f(float x) { return (expr_f); }      \
+    static inline double smelt_##name(double x) { return (expr_d); }
+
+SMELT_UNARY(relu, x < 0.0f ? 0.0f : x, x < 0.0 ? 0.0 : x)
+SMELT_UNARY(sigmoid, 1.0f / (1.0f + expf(-x)), 1.0 / (1.0 + exp(-x)))
+SMELT_UNARY(gelu, 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)),
+            0.5 * x * (1.0 + erf(x * 0.70710678118654752)))
+SMELT_UNARY(gelu_tanh,
+            0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x))),
+            0.5 * x * (1.0 + tanh(0.79788456080286536 * (x + 0.044715 * x * x * x))))
+SMELT_UNARY(softplus, x > 30.0f ? x : log1pf(expf(x)), x > 30.0 ? x : log1p(exp(x)))
+SMELT_UNARY(sign, x != x ? x : (float)((x > 0.0f) - (x < 0.0f)),
+            x != x ? x : (double)((x > 0.0) - (x < 0.0)))
+
+static inline float smelt_hard_sigmoidf(float x, float a, float b) { return fminf(1.0f, fmaxf(0.0f, a * x + b)); }
+static inline double smelt_hard_sigmoid(double x, double a, double b) { return fmin(1.0, fmax(0.0, a * x + b)); }
+static inline float smelt_hard_swishf(float x) { return x * smelt_hard_sigmoidf(x, 1.0f / 6.0f, 0.5f); }
+static inline double smelt_hard_swish(double x) { return x * smelt_hard_sigmoid(x, 1.0 / 6.0, 0.5); }
+static inline float smelt_leaky_reluf(float x, float a) { return x < 0.0f ? a * x : x; }
+static inline double smelt_leaky_relu(double x, double a) { return x < 0.0 ? a * x : x; }
+static inline float smelt_eluf(float x, float a) { return x < 0.0f ? a * (expf(x) - 1.0f) : x; }
+static inline double smelt_elu(double x, double a) { return x < 0.0 ? a * (exp(x) - 1.0) : x; }
+static inline float smelt_celuf(float x, float a) { return fmaxf(0.0f, x) + fminf(0.0f, a * (expf(x / a) - 1.0f)); }
+static inline double smelt_celu(double x, double a) { return fmax(0.0, x) + fmin(0.0, a * (exp(x / a) - 1.0)); }
+static inline float smelt_seluf(float x, float a, float g) { return x > 0.0f ? g * x : g * (a * expf(x) - a); }
+static inline double smelt_selu(double x, double a, double g) { return x > 0.0 ? g * x : g * (a * exp(x) - a); }
+static inline float smelt_thresholded_reluf(float x, float a) { return x > a ? x : 0.0f; }
+static inline double smelt_thresholded_relu(double x, double a) { return x > a ? x : 0.0; }
+
+// NaN-propagating min/max (numpy and ONNX semantics; fminf/fmaxf drop NaN).
+static inline float smelt_max_nanf(float a, float b) { return (a != a || b != b) ? NAN : (a > b ? a : b); }
+static inline float smelt_min_nanf(float a, float b) { return (a != a || b != b) ? NAN : (a < b ? a : b); }
+static inline double smelt_max_nan(double a, double b) { return (a != a || b != b) ? (double)NAN : (a > b ? a : b); }
+static inline double smelt_min_nan(double a, double b) { return (a != a || b != b) ? (double)NAN : (a < b ? a : b); }
+
+// Remainder with the sign of the divisor (Python's %, ONNX Mod with fmod=0).
+static inline float smelt_mod_floorf(float a, float b) {
+    const float r = fmodf(a, b);
+    return (r != 0.0f && ((r < 0.0f) != (b < 0.0f))) ? r + b : r;
+}
+static inline double smelt_mod_floor(double a, double b) {
+    const double r = fmod(a, b);
+    return (r != 0.0 && ((r < 0.0) != (b < 0.0))) ? r + b : r;
+}
+static inline long long smelt_mod_floor_ll(long long a, long long b) {
+    const long long r = a % b;
+    return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+}
+// Integer power: wrapping, by squaring; a negative exponent goes through double (numpy).
+static inline long long smelt_pow_int_ll(long long x, long long y) {
+    if (y < 0) return (long long)pow((double)x, (double)y);
+    unsigned long long r = 1, b = (unsigned long long)x;
+    unsigned long long e = y > 0xffffffffll ? 0xffffffffull : (unsigned long long)y;
+    while (e) {
+        if (e & 1u) r *= b;
+        b *= b;
+        e >>= 1;
+    }
+    return (long long)r;
+}
+static inline long long smelt_min_ll(long long a, long long b) { return a < b ? a : b; }
+static inline long long smelt_max_ll(long long a, long long b) { return a > b ? a : b; }
+
+// f16 and bf16 storage: bit conversions, round to nearest even, NaN kept quiet.
+static inline float smelt_bits_f32(uint32_t u) { union { uint32_t u; float f; } v; v.u = u; return v.f; }
+static inline uint32_t smelt_f32_bits(float f) { union { uint32_t u; float f; } v; v.f = f; return v.u; }
+static inline float smelt_f16_to_f32(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    if (exp == 0x1fu) return smelt_bits_f32(sign | 0x7f800000u | (man << 13));
+    if (exp != 0) return smelt_bits_f32(sign | ((exp + 112u) << 23) | (man << 13));
+    // Subnormal: man · 2^-24.
+    const float f = (float)man * 5.9604644775390625e-8f;
+    return sign ? -f : f;
+}
+static inline uint16_t smelt_f32_to_f16(float f) {
+    const uint32_t x = smelt_f32_bits(f);
+    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    const uint32_t ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);  // rounds to ≥ 65520: inf
+    if (ax < 0x38800000u) {  // below 2^-14: a subnormal or zero
+        const float a = smelt_bits_f32(ax) * 16777216.0f;  // · 2^24, exact
+        return (uint16_t)(sign | (uint16_t)rintf(a));
+    }
+    const uint32_t e = ((ax >> 23) - 112u) << 10, m = ax & 0x7fffffu;
+    uint32_t h = e | (m >> 13);
+    const uint32_t rest = m & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;
+    return (uint16_t)(sign | h);
+}
+static inline float smelt_bf16_to_f32(uint16_t h) { return smelt_bits_f32((uint32_t)h << 16); }
+static inline uint16_t smelt_f32_to_bf16(float f) {
+    const uint32_t x = smelt_f32_bits(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u);
+    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+// c[b] = a[b] × b[b] for every batch index, split over the thread pool: batches first,
+// then column (or row) panels of one product. Strides in elements.
+static void smelt_gemm_f32(const smelt_ctx* ctx, int nb, const long long* batch, long long m,
+                           long long n, long long k, float* c, const long long* c_bs,
+                           long long c_rs, long long c_cs, const float* a,
+                           const long long* a_bs, long long a_rs, long long a_cs,
+                           const float* b, const long long* b_bs, long long b_rs,
+                           long long b_cs) {
+    long long batches = 1;
+    for (int d = 0; d < nb; d++) batches *= batch[d];
+    if (m == 0 || n == 0 || batches == 0) return;
+    const long long threads = ctx->threads > 1 ? ctx->threads : 1;
+    // Panels per product so that every thread has work.
+    long long panels = batches >= threads ? 1 : (threads + batches - 1) / batches;
+    const int split_n = n >= m;
+    const long long len = split_n ? n : m;
+    if (panels > len) panels = len;
+    const long long tasks = batches * panels;
+#pragma omp parallel for schedule(static) num_threads(threads) if (tasks > 1 && m * n * k >= 32768)
+    for (long long t = 0; t < tasks; t++) {
+        const long long bi = t / panels, p = t % panels;
+        long long ao = 0, bo = 0, co = 0, rest = bi;
+        for (int d = nb - 1; d >= 0; d--) {
+            const long long i = rest % batch[d];
+            rest /= batch[d];
+            ao += i * a_bs[d];
+            bo += i * b_bs[d];
+            co += i * c_bs[d];
+        }
+        const long long lo = len * p / panels, hi = len * (p + 1) / panels;
+        long long mm = m, nn = n;
+        if (split_n) {
+            nn = hi - lo;
+            bo += lo * b_cs;
+            co += lo * c_cs;
+        } else {
+            mm = hi - lo;
+            ao += lo * a_rs;
+            co += lo * c_rs;
+        }
+        if (k == 0) {
+            for (long long r = 0; r < mm; r++)
+                for (long long q = 0; q < nn; q++) c[co + r * c_rs + q * c_cs] = 0.0f;
+            continue;
+        }
+        ctx->gemm_f32((size_t)mm, (size_t)nn, (size_t)k, c + co, (ptrdiff_t)c_rs,
+                      (ptrdiff_t)c_cs, a + ao, (ptrdiff_t)a_rs, (ptrdiff_t)a_cs, b + bo,
+                      (ptrdiff_t)b_rs, (ptrdiff_t)b_cs);
+    }
+}

@@ -1,0 +1,114 @@
+//! The system C compiler: which one (`$SMELT_CC`, else `cc`), its version (part of every
+//! cache key), the flags (`$SMELT_CFLAGS` replaces the optimization flags), and building a
+//! shared object from one C source.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Optimization flags unless `$SMELT_CFLAGS` says otherwise.
+pub const DEFAULT_CFLAGS: &str = "-O3 -march=native -fopenmp";
+/// Flags every build gets (position-independent shared object, GNU C11, no errno from
+/// math functions so they can be vectorized; results do not change).
+pub const FIXED_CFLAGS: &[&str] = &["-std=gnu11", "-fPIC", "-shared", "-fno-math-errno"];
+
+/// A C compiler that answered `--version`.
+#[derive(Clone, Debug)]
+pub struct Compiler {
+    /// Command (`$SMELT_CC` or `cc`).
+    pub command: String,
+    /// First line of its `--version`.
+    pub version: String,
+    /// Flags, optimization flags first.
+    pub flags: Vec<String>,
+}
+
+/// Why no compiler can be used.
+pub fn find() -> Result<Compiler, String> {
+    let command = std::env::var("SMELT_CC").unwrap_or_else(|_| "cc".into());
+    let flags_env = std::env::var("SMELT_CFLAGS").unwrap_or_else(|_| DEFAULT_CFLAGS.into());
+    /// (command, its version or why it cannot be used), probed once per command.
+    type Probes = std::sync::Mutex<Vec<(String, Result<String, String>)>>;
+    static PROBES: OnceLock<Probes> = OnceLock::new();
+    let probes = PROBES.get_or_init(Default::default);
+    let mut probes = probes.lock().unwrap_or_else(|p| p.into_inner());
+    let version = match probes.iter().find(|(c, _)| *c == command) {
+        Some((_, v)) => v.clone(),
+        None => {
+            let v = match Command::new(&command).arg("--version").output() {
+                Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()),
+                Ok(o) => Err(format!(
+                    "'{command} --version' failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )),
+                Err(e) => Err(format!("'{command}' cannot be run: {e}")),
+            };
+            probes.push((command.clone(), v.clone()));
+            v
+        }
+    }?;
+    let mut flags: Vec<String> = flags_env.split_whitespace().map(String::from).collect();
+    flags.extend(FIXED_CFLAGS.iter().map(|s| s.to_string()));
+    Ok(Compiler {
+        command,
+        version,
+        flags,
+    })
+}
+
+impl Compiler {
+    /// Compiles `source` (with `headers` under `include/`) into the shared object `out`,
+    /// working in the scratch directory `work`.
+    pub fn build(
+        &self,
+        source: &str,
+        headers: &[(&str, &str)],
+        work: &Path,
+        out: &Path,
+    ) -> Result<(), String> {
+        let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+        let include = work.join("include");
+        for (path, text) in headers {
+            let p = include.join(path);
+            if let Some(d) = p.parent() {
+                std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
+            }
+            std::fs::write(&p, text).map_err(|e| io(&p, e))?;
+        }
+        let src = work.join("model.c");
+        std::fs::write(&src, source).map_err(|e| io(&src, e))?;
+        let o = Command::new(&self.command)
+            .args(&self.flags)
+            .arg("-I")
+            .arg(&include)
+            .arg(&src)
+            .arg("-o")
+            .arg(out)
+            .output()
+            .map_err(|e| format!("'{}' cannot be run: {e}", self.command))?;
+        if !o.status.success() {
+            let log = String::from_utf8_lossy(&o.stderr);
+            let first: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("error"))
+                .take(5)
+                .collect();
+            return Err(format!(
+                "'{} {}' failed on {}:\n{}",
+                self.command,
+                self.flags.join(" "),
+                src.display(),
+                if first.is_empty() {
+                    log.trim().to_string()
+                } else {
+                    first.join("\n")
+                }
+            ));
+        }
+        Ok(())
+    }
+}
