@@ -25,6 +25,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod npy;
 pub mod zoo;
 

@@ -102,6 +102,28 @@ enum Command {
         #[arg(long)]
         no_fuse: bool,
     },
+    /// Benchmark a model on the CPU backend: warm-up, then the median and fastest of N runs
+    /// on fresh random inputs, fused and unfused, and compile time with a cold and a warm
+    /// cache.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Where to run (cpu only for now).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Timed runs per plan.
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        /// Untimed runs before timing.
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        /// Threads (default: $SMELT_THREADS, else every core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Also write the results as JSON to FILE.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
     /// Import an ONNX model and print its IR in text form.
     Show {
         #[command(flatten)]
@@ -168,6 +190,65 @@ fn run(cli: Cli) -> Result<(), Error> {
             let graph = model.load()?;
             let compiled = compile(&graph, false, !no_fuse)?;
             inspect(&graph, &compiled, dot.as_deref())
+        }
+        Command::Bench {
+            model,
+            device,
+            runs,
+            warmup,
+            threads,
+            json,
+        } => {
+            let device: Device = device.parse()?;
+            if device != Device::Cpu {
+                return Err(Error::Usage(format!(
+                    "smelt bench runs on --device cpu only (got {device})"
+                )));
+            }
+            if runs == 0 {
+                return Err(Error::Usage("--runs must be at least 1".into()));
+            }
+            let graph = model.load()?;
+            let opts = smelt::bench::BenchOptions {
+                runs,
+                warmup,
+                threads: threads
+                    .filter(|&t| t > 0)
+                    .unwrap_or_else(smelt_runtime::default_threads),
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            let r = smelt::bench::bench(&graph, &opts)?;
+            outln!(
+                "{}: {} runs, {} threads, device {}",
+                model.model.display(),
+                r.runs,
+                r.threads,
+                r.device
+            );
+            for (label, t) in [("fused", &r.fused), ("unfused", &r.unfused)] {
+                outln!(
+                    "  {label:<8} median {:>10.3} ms   min {:>10.3} ms   {:>3} kernels   arena {:.3} MB",
+                    t.median_ms,
+                    t.min_ms,
+                    t.kernels,
+                    t.arena_bytes as f64 / 1e6
+                );
+            }
+            outln!(
+                "  fused / unfused (median): {:.3}",
+                r.fused.median_ms / r.unfused.median_ms
+            );
+            outln!(
+                "  compile: cold {:.1} ms, warm cache {:.1} ms",
+                r.compile_cold_ms,
+                r.compile_warm_ms
+            );
+            if let Some(path) = json {
+                let text =
+                    serde_json::to_string_pretty(&r).map_err(|e| Error::Usage(e.to_string()))?;
+                std::fs::write(&path, text + "\n").map_err(|e| io_error(&path, e))?;
+            }
+            Ok(())
         }
         Command::Show {
             model,

@@ -97,6 +97,11 @@ pub struct SessionOptions {
     pub optimize: smelt_compiler::optimize::Options,
     /// Threads for the CPU backend (default: `$SMELT_THREADS`, else every core).
     pub threads: usize,
+    /// Where compiled code is cached (default: [`cache::dir`]).
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// Reuse code this process already loaded (default). `false` reads and verifies the
+    /// disk cache as a fresh process would (for measuring warm-cache load time).
+    pub reuse_loaded: bool,
 }
 
 impl Default for SessionOptions {
@@ -104,6 +109,8 @@ impl Default for SessionOptions {
         SessionOptions {
             optimize: Default::default(),
             threads: default_threads(),
+            cache_dir: None,
+            reuse_loaded: true,
         }
     }
 }
@@ -171,7 +178,13 @@ impl Session {
             Device::Interp => Backend::Interp,
             Device::Cpu => {
                 let compiled = smelt_compiler::compile(&graph, &opts.optimize)?;
-                Backend::Cpu(Box::new(cpu::CpuModel::new(&compiled.graph, opts.threads)?))
+                let dir = opts.cache_dir.clone().unwrap_or_else(cache::dir);
+                Backend::Cpu(Box::new(cpu::CpuModel::with_cache(
+                    &compiled.graph,
+                    opts.threads,
+                    &dir,
+                    opts.reuse_loaded,
+                )?))
             }
         };
         Ok(Session {

@@ -33,6 +33,13 @@ pub trait Target {
     fn infinity(&self, p: Precision) -> &'static str;
     /// A library matrix product statement, if the target has one.
     fn gemm(&self, g: &Gemm, program: &Program) -> Option<String>;
+    /// The C math function `name` (exp, tanh, …) at a precision: libm's by default.
+    fn math_fn(&self, name: &str, p: Precision) -> String {
+        match p {
+            Precision::F32 => format!("{name}f"),
+            Precision::F64 => name.to_string(),
+        }
+    }
 }
 
 /// The scalar type of a variable or expression.
@@ -150,14 +157,7 @@ impl<'a, T: Target> Ctx<'a, T> {
 
     /// Renders an expression.
     pub fn expr(&self, e: &Expr) -> Result<String, RenderError> {
-        let f32 = self.kernel.precision == Precision::F32;
-        let fun = |name: &str| {
-            if f32 {
-                format!("{name}f")
-            } else {
-                name.to_string()
-            }
-        };
+        let fun = |name: &str| self.target.math_fn(name, self.kernel.precision);
         Ok(match e {
             Expr::F(v) => self.lit(*v),
             Expr::I(v) => format!("{v}ll"),

@@ -21,18 +21,58 @@ typedef struct smelt_ctx {
     int threads;
 } smelt_ctx;
 
+static inline float smelt_bits_f32(uint32_t u) { union { uint32_t u; float f; } v; v.u = u; return v.f; }
+static inline uint32_t smelt_f32_bits(float f) { union { uint32_t u; float f; } v; v.f = f; return v.u; }
+
+// f32 exp, tanh and erf written branch-free so that loops calling them vectorize (libm's are
+// opaque calls). exp: Cody–Waite reduction and a degree-7 polynomial, within 2 ulp, with
+// overflow to inf and gradual underflow to 0. tanh: odd series below 0.25, else
+// 1 − 2/(e^{2|x|}+1). erf: series below 0.5, else Abramowitz–Stegun 7.1.26 (|error| ≤ 1.5e-7).
+// NaN propagates through each.
+static inline float smelt_expf(float x) {
+    const float xc = x < -104.0f ? -104.0f : (x > 89.0f ? 89.0f : x);
+    const float xs = x != x ? 0.0f : xc;
+    const float n = rintf(xs * 1.44269504088896341f);
+    const float r = (xc - n * 0.693145751953125f) - n * 1.428606765330187e-6f;
+    const float p =
+        1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6.0f + r * (1.0f / 24.0f + r * (1.0f / 120.0f +
+        r * (1.0f / 720.0f + r * (1.0f / 5040.0f)))))));
+    const int32_t ni = (int32_t)n, h = ni / 2;
+    const float s1 = smelt_bits_f32((uint32_t)(h + 127) << 23);
+    const float s2 = smelt_bits_f32((uint32_t)(ni - h + 127) << 23);
+    return p * s1 * s2;
+}
+static inline float smelt_tanhf(float x) {
+    const float a = fabsf(x), x2 = x * x;
+    const float small = x * (1.0f + x2 * (-1.0f / 3.0f + x2 * (2.0f / 15.0f +
+        x2 * (-17.0f / 315.0f + x2 * (62.0f / 2835.0f)))));
+    const float e = smelt_expf(2.0f * (a > 20.0f ? 20.0f : a));
+    const float big = copysignf(1.0f - 2.0f / (e + 1.0f), x);
+    return a < 0.25f ? small : big;
+}
+static inline float smelt_erff(float x) {
+    const float a = fabsf(x), x2 = x * x;
+    const float small = x * 1.12837916709551257f * (1.0f + x2 * (-1.0f / 3.0f + x2 * (0.1f +
+        x2 * (-1.0f / 42.0f + x2 * (1.0f / 216.0f + x2 * (-1.0f / 1320.0f))))));
+    const float t = 1.0f / (1.0f + 0.3275911f * a);
+    const float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f +
+        t * (-1.453152027f + t * 1.061405429f))));
+    const float big = copysignf(1.0f - poly * smelt_expf(-x2), x);
+    return a < 0.5f ? small : big;
+}
+
 #define SMELT_UNARY(name, expr_f, expr_d)                                   \
     static inline float smelt_##name##f(float x) { return (expr_f); }      \
     static inline double smelt_##name(double x) { return (expr_d); }
 
 SMELT_UNARY(relu, x < 0.0f ? 0.0f : x, x < 0.0 ? 0.0 : x)
-SMELT_UNARY(sigmoid, 1.0f / (1.0f + expf(-x)), 1.0 / (1.0 + exp(-x)))
-SMELT_UNARY(gelu, 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)),
+SMELT_UNARY(sigmoid, 1.0f / (1.0f + smelt_expf(-x)), 1.0 / (1.0 + exp(-x)))
+SMELT_UNARY(gelu, 0.5f * x * (1.0f + smelt_erff(x * 0.70710678118654752f)),
             0.5 * x * (1.0 + erf(x * 0.70710678118654752)))
 SMELT_UNARY(gelu_tanh,
-            0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x))),
+            0.5f * x * (1.0f + smelt_tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x))),
             0.5 * x * (1.0 + tanh(0.79788456080286536 * (x + 0.044715 * x * x * x))))
-SMELT_UNARY(softplus, x > 30.0f ? x : log1pf(expf(x)), x > 30.0 ? x : log1p(exp(x)))
+SMELT_UNARY(softplus, x > 30.0f ? x : log1pf(smelt_expf(x)), x > 30.0 ? x : log1p(exp(x)))
 SMELT_UNARY(sign, x != x ? x : (float)((x > 0.0f) - (x < 0.0f)),
             x != x ? x : (double)((x > 0.0) - (x < 0.0)))
 
@@ -42,11 +82,11 @@ static inline float smelt_hard_swishf(float x) { return x * smelt_hard_sigmoidf(
 static inline double smelt_hard_swish(double x) { return x * smelt_hard_sigmoid(x, 1.0 / 6.0, 0.5); }
 static inline float smelt_leaky_reluf(float x, float a) { return x < 0.0f ? a * x : x; }
 static inline double smelt_leaky_relu(double x, double a) { return x < 0.0 ? a * x : x; }
-static inline float smelt_eluf(float x, float a) { return x < 0.0f ? a * (expf(x) - 1.0f) : x; }
+static inline float smelt_eluf(float x, float a) { return x < 0.0f ? a * (smelt_expf(x) - 1.0f) : x; }
 static inline double smelt_elu(double x, double a) { return x < 0.0 ? a * (exp(x) - 1.0) : x; }
-static inline float smelt_celuf(float x, float a) { return fmaxf(0.0f, x) + fminf(0.0f, a * (expf(x / a) - 1.0f)); }
+static inline float smelt_celuf(float x, float a) { return fmaxf(0.0f, x) + fminf(0.0f, a * (smelt_expf(x / a) - 1.0f)); }
 static inline double smelt_celu(double x, double a) { return fmax(0.0, x) + fmin(0.0, a * (exp(x / a) - 1.0)); }
-static inline float smelt_seluf(float x, float a, float g) { return x > 0.0f ? g * x : g * (a * expf(x) - a); }
+static inline float smelt_seluf(float x, float a, float g) { return x > 0.0f ? g * x : g * (a * smelt_expf(x) - a); }
 static inline double smelt_selu(double x, double a, double g) { return x > 0.0 ? g * x : g * (a * exp(x) - a); }
 static inline float smelt_thresholded_reluf(float x, float a) { return x > a ? x : 0.0f; }
 static inline double smelt_thresholded_relu(double x, double a) { return x > a ? x : 0.0; }
@@ -86,8 +126,6 @@ static inline long long smelt_min_ll(long long a, long long b) { return a < b ? 
 static inline long long smelt_max_ll(long long a, long long b) { return a > b ? a : b; }
 
 // f16 and bf16 storage: bit conversions, round to nearest even, NaN kept quiet.
-static inline float smelt_bits_f32(uint32_t u) { union { uint32_t u; float f; } v; v.u = u; return v.f; }
-static inline uint32_t smelt_f32_bits(float f) { union { uint32_t u; float f; } v; v.f = f; return v.u; }
 static inline float smelt_f16_to_f32(uint16_t h) {
     const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     const uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;

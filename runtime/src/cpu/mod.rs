@@ -11,7 +11,7 @@ pub use cc::{Compiler, DEFAULT_CFLAGS, FIXED_CFLAGS};
 use crate::cache::{self, Outcome};
 use crate::Error;
 use smelt_compiler::codegen::c as c_render;
-use smelt_compiler::ir::{Graph, Tensor};
+use smelt_compiler::ir::{DType, Data, Graph, Tensor};
 use smelt_compiler::kernel::{lower_for, Program, Target};
 use smelt_compiler::schedule::arena;
 use std::collections::HashMap;
@@ -41,7 +41,7 @@ type GemmF32 = unsafe extern "C" fn(
     isize,
 );
 
-type RunFn = unsafe extern "C" fn(*const Ctx, *mut u8) -> i32;
+type RunFn = unsafe extern "C" fn(*const Ctx, *mut u8, *const *mut std::ffi::c_void) -> i32;
 
 /// `c = a × b` through the `gemm` crate, single-threaded (the C driver splits the work over
 /// the pool). Strides in elements.
@@ -90,27 +90,71 @@ unsafe extern "C" fn gemm_f32(
     }
 }
 
-/// A 64-byte aligned block of the arena.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
-
-/// The arena: every buffer of the program at its planned offset.
+/// The arena: every intermediate and constant of the program at its planned offset, in one
+/// zeroed, 64-byte aligned allocation.
 struct Arena {
-    lines: Vec<Line>,
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
 }
 
+// SAFETY: the arena is plain memory owned by one model; access goes through `&mut self`.
+unsafe impl Send for Arena {}
+
 impl Arena {
-    fn new(bytes: usize) -> Arena {
-        Arena {
-            lines: vec![Line([0; 64]); bytes.div_ceil(64).max(1)],
-        }
+    fn new(bytes: usize) -> Result<Arena, Error> {
+        let layout = std::alloc::Layout::from_size_align(bytes.max(64), 64)
+            .map_err(|e| Error::Codegen(format!("arena of {bytes} bytes: {e}")))?;
+        // SAFETY: the layout has a nonzero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = std::ptr::NonNull::new(ptr)
+            .ok_or_else(|| Error::Codegen(format!("cannot allocate an arena of {bytes} bytes")))?;
+        Ok(Arena { ptr, layout })
     }
     fn bytes(&mut self) -> &mut [u8] {
-        let len = self.lines.len() * 64;
-        // SAFETY: `Line` is 64 plain bytes with no padding; the slice covers exactly the
-        // vector's initialized elements.
-        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u8>(), len) }
+        // SAFETY: `ptr` is a live allocation of `layout.size()` zero-initialized bytes.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// A tensor's elements as a raw pointer for `io`.
+fn data_ptr(d: &Data) -> *mut std::ffi::c_void {
+    macro_rules! p {
+        ($v:expr) => {
+            $v.as_ptr() as *mut std::ffi::c_void
+        };
+    }
+    match d {
+        Data::F32(v) => p!(v),
+        Data::F16(v) => p!(v),
+        Data::BF16(v) => p!(v),
+        Data::F64(v) => p!(v),
+        Data::I64(v) => p!(v),
+        Data::I32(v) => p!(v),
+        Data::I8(v) => p!(v),
+        Data::U8(v) => p!(v),
+        Data::Bool(v) => p!(v),
+    }
+}
+
+/// Zeroed storage for `n` elements of `d` (bool as false).
+fn zeroed(d: DType, n: usize) -> Data {
+    match d {
+        DType::F32 => Data::F32(vec![0.0; n]),
+        DType::F16 => Data::F16(vec![half::f16::ZERO; n]),
+        DType::BF16 => Data::BF16(vec![half::bf16::ZERO; n]),
+        DType::F64 => Data::F64(vec![0.0; n]),
+        DType::I64 => Data::I64(vec![0; n]),
+        DType::I32 => Data::I32(vec![0; n]),
+        DType::I8 => Data::I8(vec![0; n]),
+        DType::U8 => Data::U8(vec![0; n]),
+        DType::Bool => Data::Bool(vec![false; n]),
     }
 }
 
@@ -140,6 +184,7 @@ fn loaded() -> &'static Mutex<HashMap<PathBuf, Arc<libloading::Library>>> {
 pub struct CpuModel {
     program: Program,
     offsets: Vec<usize>,
+    slots: Vec<Option<usize>>,
     arena: Mutex<Arena>,
     run: RunFn,
     threads: usize,
@@ -157,9 +202,17 @@ impl std::fmt::Debug for CpuModel {
 }
 
 /// The C source of an optimized graph and its arena plan (what [`CpuModel::new`] compiles).
+/// Buffers the caller passes in place (inputs, outputs; [`c_render::io_slots`]) take no
+/// arena space.
 pub fn source(graph: &Graph) -> Result<(Program, arena::ArenaPlan, String), Error> {
     let program = lower_for(graph, Target::Cpu).map_err(|e| Error::Codegen(e.to_string()))?;
-    let plan = arena::plan(&arena::program_lifetimes(&program));
+    let mut lifetimes = arena::program_lifetimes(&program);
+    for (l, slot) in lifetimes.iter_mut().zip(c_render::io_slots(&program)) {
+        if slot.is_some() {
+            l.bytes = 0;
+        }
+    }
+    let plan = arena::plan(&lifetimes);
     let src =
         c_render::render(&program, &plan.offsets).map_err(|e| Error::Codegen(e.to_string()))?;
     Ok((program, plan, src))
@@ -167,8 +220,19 @@ pub fn source(graph: &Graph) -> Result<(Program, arena::ArenaPlan, String), Erro
 
 impl CpuModel {
     /// Lowers an optimized graph, compiles it (or finds it in the cache) and loads it, to
-    /// run on `threads` threads.
+    /// run on `threads` threads, with the default cache.
     pub fn new(graph: &Graph, threads: usize) -> Result<CpuModel, Error> {
+        CpuModel::with_cache(graph, threads, &cache::dir(), true)
+    }
+
+    /// Like [`CpuModel::new`], with the cache in `cache_dir`; `reuse_loaded: false` skips
+    /// the in-memory cache and reads (and verifies) the disk entry, as a new process would.
+    pub fn with_cache(
+        graph: &Graph,
+        threads: usize,
+        cache_dir: &std::path::Path,
+        reuse_loaded: bool,
+    ) -> Result<CpuModel, Error> {
         let start = Instant::now();
         let (program, plan, src) = source(graph)?;
         let compiler = cc::find().map_err(|why| Error::NoCompiler { why })?;
@@ -186,10 +250,10 @@ impl CpuModel {
             parts.push(t.as_bytes());
         }
         let key = cache::key(&parts);
-        let path = cache::dir().join("cpu").join(format!("{key}.so"));
+        let path = cache_dir.join("cpu").join(format!("{key}.so"));
         let mut outcome = Outcome::Memory;
         let mut map = loaded().lock().unwrap_or_else(|p| p.into_inner());
-        let lib = match map.get(&path) {
+        let lib = match map.get(&path).filter(|_| reuse_loaded) {
             Some(lib) => lib.clone(),
             None => {
                 outcome = cache::get_or_build(&path, |tmp| {
@@ -231,7 +295,7 @@ impl CpuModel {
             }
             *lib.get::<RunFn>(b"smelt_run\0").map_err(load_err)?
         };
-        let mut arena = Arena::new(plan.size);
+        let mut arena = Arena::new(plan.size)?;
         {
             let bytes = arena.bytes();
             for (b, t) in &program.constants {
@@ -252,9 +316,11 @@ impl CpuModel {
             kernels: program.kernels.len(),
             arena_bytes: plan.size,
         };
+        let slots = c_render::io_slots(&program);
         Ok(CpuModel {
             program,
             offsets: plan.offsets,
+            slots,
             arena: Mutex::new(arena),
             run,
             threads: threads.max(1),
@@ -274,47 +340,81 @@ impl CpuModel {
     }
 
     /// Runs on inputs already checked against the graph; returns the outputs in order.
+    /// Inputs are read in place and outputs written in place; nothing is copied except an
+    /// output that is itself an input or a constant.
     pub fn run(&self, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>, Error> {
-        let mut arena = self.arena.lock().unwrap_or_else(|p| p.into_inner());
-        let bytes = arena.bytes();
+        let input_err = |name: &str, message: String| {
+            Error::Compiler(smelt_compiler::Error::Input {
+                name: name.to_string(),
+                message,
+            })
+        };
+        let nslots = self.slots.iter().flatten().count();
+        let mut io: Vec<*mut std::ffi::c_void> = vec![std::ptr::null_mut(); nslots];
         for (name, b) in &self.program.inputs {
-            let t = inputs.get(name).ok_or_else(|| {
-                Error::Compiler(smelt_compiler::Error::Input {
-                    name: name.clone(),
-                    message: "missing".into(),
-                })
-            })?;
+            let t = inputs
+                .get(name)
+                .ok_or_else(|| input_err(name, "missing".into()))?;
             let d = &self.program.buffers[*b as usize];
-            let off = self.offsets[*b as usize];
-            let len = d.len * d.dtype.size();
-            if t.dtype() != d.dtype || !t.write_le_bytes(&mut bytes[off..off + len]) {
-                return Err(Error::Compiler(smelt_compiler::Error::Input {
-                    name: name.clone(),
-                    message: format!("expected {} elements of {}", d.len, d.dtype),
-                }));
+            if t.dtype() != d.dtype || t.numel() != d.len {
+                return Err(input_err(
+                    name,
+                    format!("expected {} elements of {}", d.len, d.dtype),
+                ));
             }
+            if let Some(slot) = self.slots[*b as usize] {
+                io[slot] = data_ptr(t.data());
+            }
+        }
+        let input_bufs: Vec<u32> = self.program.inputs.iter().map(|(_, b)| *b).collect();
+        // Storage for each output that a kernel writes, by slot.
+        let mut owned: Vec<(usize, Data)> = Vec::new();
+        for (_, b) in &self.program.outputs {
+            let Some(slot) = self.slots[*b as usize] else {
+                continue;
+            };
+            if input_bufs.contains(b) || owned.iter().any(|(s, _)| *s == slot) {
+                continue;
+            }
+            let d = &self.program.buffers[*b as usize];
+            let data = zeroed(d.dtype, d.len);
+            io[slot] = data_ptr(&data);
+            owned.push((slot, data));
         }
         let ctx = Ctx {
             gemm_f32,
             threads: self.threads.min(i32::MAX as usize) as i32,
         };
-        // SAFETY: `run` is the loaded library's entry point; the arena has the size the
-        // plan the C was rendered with asks for, and no one else touches it (locked).
-        let rc = unsafe { (self.run)(&ctx, bytes.as_mut_ptr()) };
+        let mut arena = self.arena.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = arena.bytes();
+        // SAFETY: `run` is the loaded library's entry point; the arena has the size the plan
+        // the C was rendered with asks for and no one else touches it (locked); every io
+        // pointer points at storage of its buffer's dtype and length, inputs only read.
+        let rc = unsafe { (self.run)(&ctx, bytes.as_mut_ptr(), io.as_ptr()) };
         if rc != 0 {
             return Err(Error::Codegen(format!("smelt_run returned {rc}")));
         }
-        self.program
-            .outputs
-            .iter()
-            .map(|(name, b)| {
-                let d = &self.program.buffers[*b as usize];
+        let mut out: Vec<(String, Tensor)> = Vec::with_capacity(self.program.outputs.len());
+        for (k, (name, b)) in self.program.outputs.iter().enumerate() {
+            let d = &self.program.buffers[*b as usize];
+            let slot = self.slots[*b as usize];
+            let earlier = self.program.outputs[..k].iter().position(|(_, e)| e == b);
+            let t = if let Some(e) = earlier {
+                out[e].1.clone()
+            } else if let Some(i) = self.program.inputs.iter().find(|(_, ib)| ib == b) {
+                inputs[&i.0].clone()
+            } else if let Some(pos) = owned.iter().position(|(s, _)| Some(*s) == slot) {
+                let (_, data) = owned.swap_remove(pos);
+                Tensor::new(d.shape.clone(), data)
+                    .ok_or_else(|| Error::Codegen(format!("output {name} has the wrong size")))?
+            } else {
                 let off = self.offsets[*b as usize];
                 let len = d.len * d.dtype.size();
                 Tensor::from_le_bytes(d.dtype, d.shape.clone(), &bytes[off..off + len])
-                    .map(|t| (name.clone(), t))
-                    .ok_or_else(|| Error::Codegen(format!("output {name} has the wrong size")))
-            })
-            .collect()
+                    .ok_or_else(|| Error::Codegen(format!("output {name} has the wrong size")))?
+            };
+            out.push((name.clone(), t));
+        }
+        Ok(out)
     }
 }

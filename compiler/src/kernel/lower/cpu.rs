@@ -6,8 +6,8 @@
 //! elementwise over the product's shape.
 
 use super::{
-    add, builtin, emitter, mul, reads_writes, single_row_axis, strides, unravel, Builtin, Expr,
-    IndexOp, Kernel, Launch, Precision, Stmt, R,
+    add, builtin, div, emitter, mul, reads_writes, rem, single_row_axis, strides, unravel, Builtin,
+    Expr, IndexOp, Kernel, Launch, Precision, Stmt, R,
 };
 use crate::ir::{DType, Graph, Node, NodeId, Op};
 use crate::kernel::ir::{BufferDecl, Gemm, MatrixView};
@@ -304,6 +304,54 @@ pub(super) fn pointwise(
     let n = body.nodes[root].ty.numel();
     let inner = shape.last().copied().unwrap_or(1);
     let mut e = emitter(body, inputs);
+    if inner > CPU_CHUNK {
+        // Long rows: each block is one chunk of one row.
+        let rows = n / inner;
+        let per_row = inner.div_ceil(CPU_CHUNK);
+        let j = e.var();
+        let r = div(builtin(Builtin::Block), per_row);
+        let mut idx = unravel(&r, &shape[..shape.len() - 1]);
+        idx.push(Expr::Var(j));
+        e.open();
+        let v = e.value(root, &idx)?;
+        e.push(Stmt::Store {
+            buf: out,
+            index: add(mul(r.clone(), Expr::I(inner as i64)), Expr::Var(j)),
+            value: v,
+        });
+        let body_j = e.close();
+        let start = mul(
+            rem(builtin(Builtin::Block), per_row),
+            Expr::I(CPU_CHUNK as i64),
+        );
+        let end = Expr::Index(
+            IndexOp::Min,
+            Box::new(Expr::I(inner as i64)),
+            Box::new(add(start.clone(), Expr::I(CPU_CHUNK as i64))),
+        );
+        e.push(Stmt::For {
+            var: j,
+            start,
+            end,
+            step: Expr::I(1),
+            uniform: true,
+            body: body_j,
+        });
+        let (reads, writes) = reads_writes(inputs, out);
+        return Ok(Kernel {
+            name,
+            node: String::new(),
+            launch: Launch {
+                grid: (rows * per_row).max(1),
+                block: 1,
+            },
+            precision,
+            reads,
+            writes,
+            vars: e.next_var,
+            body: e.close_root(),
+        });
+    }
     let (grid, outer, per) = if inner >= 8 {
         let rows = n / inner;
         let per = (CPU_CHUNK / inner).max(1);

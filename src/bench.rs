@@ -1,0 +1,159 @@
+//! `smelt bench`: compile a model, warm up, time runs on fresh random inputs, and compare the
+//! fused plan with the unfused one on the same backend; plus compile time with a cold and a
+//! warm cache.
+
+use crate::{zoo, Device, Error, Graph, Session, SessionOptions, Tensor};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// What `smelt bench` measures.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Timed runs per plan.
+    pub runs: usize,
+    /// Untimed runs before (at least 1).
+    pub warmup: usize,
+    /// CPU threads.
+    pub threads: usize,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// Times of one plan, in milliseconds.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Timing {
+    /// Median run.
+    pub median_ms: f64,
+    /// Fastest run.
+    pub min_ms: f64,
+    /// Kernels launched per run.
+    pub kernels: usize,
+    /// Arena bytes.
+    pub arena_bytes: usize,
+}
+
+/// The result, as `--json FILE` writes it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchReport {
+    /// The fused plan.
+    pub fused: Timing,
+    /// The unfused plan (one kernel per op) on the same backend.
+    pub unfused: Timing,
+    /// Import-to-loaded time with an empty cache (optimize, lower, render, C compile, load).
+    pub compile_cold_ms: f64,
+    /// The same with the cache warm, as a new process would find it (disk read and verify).
+    pub compile_warm_ms: f64,
+    /// Timed runs per plan.
+    pub runs: usize,
+    /// CPU threads.
+    pub threads: usize,
+    /// Device.
+    pub device: String,
+}
+
+fn random_inputs(g: &Graph, seed: u64) -> HashMap<String, Tensor> {
+    g.inputs
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| {
+            let n = &g.nodes[i];
+            let t = zoo::random_tensor(n.ty.dtype, &n.ty.shape, seed * 1000 + k as u64);
+            (n.name.clone(), t)
+        })
+        .collect()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn session(
+    g: &Graph,
+    fuse: bool,
+    opts: &BenchOptions,
+    cache: Option<&std::path::Path>,
+) -> Result<Session, Error> {
+    let so = SessionOptions {
+        optimize: crate::optimize::Options {
+            fuse,
+            ..Default::default()
+        },
+        threads: opts.threads,
+        cache_dir: cache.map(|c| c.to_path_buf()),
+        reuse_loaded: false,
+    };
+    Ok(Session::with_options(g.clone(), Device::Cpu, &so)?)
+}
+
+/// Times one session: warm-up, then `runs` runs alternating between two sets of random
+/// inputs (drawn once, outside the timing).
+fn time(s: &Session, label: &str, opts: &BenchOptions) -> Result<Timing, Error> {
+    let sets = [random_inputs(s.graph(), 1), random_inputs(s.graph(), 2)];
+    for i in 0..opts.warmup.max(1) {
+        s.run(&sets[i % 2])?;
+    }
+    let bar = if opts.progress {
+        let b = indicatif::ProgressBar::new(opts.runs as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg:>8} [{bar:30}] {pos}/{len} runs")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_message(label.to_string());
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut ms = Vec::with_capacity(opts.runs);
+    for i in 0..opts.runs {
+        let t = Instant::now();
+        let out = s.run(&sets[i % 2])?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        std::hint::black_box(out);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let model = s.cpu_model();
+    Ok(Timing {
+        min_ms: ms.iter().copied().fold(f64::INFINITY, f64::min),
+        median_ms: median(&mut ms),
+        kernels: model.map_or(0, |m| m.info().kernels),
+        arena_bytes: model.map_or(0, |m| m.info().arena_bytes),
+    })
+}
+
+/// Benchmarks `g` on the CPU backend.
+pub fn bench(g: &Graph, opts: &BenchOptions) -> Result<BenchReport, Error> {
+    let cold_dir = std::env::temp_dir().join(format!(
+        "smelt-bench-cache-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
+    let _ = std::fs::remove_dir_all(&cold_dir);
+    let t = Instant::now();
+    let fused = session(g, true, opts, Some(&cold_dir))?;
+    let compile_cold_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let warm = session(g, true, opts, Some(&cold_dir))?;
+    let compile_warm_ms = t.elapsed().as_secs_f64() * 1e3;
+    drop(warm);
+    let unfused = session(g, false, opts, Some(&cold_dir))?;
+    let report = BenchReport {
+        fused: time(&fused, "fused", opts)?,
+        unfused: time(&unfused, "unfused", opts)?,
+        compile_cold_ms,
+        compile_warm_ms,
+        runs: opts.runs,
+        threads: opts.threads,
+        device: "cpu".into(),
+    };
+    let _ = std::fs::remove_dir_all(&cold_dir);
+    Ok(report)
+}
