@@ -17,6 +17,8 @@ pub struct BenchOptions {
     pub threads: usize,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// Also time each kernel of the fused plan.
+    pub profile: bool,
 }
 
 /// Times of one plan, in milliseconds.
@@ -49,6 +51,9 @@ pub struct BenchReport {
     pub threads: usize,
     /// Device.
     pub device: String,
+    /// With `profile`: each kernel of the fused plan and its median milliseconds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernels: Vec<(String, f64)>,
 }
 
 fn random_inputs(g: &Graph, seed: u64) -> HashMap<String, Tensor> {
@@ -145,7 +150,12 @@ pub fn bench(g: &Graph, opts: &BenchOptions) -> Result<BenchReport, Error> {
     let compile_warm_ms = t.elapsed().as_secs_f64() * 1e3;
     drop(warm);
     let unfused = session(g, false, opts, Some(&cold_dir))?;
+    let kernels = match (opts.profile, fused.cpu_model()) {
+        (true, Some(m)) => m.profile(&random_inputs(g, 3), opts.runs.min(20))?,
+        _ => Vec::new(),
+    };
     let report = BenchReport {
+        kernels,
         fused: time(&fused, "fused", opts)?,
         unfused: time(&unfused, "unfused", opts)?,
         compile_cold_ms,

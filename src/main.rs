@@ -123,6 +123,9 @@ enum Command {
         /// Also write the results as JSON to FILE.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Also time each kernel of the fused plan on its own.
+        #[arg(long)]
+        profile: bool,
     },
     /// Import an ONNX model and print its IR in text form.
     Show {
@@ -198,6 +201,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             warmup,
             threads,
             json,
+            profile,
         } => {
             let device: Device = device.parse()?;
             if device != Device::Cpu {
@@ -216,6 +220,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     .filter(|&t| t > 0)
                     .unwrap_or_else(smelt_runtime::default_threads),
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                profile,
             };
             let r = smelt::bench::bench(&graph, &opts)?;
             outln!(
@@ -243,6 +248,9 @@ fn run(cli: Cli) -> Result<(), Error> {
                 r.compile_cold_ms,
                 r.compile_warm_ms
             );
+            for (name, ms) in &r.kernels {
+                outln!("    {ms:>10.4} ms  {name}");
+            }
             if let Some(path) = json {
                 let text =
                     serde_json::to_string_pretty(&r).map_err(|e| Error::Usage(e.to_string()))?;

@@ -17,7 +17,9 @@
 use super::c_style::{var_types, Ctx, Scalar, Target};
 use super::RenderError;
 use crate::ir::DType;
-use crate::kernel::ir::{Builtin, Gemm, Kernel, MatrixView, Precision, Program, ReduceOp, Stmt};
+use crate::kernel::ir::{
+    Builtin, Expr, Gemm, Kernel, MatrixView, Precision, Program, ReduceOp, Stmt,
+};
 use std::fmt::Write;
 
 /// Version of the entry point's contract (`smelt_ctx`, `smelt_run`); the runtime checks it.
@@ -107,6 +109,69 @@ impl Target for C {
         }
     }
 
+    /// Innermost loops get `omp simd`, so they vectorize: a fold loop (`acc = combine(acc,
+    /// e)` last, `acc` read nowhere else) as a reduction (its order is not fixed; the GPU's
+    /// tree reorders too; max/min keep NaN propagation through declared reductions), any
+    /// other loop when its iterations share no variable (each one it sets is set before it
+    /// is read). Iterations never share memory: a kernel reads a buffer it writes only at
+    /// the index it writes.
+    fn loop_pragma(&self, body: &[Stmt]) -> Option<String> {
+        let mut private: Vec<u32> = Vec::new();
+        let fold = match body.last() {
+            Some(Stmt::Let {
+                var,
+                value: Expr::Combine(op, a, b),
+            }) if **a == Expr::Var(*var) && !mentions(b, *var) => Some((*var, *op)),
+            _ => None,
+        };
+        let plain = match fold {
+            Some(_) => &body[..body.len() - 1],
+            None => body,
+        };
+        for s in plain {
+            let reads_unset = |e: &Expr| {
+                fold.is_some_and(|(acc, _)| mentions(e, acc))
+                    || vars_of(e)
+                        .iter()
+                        .any(|v| is_set_in(plain, *v) && !private.contains(v))
+            };
+            match s {
+                Stmt::Let { var, value } => {
+                    if reads_unset(value) || fold.is_some_and(|(acc, _)| acc == *var) {
+                        return None;
+                    }
+                    private.push(*var);
+                }
+                Stmt::Store { index, value, .. } => {
+                    if reads_unset(index) || reads_unset(value) {
+                        return None;
+                    }
+                }
+                _ => return None,
+            }
+        }
+        private.sort_unstable();
+        private.dedup();
+        let private = if private.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<String> = private.iter().map(|v| format!("v{v}")).collect();
+            format!(" private({})", names.join(", "))
+        };
+        Some(match fold {
+            Some((acc, op)) => {
+                let id = match op {
+                    ReduceOp::Sum => "+",
+                    ReduceOp::Prod => "*",
+                    ReduceOp::Max => "smelt_max",
+                    ReduceOp::Min => "smelt_min",
+                };
+                format!("#pragma omp simd reduction({id}:v{acc}){private}")
+            }
+            None => format!("#pragma omp simd{private}"),
+        })
+    }
+
     fn math_fn(&self, name: &str, p: Precision) -> String {
         match (name, p) {
             // Branch-free versions that vectorize (`smelt/cpu.h`).
@@ -175,6 +240,50 @@ pub fn io_slots(program: &Program) -> Vec<Option<usize>> {
         }
     }
     slots
+}
+
+/// True when `e` reads variable `v`.
+fn mentions(e: &Expr, v: u32) -> bool {
+    match e {
+        Expr::Var(x) => *x == v,
+        Expr::F(_) | Expr::I(_) | Expr::Builtin(_) => false,
+        Expr::Load { index, .. } => mentions(index, v),
+        Expr::Unary(_, a) | Expr::Cast(_, a) => mentions(a, v),
+        Expr::Binary(_, a, b) | Expr::Combine(_, a, b) | Expr::Index(_, a, b) => {
+            mentions(a, v) || mentions(b, v)
+        }
+        Expr::Select(c, a, b) => mentions(c, v) || mentions(a, v) || mentions(b, v),
+    }
+}
+
+/// The variables `e` reads.
+fn vars_of(e: &Expr) -> Vec<u32> {
+    let mut out = Vec::new();
+    fn walk(e: &Expr, out: &mut Vec<u32>) {
+        match e {
+            Expr::Var(x) => out.push(*x),
+            Expr::F(_) | Expr::I(_) | Expr::Builtin(_) => {}
+            Expr::Load { index, .. } => walk(index, out),
+            Expr::Unary(_, a) | Expr::Cast(_, a) => walk(a, out),
+            Expr::Binary(_, a, b) | Expr::Combine(_, a, b) | Expr::Index(_, a, b) => {
+                walk(a, out);
+                walk(b, out);
+            }
+            Expr::Select(c, a, b) => {
+                walk(c, out);
+                walk(a, out);
+                walk(b, out);
+            }
+        }
+    }
+    walk(e, &mut out);
+    out
+}
+
+/// True when a statement of `body` (not nested) sets `v`.
+fn is_set_in(body: &[Stmt], v: u32) -> bool {
+    body.iter()
+        .any(|s| matches!(s, Stmt::Let { var, .. } if *var == v))
 }
 
 fn has_collective(stmts: &[Stmt]) -> bool {
@@ -308,6 +417,16 @@ pub fn render(program: &Program, offsets: &[usize]) -> Result<String, RenderErro
     for k in &program.kernels {
         let _ = writeln!(out, "    {}(ctx, arena, io);", k.name);
     }
-    let _ = writeln!(out, "    return 0;\n}}");
+    let _ = writeln!(out, "    return 0;\n}}\n");
+    // One kernel at a time, for profiling.
+    let _ = writeln!(
+        out,
+        "int smelt_kernel_count(void) {{ return {}; }}\n\nint smelt_run_kernel(const smelt_ctx* ctx, unsigned char* arena, void* const* io, int i) {{\n    switch (i) {{",
+        program.kernels.len()
+    );
+    for (i, k) in program.kernels.iter().enumerate() {
+        let _ = writeln!(out, "    case {i}: {}(ctx, arena, io); return 0;", k.name);
+    }
+    let _ = writeln!(out, "    default: return 1;\n    }}\n}}");
     Ok(out)
 }

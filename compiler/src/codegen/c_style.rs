@@ -33,6 +33,10 @@ pub trait Target {
     fn infinity(&self, p: Precision) -> &'static str;
     /// A library matrix product statement, if the target has one.
     fn gemm(&self, g: &Gemm, program: &Program) -> Option<String>;
+    /// A line to put before a loop with this body (a vectorization pragma), if any.
+    fn loop_pragma(&self, _body: &[Stmt]) -> Option<String> {
+        None
+    }
     /// The C math function `name` (exp, tanh, …) at a precision: libm's by default.
     fn math_fn(&self, name: &str, p: Precision) -> String {
         match p {
@@ -392,6 +396,9 @@ impl<'a, T: Target> Ctx<'a, T> {
                     body,
                     ..
                 } => {
+                    if let Some(p) = self.target.loop_pragma(body) {
+                        let _ = writeln!(out, "{pad}{p}");
+                    }
                     let _ = writeln!(
                         out,
                         "{pad}for (v{var} = {}; v{var} < {}; v{var} += {}) {{",

@@ -9,6 +9,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+// Helpers are always inlined: a call (or a partly inlined split) in a loop stops it from
+// vectorizing.
+#define SMELT_FN static inline __attribute__((always_inline))
+
 // One call of the library routine: c = a × b, a m×k, b k×n, strides in elements.
 typedef void (*smelt_gemm_f32_fn)(size_t m, size_t n, size_t k, float* c, ptrdiff_t c_rs,
                                   ptrdiff_t c_cs, const float* a, ptrdiff_t a_rs,
@@ -21,28 +25,34 @@ typedef struct smelt_ctx {
     int threads;
 } smelt_ctx;
 
-static inline float smelt_bits_f32(uint32_t u) { union { uint32_t u; float f; } v; v.u = u; return v.f; }
-static inline uint32_t smelt_f32_bits(float f) { union { uint32_t u; float f; } v; v.f = f; return v.u; }
+SMELT_FN float smelt_bits_f32(uint32_t u) { union { uint32_t u; float f; } v; v.u = u; return v.f; }
+SMELT_FN uint32_t smelt_f32_bits(float f) { union { uint32_t u; float f; } v; v.f = f; return v.u; }
 
 // f32 exp, tanh and erf written branch-free so that loops calling them vectorize (libm's are
 // opaque calls). exp: Cody–Waite reduction and a degree-7 polynomial, within 2 ulp, with
 // overflow to inf and gradual underflow to 0. tanh: odd series below 0.25, else
 // 1 − 2/(e^{2|x|}+1). erf: series below 0.5, else Abramowitz–Stegun 7.1.26 (|error| ≤ 1.5e-7).
-// NaN propagates through each.
-static inline float smelt_expf(float x) {
+// NaN propagates through each. Polynomials use explicit fmaf (the C is built with
+// -ffp-contract=off, so nothing else is contracted).
+SMELT_FN float smelt_expf(float x) {
     const float xc = x < -104.0f ? -104.0f : (x > 89.0f ? 89.0f : x);
     const float xs = x != x ? 0.0f : xc;
     const float n = rintf(xs * 1.44269504088896341f);
-    const float r = (xc - n * 0.693145751953125f) - n * 1.428606765330187e-6f;
-    const float p =
-        1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6.0f + r * (1.0f / 24.0f + r * (1.0f / 120.0f +
-        r * (1.0f / 720.0f + r * (1.0f / 5040.0f)))))));
+    const float r = fmaf(-n, 1.428606765330187e-6f, fmaf(-n, 0.693145751953125f, xc));
+    float p = 1.0f / 5040.0f;
+    p = fmaf(p, r, 1.0f / 720.0f);
+    p = fmaf(p, r, 1.0f / 120.0f);
+    p = fmaf(p, r, 1.0f / 24.0f);
+    p = fmaf(p, r, 1.0f / 6.0f);
+    p = fmaf(p, r, 0.5f);
+    p = fmaf(p, r, 1.0f);
+    p = fmaf(p, r, 1.0f);
     const int32_t ni = (int32_t)n, h = ni / 2;
     const float s1 = smelt_bits_f32((uint32_t)(h + 127) << 23);
     const float s2 = smelt_bits_f32((uint32_t)(ni - h + 127) << 23);
     return p * s1 * s2;
 }
-static inline float smelt_tanhf(float x) {
+SMELT_FN float smelt_tanhf(float x) {
     const float a = fabsf(x), x2 = x * x;
     const float small = x * (1.0f + x2 * (-1.0f / 3.0f + x2 * (2.0f / 15.0f +
         x2 * (-17.0f / 315.0f + x2 * (62.0f / 2835.0f)))));
@@ -50,7 +60,7 @@ static inline float smelt_tanhf(float x) {
     const float big = copysignf(1.0f - 2.0f / (e + 1.0f), x);
     return a < 0.25f ? small : big;
 }
-static inline float smelt_erff(float x) {
+SMELT_FN float smelt_erff(float x) {
     const float a = fabsf(x), x2 = x * x;
     const float small = x * 1.12837916709551257f * (1.0f + x2 * (-1.0f / 3.0f + x2 * (0.1f +
         x2 * (-1.0f / 42.0f + x2 * (1.0f / 216.0f + x2 * (-1.0f / 1320.0f))))));
@@ -62,8 +72,8 @@ static inline float smelt_erff(float x) {
 }
 
 #define SMELT_UNARY(name, expr_f, expr_d)                                   \
-    static inline float smelt_##name##f(float x) { return (expr_f); }      \
-    static inline double smelt_##name(double x) { return (expr_d); }
+    SMELT_FN float smelt_##name##f(float x) { return (expr_f); }      \
+    SMELT_FN double smelt_##name(double x) { return (expr_d); }
 
 SMELT_UNARY(relu, x < 0.0f ? 0.0f : x, x < 0.0 ? 0.0 : x)
 SMELT_UNARY(sigmoid, 1.0f / (1.0f + smelt_expf(-x)), 1.0 / (1.0 + exp(-x)))
@@ -76,42 +86,48 @@ SMELT_UNARY(softplus, x > 30.0f ? x : log1pf(smelt_expf(x)), x > 30.0 ? x : log1
 SMELT_UNARY(sign, x != x ? x : (float)((x > 0.0f) - (x < 0.0f)),
             x != x ? x : (double)((x > 0.0) - (x < 0.0)))
 
-static inline float smelt_hard_sigmoidf(float x, float a, float b) { return fminf(1.0f, fmaxf(0.0f, a * x + b)); }
-static inline double smelt_hard_sigmoid(double x, double a, double b) { return fmin(1.0, fmax(0.0, a * x + b)); }
-static inline float smelt_hard_swishf(float x) { return x * smelt_hard_sigmoidf(x, 1.0f / 6.0f, 0.5f); }
-static inline double smelt_hard_swish(double x) { return x * smelt_hard_sigmoid(x, 1.0 / 6.0, 0.5); }
-static inline float smelt_leaky_reluf(float x, float a) { return x < 0.0f ? a * x : x; }
-static inline double smelt_leaky_relu(double x, double a) { return x < 0.0 ? a * x : x; }
-static inline float smelt_eluf(float x, float a) { return x < 0.0f ? a * (smelt_expf(x) - 1.0f) : x; }
-static inline double smelt_elu(double x, double a) { return x < 0.0 ? a * (exp(x) - 1.0) : x; }
-static inline float smelt_celuf(float x, float a) { return fmaxf(0.0f, x) + fminf(0.0f, a * (smelt_expf(x / a) - 1.0f)); }
-static inline double smelt_celu(double x, double a) { return fmax(0.0, x) + fmin(0.0, a * (exp(x / a) - 1.0)); }
-static inline float smelt_seluf(float x, float a, float g) { return x > 0.0f ? g * x : g * (a * smelt_expf(x) - a); }
-static inline double smelt_selu(double x, double a, double g) { return x > 0.0 ? g * x : g * (a * exp(x) - a); }
-static inline float smelt_thresholded_reluf(float x, float a) { return x > a ? x : 0.0f; }
-static inline double smelt_thresholded_relu(double x, double a) { return x > a ? x : 0.0; }
+SMELT_FN float smelt_hard_sigmoidf(float x, float a, float b) { return fminf(1.0f, fmaxf(0.0f, a * x + b)); }
+SMELT_FN double smelt_hard_sigmoid(double x, double a, double b) { return fmin(1.0, fmax(0.0, a * x + b)); }
+SMELT_FN float smelt_hard_swishf(float x) { return x * smelt_hard_sigmoidf(x, 1.0f / 6.0f, 0.5f); }
+SMELT_FN double smelt_hard_swish(double x) { return x * smelt_hard_sigmoid(x, 1.0 / 6.0, 0.5); }
+SMELT_FN float smelt_leaky_reluf(float x, float a) { return x < 0.0f ? a * x : x; }
+SMELT_FN double smelt_leaky_relu(double x, double a) { return x < 0.0 ? a * x : x; }
+SMELT_FN float smelt_eluf(float x, float a) { return x < 0.0f ? a * (smelt_expf(x) - 1.0f) : x; }
+SMELT_FN double smelt_elu(double x, double a) { return x < 0.0 ? a * (exp(x) - 1.0) : x; }
+SMELT_FN float smelt_celuf(float x, float a) { return fmaxf(0.0f, x) + fminf(0.0f, a * (smelt_expf(x / a) - 1.0f)); }
+SMELT_FN double smelt_celu(double x, double a) { return fmax(0.0, x) + fmin(0.0, a * (exp(x / a) - 1.0)); }
+SMELT_FN float smelt_seluf(float x, float a, float g) { return x > 0.0f ? g * x : g * (a * smelt_expf(x) - a); }
+SMELT_FN double smelt_selu(double x, double a, double g) { return x > 0.0 ? g * x : g * (a * exp(x) - a); }
+SMELT_FN float smelt_thresholded_reluf(float x, float a) { return x > a ? x : 0.0f; }
+SMELT_FN double smelt_thresholded_relu(double x, double a) { return x > a ? x : 0.0; }
 
 // NaN-propagating min/max (numpy and ONNX semantics; fminf/fmaxf drop NaN).
-static inline float smelt_max_nanf(float a, float b) { return (a != a || b != b) ? NAN : (a > b ? a : b); }
-static inline float smelt_min_nanf(float a, float b) { return (a != a || b != b) ? NAN : (a < b ? a : b); }
-static inline double smelt_max_nan(double a, double b) { return (a != a || b != b) ? (double)NAN : (a > b ? a : b); }
-static inline double smelt_min_nan(double a, double b) { return (a != a || b != b) ? (double)NAN : (a < b ? a : b); }
+SMELT_FN float smelt_max_nanf(float a, float b) { return ((a != a) | (b != b)) ? NAN : (a > b ? a : b); }
+SMELT_FN float smelt_min_nanf(float a, float b) { return ((a != a) | (b != b)) ? NAN : (a < b ? a : b); }
+SMELT_FN double smelt_max_nan(double a, double b) { return ((a != a) | (b != b)) ? (double)NAN : (a > b ? a : b); }
+SMELT_FN double smelt_min_nan(double a, double b) { return ((a != a) | (b != b)) ? (double)NAN : (a < b ? a : b); }
+
+// Reductions that `omp simd` may vectorize, keeping NaN propagation.
+#pragma omp declare reduction(smelt_max : float : omp_out = smelt_max_nanf(omp_out, omp_in)) initializer(omp_priv = -INFINITY)
+#pragma omp declare reduction(smelt_min : float : omp_out = smelt_min_nanf(omp_out, omp_in)) initializer(omp_priv = INFINITY)
+#pragma omp declare reduction(smelt_max : double : omp_out = smelt_max_nan(omp_out, omp_in)) initializer(omp_priv = -(double)INFINITY)
+#pragma omp declare reduction(smelt_min : double : omp_out = smelt_min_nan(omp_out, omp_in)) initializer(omp_priv = (double)INFINITY)
 
 // Remainder with the sign of the divisor (Python's %, ONNX Mod with fmod=0).
-static inline float smelt_mod_floorf(float a, float b) {
+SMELT_FN float smelt_mod_floorf(float a, float b) {
     const float r = fmodf(a, b);
     return (r != 0.0f && ((r < 0.0f) != (b < 0.0f))) ? r + b : r;
 }
-static inline double smelt_mod_floor(double a, double b) {
+SMELT_FN double smelt_mod_floor(double a, double b) {
     const double r = fmod(a, b);
     return (r != 0.0 && ((r < 0.0) != (b < 0.0))) ? r + b : r;
 }
-static inline long long smelt_mod_floor_ll(long long a, long long b) {
+SMELT_FN long long smelt_mod_floor_ll(long long a, long long b) {
     const long long r = a % b;
     return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
 }
 // Integer power: wrapping, by squaring; a negative exponent goes through double (numpy).
-static inline long long smelt_pow_int_ll(long long x, long long y) {
+SMELT_FN long long smelt_pow_int_ll(long long x, long long y) {
     if (y < 0) return (long long)pow((double)x, (double)y);
     unsigned long long r = 1, b = (unsigned long long)x;
     unsigned long long e = y > 0xffffffffll ? 0xffffffffull : (unsigned long long)y;
@@ -122,11 +138,11 @@ static inline long long smelt_pow_int_ll(long long x, long long y) {
     }
     return (long long)r;
 }
-static inline long long smelt_min_ll(long long a, long long b) { return a < b ? a : b; }
-static inline long long smelt_max_ll(long long a, long long b) { return a > b ? a : b; }
+SMELT_FN long long smelt_min_ll(long long a, long long b) { return a < b ? a : b; }
+SMELT_FN long long smelt_max_ll(long long a, long long b) { return a > b ? a : b; }
 
 // f16 and bf16 storage: bit conversions, round to nearest even, NaN kept quiet.
-static inline float smelt_f16_to_f32(uint16_t h) {
+SMELT_FN float smelt_f16_to_f32(uint16_t h) {
     const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     const uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
     if (exp == 0x1fu) return smelt_bits_f32(sign | 0x7f800000u | (man << 13));
@@ -135,7 +151,7 @@ static inline float smelt_f16_to_f32(uint16_t h) {
     const float f = (float)man * 5.9604644775390625e-8f;
     return sign ? -f : f;
 }
-static inline uint16_t smelt_f32_to_f16(float f) {
+SMELT_FN uint16_t smelt_f32_to_f16(float f) {
     const uint32_t x = smelt_f32_bits(f);
     const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
     const uint32_t ax = x & 0x7fffffffu;
@@ -151,8 +167,8 @@ static inline uint16_t smelt_f32_to_f16(float f) {
     if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;
     return (uint16_t)(sign | h);
 }
-static inline float smelt_bf16_to_f32(uint16_t h) { return smelt_bits_f32((uint32_t)h << 16); }
-static inline uint16_t smelt_f32_to_bf16(float f) {
+SMELT_FN float smelt_bf16_to_f32(uint16_t h) { return smelt_bits_f32((uint32_t)h << 16); }
+SMELT_FN uint16_t smelt_f32_to_bf16(float f) {
     const uint32_t x = smelt_f32_bits(f);
     if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u);
     return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);

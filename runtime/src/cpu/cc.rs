@@ -6,11 +6,21 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// Optimization flags unless `$SMELT_CFLAGS` says otherwise.
-pub const DEFAULT_CFLAGS: &str = "-O3 -march=native -fopenmp";
-/// Flags every build gets (position-independent shared object, GNU C11, no errno from
-/// math functions so they can be vectorized; results do not change).
-pub const FIXED_CFLAGS: &[&str] = &["-std=gnu11", "-fPIC", "-shared", "-fno-math-errno"];
+/// Optimization flags unless `$SMELT_CFLAGS` says otherwise. `-fno-tree-pre`: partial
+/// redundancy elimination across a row kernel's passes turns the last pass's loop into
+/// branches that gcc 12 then refuses to vectorize.
+pub const DEFAULT_CFLAGS: &str = "-O3 -march=native -fopenmp -fno-tree-pre";
+/// Flags every build gets: a position-independent shared object in GNU C11; no errno from
+/// math functions so they can be vectorized (results do not change); no contraction of
+/// `a*b + c` into fma, so each IR op rounds as the reference says (a row kernel recomputing
+/// a value must get the same bits in every pass).
+pub const FIXED_CFLAGS: &[&str] = &[
+    "-std=gnu11",
+    "-fPIC",
+    "-shared",
+    "-fno-math-errno",
+    "-ffp-contract=off",
+];
 
 /// A C compiler that answered `--version`.
 #[derive(Clone, Debug)]

@@ -42,6 +42,8 @@ type GemmF32 = unsafe extern "C" fn(
 );
 
 type RunFn = unsafe extern "C" fn(*const Ctx, *mut u8, *const *mut std::ffi::c_void) -> i32;
+type RunKernelFn =
+    unsafe extern "C" fn(*const Ctx, *mut u8, *const *mut std::ffi::c_void, i32) -> i32;
 
 /// `c = a × b` through the `gemm` crate, single-threaded (the C driver splits the work over
 /// the pool). Strides in elements.
@@ -187,6 +189,7 @@ pub struct CpuModel {
     slots: Vec<Option<usize>>,
     arena: Mutex<Arena>,
     run: RunFn,
+    run_kernel: RunKernelFn,
     threads: usize,
     info: BuildInfo,
     _lib: Arc<libloading::Library>,
@@ -293,8 +296,13 @@ impl CpuModel {
                     why: format!("ABI version {v}, expected {}", c_render::ABI_VERSION),
                 });
             }
-            *lib.get::<RunFn>(b"smelt_run\0").map_err(load_err)?
+            (
+                *lib.get::<RunFn>(b"smelt_run\0").map_err(load_err)?,
+                *lib.get::<RunKernelFn>(b"smelt_run_kernel\0")
+                    .map_err(load_err)?,
+            )
         };
+        let (run, run_kernel) = run;
         let mut arena = Arena::new(plan.size)?;
         {
             let bytes = arena.bytes();
@@ -323,6 +331,7 @@ impl CpuModel {
             slots,
             arena: Mutex::new(arena),
             run,
+            run_kernel,
             threads: threads.max(1),
             info,
             _lib: lib,
@@ -343,6 +352,63 @@ impl CpuModel {
     /// Inputs are read in place and outputs written in place; nothing is copied except an
     /// output that is itself an input or a constant.
     pub fn run(&self, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>, Error> {
+        self.run_with(inputs, &mut |ctx, arena, io| {
+            // SAFETY: see `run_with`.
+            let rc = unsafe { (self.run)(ctx, arena, io) };
+            if rc != 0 {
+                return Err(Error::Codegen(format!("smelt_run returned {rc}")));
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs every kernel `reps` times, one at a time, and returns each kernel's name and
+    /// median milliseconds, in launch order.
+    pub fn profile(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        reps: usize,
+    ) -> Result<Vec<(String, f64)>, Error> {
+        let n = self.program.kernels.len();
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); n];
+        for _ in 0..reps.max(1) {
+            self.run_with(inputs, &mut |ctx, arena, io| {
+                for (i, t) in times.iter_mut().enumerate() {
+                    let start = std::time::Instant::now();
+                    // SAFETY: see `run_with`; kernels run in launch order.
+                    let rc = unsafe { (self.run_kernel)(ctx, arena, io, i as i32) };
+                    t.push(start.elapsed().as_secs_f64() * 1e3);
+                    if rc != 0 {
+                        return Err(Error::Codegen(format!(
+                            "smelt_run_kernel({i}) returned {rc}"
+                        )));
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Ok(self
+            .program
+            .kernels
+            .iter()
+            .zip(times)
+            .map(|(k, mut t)| {
+                t.sort_by(f64::total_cmp);
+                (k.name.clone(), t[t.len() / 2])
+            })
+            .collect())
+    }
+
+    /// Sets up `io` and the arena for `inputs`, calls `f`, and collects the outputs.
+    ///
+    /// `f` gets the context, the arena and the io table of a model whose every pointer is
+    /// valid: the arena has the size the C was rendered for and is locked for this call, and
+    /// each io pointer points at storage of its buffer's dtype and length.
+    fn run_with(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        f: &mut dyn FnMut(*const Ctx, *mut u8, *const *mut std::ffi::c_void) -> Result<(), Error>,
+    ) -> Result<Vec<(String, Tensor)>, Error> {
         let input_err = |name: &str, message: String| {
             Error::Compiler(smelt_compiler::Error::Input {
                 name: name.to_string(),
@@ -387,13 +453,7 @@ impl CpuModel {
         };
         let mut arena = self.arena.lock().unwrap_or_else(|p| p.into_inner());
         let bytes = arena.bytes();
-        // SAFETY: `run` is the loaded library's entry point; the arena has the size the plan
-        // the C was rendered with asks for and no one else touches it (locked); every io
-        // pointer points at storage of its buffer's dtype and length, inputs only read.
-        let rc = unsafe { (self.run)(&ctx, bytes.as_mut_ptr(), io.as_ptr()) };
-        if rc != 0 {
-            return Err(Error::Codegen(format!("smelt_run returned {rc}")));
-        }
+        f(&ctx, bytes.as_mut_ptr(), io.as_ptr())?;
         let mut out: Vec<(String, Tensor)> = Vec::with_capacity(self.program.outputs.len());
         for (k, (name, b)) in self.program.outputs.iter().enumerate() {
             let d = &self.program.buffers[*b as usize];
