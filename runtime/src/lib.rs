@@ -212,6 +212,23 @@ impl Session {
         }
     }
 
+    /// Like [`Session::run`], reusing the storage of `previous` (an earlier run's outputs)
+    /// for the new outputs where it fits: a serving loop that hands each result back
+    /// allocates nothing per run.
+    pub fn run_reusing(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        previous: Vec<(String, Tensor)>,
+    ) -> Result<Vec<(String, Tensor)>, Error> {
+        match &self.backend {
+            Backend::Interp => Ok(interp::run(&self.graph, inputs)?),
+            Backend::Cpu(m) => {
+                interp::check_inputs(&self.graph, inputs)?;
+                m.run_reusing(inputs, previous)
+            }
+        }
+    }
+
     /// Runs on named inputs (each exactly once, with the graph's dtype and shape) and returns
     /// the outputs in the graph's order.
     pub fn run(&self, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>, Error> {

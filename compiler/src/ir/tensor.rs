@@ -121,6 +121,11 @@ impl Tensor {
         &self.data
     }
 
+    /// The shape and the storage, to reuse the storage (see `Tensor::new` to rebuild).
+    pub fn into_parts(self) -> (Vec<usize>, Data) {
+        (self.shape, self.data)
+    }
+
     /// The same data with another shape of equal element count.
     pub fn reshaped(mut self, shape: Vec<usize>) -> Option<Tensor> {
         let n = shape

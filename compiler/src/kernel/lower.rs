@@ -1361,8 +1361,72 @@ fn lower_rows(
     let row = e.var();
     e.open();
     let prefix = unravel(&Expr::Var(row), &space[..axis]);
-    e.row_stats(&prefix, &space, axis)?;
-    if out_n == rows * len && broadcast_shapes(&out_shape, &space).is_some_and(|b| b == space) {
+    let row_ops = body
+        .nodes
+        .iter()
+        .filter(|n| {
+            let rank = n.inputs.first().map(|&a| body.nodes[a].ty.rank());
+            rank.and_then(|r| single_row_axis(&n.op, r)).is_some()
+        })
+        .count();
+    let softmax_root = matches!(body.nodes[root].op, Op::Softmax { axis: a } if a == axis)
+        && axis + 1 == space.len()
+        && out_shape == space
+        && row_ops == 1;
+    if cpu && softmax_root {
+        // Softmax is the kernel's one row op and its output: exp once per element. Pass 1
+        // the max; pass 2 stores exp(x - max) and sums it; pass 3 divides in place.
+        let x = body.nodes[root].inputs[0];
+        let tail = [len];
+        let m = e.block_reduce(&prefix, &tail, ReduceOp::Max, &mut |me, i| me.value(x, i))?;
+        let base = mul(Expr::Var(row), Expr::I(len as i64));
+        let sum = e.block_reduce(&prefix, &tail, ReduceOp::Sum, &mut |me, i| {
+            let v = me.value(x, i)?;
+            let ex = me.bind(Expr::Unary(
+                UnaryOp::Exp,
+                Box::new(Expr::Binary(
+                    crate::ir::BinaryOp::Sub,
+                    Box::new(v),
+                    Box::new(m.clone()),
+                )),
+            ));
+            me.push(Stmt::Store {
+                buf: out,
+                index: add(base.clone(), i[axis].clone()),
+                value: ex.clone(),
+            });
+            Ok(ex)
+        })?;
+        let j = e.var();
+        let at = add(base.clone(), Expr::Var(j));
+        let body_j = vec![Stmt::Store {
+            buf: out,
+            index: at.clone(),
+            value: Expr::Binary(
+                crate::ir::BinaryOp::Div,
+                Box::new(Expr::Load {
+                    buf: out,
+                    index: Box::new(at),
+                }),
+                Box::new(sum),
+            ),
+        }];
+        e.push(Stmt::For {
+            var: j,
+            start: builtin(Builtin::Thread),
+            end: Expr::I(len as i64),
+            step: builtin(Builtin::BlockDim),
+            uniform: false,
+            body: body_j,
+        });
+    } else {
+        e.row_stats(&prefix, &space, axis)?;
+    }
+    if cpu && softmax_root {
+        // Written above.
+    } else if out_n == rows * len
+        && broadcast_shapes(&out_shape, &space).is_some_and(|b| b == space)
+    {
         // One output per element of the row: the block's threads share the row.
         let j = e.var();
         e.open();

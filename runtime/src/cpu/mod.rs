@@ -352,7 +352,22 @@ impl CpuModel {
     /// Inputs are read in place and outputs written in place; nothing is copied except an
     /// output that is itself an input or a constant.
     pub fn run(&self, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>, Error> {
-        self.run_with(inputs, &mut |ctx, arena, io| {
+        self.run_reusing(inputs, Vec::new())
+    }
+
+    /// Like [`CpuModel::run`], writing the outputs into the storage of `previous` (the
+    /// outputs of an earlier run) where dtype and size match, so a steady-state loop
+    /// allocates nothing.
+    pub fn run_reusing(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        previous: Vec<(String, Tensor)>,
+    ) -> Result<Vec<(String, Tensor)>, Error> {
+        let mut spare: Vec<Data> = previous
+            .into_iter()
+            .map(|(_, t)| t.into_parts().1)
+            .collect();
+        self.run_with(inputs, &mut spare, &mut |ctx, arena, io| {
             // SAFETY: see `run_with`.
             let rc = unsafe { (self.run)(ctx, arena, io) };
             if rc != 0 {
@@ -371,8 +386,9 @@ impl CpuModel {
     ) -> Result<Vec<(String, f64)>, Error> {
         let n = self.program.kernels.len();
         let mut times: Vec<Vec<f64>> = vec![Vec::new(); n];
+        let mut spare = Vec::new();
         for _ in 0..reps.max(1) {
-            self.run_with(inputs, &mut |ctx, arena, io| {
+            let out = self.run_with(inputs, &mut spare, &mut |ctx, arena, io| {
                 for (i, t) in times.iter_mut().enumerate() {
                     let start = std::time::Instant::now();
                     // SAFETY: see `run_with`; kernels run in launch order.
@@ -386,6 +402,7 @@ impl CpuModel {
                 }
                 Ok(())
             })?;
+            spare = out.into_iter().map(|(_, t)| t.into_parts().1).collect();
         }
         Ok(self
             .program
@@ -407,6 +424,7 @@ impl CpuModel {
     fn run_with(
         &self,
         inputs: &HashMap<String, Tensor>,
+        spare: &mut Vec<Data>,
         f: &mut dyn FnMut(*const Ctx, *mut u8, *const *mut std::ffi::c_void) -> Result<(), Error>,
     ) -> Result<Vec<(String, Tensor)>, Error> {
         let input_err = |name: &str, message: String| {
@@ -443,7 +461,13 @@ impl CpuModel {
                 continue;
             }
             let d = &self.program.buffers[*b as usize];
-            let data = zeroed(d.dtype, d.len);
+            let reuse = spare
+                .iter()
+                .position(|x| x.dtype() == d.dtype && x.len() == d.len);
+            let data = match reuse {
+                Some(i) => spare.swap_remove(i),
+                None => zeroed(d.dtype, d.len),
+            };
             io[slot] = data_ptr(&data);
             owned.push((slot, data));
         }

@@ -3,11 +3,14 @@
 //! compiler vectorizes them, and f32 matrix products become library [`Gemm`] calls whose
 //! operands are strided views of buffers. A prologue that is not a view is computed into a
 //! scratch buffer first; the epilogue runs after the product, in place when it is
-//! elementwise over the product's shape.
+//! elementwise over the product's shape. A 2-D convolution (one group) is the same product:
+//! weights [oc, c·kh·kw] × columns [c·kh·kw, oh·ow] per image, the columns gathered by an
+//! im2col kernel (for a 1×1, stride-1, unpadded convolution, the image itself), the bias
+//! added in the epilogue.
 
 use super::{
-    add, builtin, div, emitter, mul, reads_writes, rem, single_row_axis, strides, unravel, Builtin,
-    Expr, IndexOp, Kernel, Launch, Precision, Stmt, R,
+    add, and, builtin, div, emitter, mul, reads_writes, rem, single_row_axis, strides, unravel,
+    Builtin, Emitter, Expr, IndexOp, Kernel, Launch, Precision, Stmt, R,
 };
 use crate::ir::{DType, Graph, Node, NodeId, Op};
 use crate::kernel::ir::{BufferDecl, Gemm, MatrixView};
@@ -218,11 +221,8 @@ pub(super) fn lower_node(
     precision: Precision,
     sink: &mut Sink,
 ) -> R<()> {
-    let root = body.outputs[0].1;
-    let matmuls: Vec<NodeId> = (0..body.nodes.len())
-        .filter(|&i| is_library_matmul(body, i))
-        .collect();
-    if matmuls.is_empty() {
+    let is_product = |b: &Graph, i: NodeId| is_library_matmul(b, i) || is_library_conv(b, i);
+    if !(0..body.nodes.len()).any(|i| is_product(body, i)) {
         let name = sink.name(sink.op);
         let k = match row_axis {
             Some(axis) => super::lower_rows(body, inputs, out, axis, name, precision, true)?,
@@ -234,31 +234,93 @@ pub(super) fn lower_node(
     let mut body = body.clone();
     let mut inputs = inputs.to_vec();
     let out_f32 = sink.buffers[out as usize].dtype == DType::F32;
-    for mm in matmuls {
-        let operand = |body: &Graph, inputs: &[u32], x: NodeId, sink: &mut Sink| -> R<_> {
-            if let Some(v) = view(body, x, inputs) {
-                return Ok(v);
-            }
-            let shape = body.nodes[x].ty.shape.clone();
-            let what = format!("{}_{}", body.nodes[mm].name, body.nodes[x].name);
-            let buf = sink.scratch(&what, &shape);
-            lower_value(body, x, inputs, buf, precision, sink)?;
-            let st = contiguous(&shape);
-            Ok((buf, shape, st))
-        };
-        let (a, b) = (body.nodes[mm].inputs[0], body.nodes[mm].inputs[1]);
-        let (ab, ashape, ast) = operand(&body, &inputs, a, sink)?;
-        let (bb, bshape, bst) = operand(&body, &inputs, b, sink)?;
-        let shape = body.nodes[mm].ty.shape.clone();
-        let r = shape.len();
-        let batch = shape[..r - 2].to_vec();
-        let dest = if mm == root || (out_f32 && elementwise_epilogue(&body, mm)) {
-            out
+    // Each product in body order becomes a library call and an input of the rest.
+    while let Some(p) = (0..body.nodes.len()).find(|&i| is_product(&body, i)) {
+        let (b, i) = if is_library_conv(&body, p) {
+            conv_product(&body, &inputs, p, out, out_f32, precision, sink)?
         } else {
-            let what = body.nodes[mm].name.clone();
-            sink.scratch(&what, &shape)
+            matmul_product(&body, &inputs, p, out, out_f32, precision, sink)?
         };
-        let gemm = Gemm {
+        body = b;
+        inputs = i;
+    }
+    let root = body.outputs[0].1;
+    if matches!(body.nodes[root].op, Op::Input) {
+        return Ok(());
+    }
+    lower_value(&body, root, &inputs, out, precision, sink)
+}
+
+/// A view of body node `x`, or the node computed into a scratch buffer first.
+fn operand(
+    body: &Graph,
+    inputs: &[u32],
+    x: NodeId,
+    what: &str,
+    precision: Precision,
+    sink: &mut Sink,
+) -> R<(u32, Vec<usize>, Vec<i64>)> {
+    if let Some(v) = view(body, x, inputs) {
+        return Ok(v);
+    }
+    let shape = body.nodes[x].ty.shape.clone();
+    let buf = sink.scratch(&format!("{what}_{}", body.nodes[x].name), &shape);
+    lower_value(body, x, inputs, buf, precision, sink)?;
+    let st = contiguous(&shape);
+    Ok((buf, shape, st))
+}
+
+fn push_gemm(sink: &mut Sink, gemm: Gemm) {
+    let (reads, writes) = reads_writes(&[gemm.a.buf, gemm.b.buf], gemm.c.buf);
+    let name = sink.name("gemm");
+    sink.push(Kernel {
+        name,
+        node: String::new(),
+        launch: Launch { grid: 1, block: 1 },
+        precision: Precision::F32,
+        reads,
+        writes,
+        vars: 0,
+        body: vec![Stmt::Gemm(Box::new(gemm))],
+    });
+}
+
+/// Where a product's result goes: the kernel's output when everything after it is
+/// elementwise over its shape (the epilogue then runs in place), else a scratch buffer.
+fn destination(body: &Graph, p: NodeId, out: u32, out_f32: bool, sink: &mut Sink) -> u32 {
+    let root = body.outputs[0].1;
+    let same_shape = body.nodes[root].ty.shape == body.nodes[p].ty.shape;
+    if p == root || (out_f32 && same_shape && elementwise_epilogue(body, p)) {
+        out
+    } else {
+        let what = format!("{}.product", body.nodes[p].name);
+        let shape = body.nodes[p].ty.shape.clone();
+        sink.scratch(&what, &shape)
+    }
+}
+
+/// Lowers matrix product `mm` of `body` to a library product; returns the body with the
+/// product replaced by an input, and the inputs that body reads.
+fn matmul_product(
+    body: &Graph,
+    inputs: &[u32],
+    mm: NodeId,
+    out: u32,
+    out_f32: bool,
+    precision: Precision,
+    sink: &mut Sink,
+) -> R<(Graph, Vec<u32>)> {
+    let what = body.nodes[mm].name.clone();
+    let (a, b) = (body.nodes[mm].inputs[0], body.nodes[mm].inputs[1]);
+    let (ab, ashape, ast) = operand(body, inputs, a, &what, precision, sink)?;
+    let (bb, bshape, bst) = operand(body, inputs, b, &what, precision, sink)?;
+    let shape = body.nodes[mm].ty.shape.clone();
+    let r = shape.len();
+    let batch = shape[..r - 2].to_vec();
+    let dest = destination(body, mm, out, out_f32, sink);
+    push_gemm(
+        sink,
+        Gemm {
             m: shape[r - 2],
             n: shape[r - 1],
             k: ashape[ashape.len() - 1],
@@ -266,28 +328,261 @@ pub(super) fn lower_node(
             b: matrix(bb, &bshape, &bst, &batch),
             c: matrix(dest, &shape, &contiguous(&shape), &batch),
             batch,
-        };
-        let (reads, writes) = reads_writes(&[ab, bb], dest);
-        let name = sink.name("gemm");
-        sink.push(Kernel {
-            name,
-            node: String::new(),
-            launch: Launch { grid: 1, block: 1 },
-            precision: Precision::F32,
-            reads,
-            writes,
-            vars: 0,
-            body: vec![Stmt::Gemm(Box::new(gemm))],
+        },
+    );
+    let g = replace_node(body, mm, &mut |_, _, _| None);
+    let mut ins = inputs.to_vec();
+    ins.push(dest);
+    Ok((g, ins))
+}
+
+/// Lowers convolution `cv` of `body` to im2col and a library product; returns the body with
+/// the convolution replaced by the product plus its bias, and the inputs that body reads.
+fn conv_product(
+    body: &Graph,
+    inputs: &[u32],
+    cv: NodeId,
+    out: u32,
+    out_f32: bool,
+    precision: Precision,
+    sink: &mut Sink,
+) -> R<(Graph, Vec<u32>)> {
+    let node = body.nodes[cv].clone();
+    let Op::Conv(c) = &node.op else {
+        unreachable!("a convolution")
+    };
+    let (x, w) = (node.inputs[0], node.inputs[1]);
+    let bias = node.inputs.get(2).copied();
+    let what = node.name.clone();
+    let (mut xb, xs, xst) = operand(body, inputs, x, &what, precision, sink)?;
+    if !is_contiguous(&xs, &xst) {
+        // A transposed view: gather from a contiguous copy.
+        xb = sink.scratch(&format!("{what}.input"), &xs);
+        lower_value(body, x, inputs, xb, precision, sink)?;
+    }
+    let (mut wb, ws, wst) = operand(body, inputs, w, &what, precision, sink)?;
+    if !is_contiguous(&ws, &wst) {
+        wb = sink.scratch(&format!("{what}.weights"), &ws);
+        lower_value(body, w, inputs, wb, precision, sink)?;
+    }
+    let (oc, kh, kw) = (ws[0], ws[2], ws[3]);
+    let (n, oh, ow) = (node.ty.shape[0], node.ty.shape[2], node.ty.shape[3]);
+    let k = xs[1] * kh * kw;
+    let p = oh * ow;
+    let one_by_one =
+        kh == 1 && kw == 1 && c.strides == [1, 1] && c.pads == [0; 4] && c.dilations == [1, 1];
+    let cols = if one_by_one {
+        xb
+    } else {
+        let cols = sink.scratch(&format!("{what}.columns"), &[n, k, p]);
+        let mut g = Graph::default();
+        g.nodes.push(Node {
+            name: "x".into(),
+            op: Op::Input,
+            inputs: vec![],
+            ty: crate::ir::TensorType::new(DType::F32, xs.clone()),
         });
-        body.nodes[mm].op = Op::Input;
-        body.nodes[mm].inputs.clear();
-        body.inputs.push(mm);
-        inputs.push(dest);
+        g.inputs.push(0);
+        let name = sink.name("im2col");
+        let kern = im2col(&g, &[xb], c, (kh, kw), (oh, ow), cols, name)?;
+        sink.push(kern);
+        cols
+    };
+    let dest = destination(body, cv, out, out_f32, sink);
+    push_gemm(
+        sink,
+        Gemm {
+            batch: vec![n],
+            m: oc,
+            n: p,
+            k,
+            a: MatrixView {
+                buf: wb,
+                batch_strides: vec![0],
+                row_stride: k as i64,
+                col_stride: 1,
+            },
+            b: MatrixView {
+                buf: cols,
+                batch_strides: vec![(k * p) as i64],
+                row_stride: p as i64,
+                col_stride: 1,
+            },
+            c: MatrixView {
+                buf: dest,
+                batch_strides: vec![(oc * p) as i64],
+                row_stride: p as i64,
+                col_stride: 1,
+            },
+        },
+    );
+    let g = replace_node(body, cv, &mut |g, product, map| match bias {
+        None => None,
+        Some(b) => {
+            let rb = g.nodes.len();
+            g.nodes.push(Node {
+                name: format!("{}.bias", node.name),
+                op: Op::Reshape(vec![oc, 1, 1]),
+                inputs: vec![map(b)],
+                ty: crate::ir::TensorType::new(DType::F32, vec![oc, 1, 1]),
+            });
+            Some(Node {
+                op: Op::Binary(crate::ir::BinaryOp::Add),
+                inputs: vec![product, rb],
+                ..node.clone()
+            })
+        }
+    });
+    let mut ins = inputs.to_vec();
+    ins.push(dest);
+    Ok((g, ins))
+}
+
+fn is_library_conv(body: &Graph, id: NodeId) -> bool {
+    let n = &body.nodes[id];
+    matches!(&n.op, Op::Conv(c) if c.group == 1)
+        && n.ty.dtype == DType::F32
+        && n.ty.rank() == 4
+        && n.inputs
+            .iter()
+            .all(|&a| body.nodes[a].ty.dtype == DType::F32)
+}
+
+/// Builds the node that replaces a product (see [`replace_node`]).
+type Replacement<'a> =
+    dyn FnMut(&mut Graph, NodeId, &dyn Fn(NodeId) -> NodeId) -> Option<Node> + 'a;
+
+/// `body` with node `id` replaced: `make(g, input, map)` gets the graph built so far, a new
+/// input node of `id`'s type (the product, listed last in the inputs) and the id map of the
+/// nodes before `id`; it may push nodes and returns the node that stands for `id` (`None`:
+/// the input itself). Node order stays topological.
+fn replace_node(body: &Graph, id: NodeId, make: &mut Replacement) -> Graph {
+    let mut g = Graph::default();
+    let mut map = vec![usize::MAX; body.nodes.len()];
+    let mut product = None;
+    for (i, n) in body.nodes.iter().enumerate() {
+        if i == id {
+            let input = g.nodes.len();
+            g.nodes.push(Node {
+                name: format!("{}.product", n.name),
+                op: Op::Input,
+                inputs: vec![],
+                ty: n.ty.clone(),
+            });
+            let before = map.clone();
+            map[i] = match make(&mut g, input, &|a| before[a]) {
+                Some(node) => {
+                    g.nodes.push(node);
+                    g.nodes.len() - 1
+                }
+                None => input,
+            };
+            product = Some(input);
+        } else {
+            map[i] = g.nodes.len();
+            g.nodes.push(Node {
+                inputs: n.inputs.iter().map(|&a| map[a]).collect(),
+                ..n.clone()
+            });
+        }
     }
-    if matches!(body.nodes[root].op, Op::Input) {
-        return Ok(());
-    }
-    lower_value(&body, root, &inputs, out, precision, sink)
+    g.inputs = body.inputs.iter().map(|&i| map[i]).collect();
+    g.inputs.extend(product);
+    g.outputs = body
+        .outputs
+        .iter()
+        .map(|(n, o)| (n.clone(), map[*o]))
+        .collect();
+    g
+}
+
+/// An im2col kernel: `cols[n, (c, ky, kx), (oy, ox)]` = the input under that window
+/// position, 0 in the padding. `g` has one input: the image, in buffer `inputs[0]`.
+fn im2col(
+    g: &Graph,
+    inputs: &[u32],
+    c: &crate::ir::Conv2d,
+    (kh, kw): (usize, usize),
+    (oh, ow): (usize, usize),
+    cols: u32,
+    name: String,
+) -> R<Kernel> {
+    let xs = g.nodes[0].ty.shape.clone();
+    let k = xs[1] * kh * kw;
+    let p = oh * ow;
+    let rows = xs[0] * k;
+    let per = (CPU_CHUNK / p.max(1)).max(1);
+    let mut e = emitter(g, inputs);
+    let r = e.var();
+    let oy = e.var();
+    let ox = e.var();
+    e.open();
+    let (n, kk) = (div(Expr::Var(r), k), rem(Expr::Var(r), k));
+    let ch = div(kk.clone(), kh * kw);
+    let ky = rem(div(kk.clone(), kw), kh);
+    let kx = rem(kk, kw);
+    e.open();
+    let (iy, in_y) = Emitter::window_pos(
+        &Expr::Var(oy),
+        &ky,
+        c.strides[0],
+        c.dilations[0],
+        c.pads[0],
+        xs[2],
+    );
+    e.open();
+    let (ix, in_x) = Emitter::window_pos(
+        &Expr::Var(ox),
+        &kx,
+        c.strides[1],
+        c.dilations[1],
+        c.pads[1],
+        xs[3],
+    );
+    let v = e.guarded(and(in_y, in_x), 0, &[n, ch, iy, ix], Expr::F(0.0))?;
+    let at = add(
+        mul(Expr::Var(r), Expr::I(p as i64)),
+        add(mul(Expr::Var(oy), Expr::I(ow as i64)), Expr::Var(ox)),
+    );
+    e.push(Stmt::Store {
+        buf: cols,
+        index: at,
+        value: v,
+    });
+    let body_x = e.close();
+    e.push(Stmt::For {
+        var: ox,
+        start: Expr::I(0),
+        end: Expr::I(ow as i64),
+        step: Expr::I(1),
+        uniform: false,
+        body: body_x,
+    });
+    let body_y = e.close();
+    e.push(Stmt::For {
+        var: oy,
+        start: Expr::I(0),
+        end: Expr::I(oh as i64),
+        step: Expr::I(1),
+        uniform: false,
+        body: body_y,
+    });
+    let row_body = e.close();
+    e.push(chunk_loop(r, rows, per, row_body));
+    let (reads, writes) = reads_writes(inputs, cols);
+    Ok(Kernel {
+        name,
+        node: String::new(),
+        launch: Launch {
+            grid: rows.div_ceil(per).max(1),
+            block: 1,
+        },
+        precision: Precision::F32,
+        reads,
+        writes,
+        vars: e.next_var,
+        body: e.close_root(),
+    })
 }
 
 /// A pointwise kernel for the CPU: blocks of whole rows of the last dim, each row one
