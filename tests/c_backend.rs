@@ -152,3 +152,85 @@ fn vectorized_math_is_accurate() {
         }
     }
 }
+
+/// A second compile of the same model hits the disk cache (asserted by the outcome and the
+/// process counters, not by time); a corrupted entry is detected and rebuilt, never loaded.
+#[test]
+fn compiled_code_is_cached_and_verified() {
+    use smelt_runtime::cache::{self, Outcome};
+    let dir = std::env::temp_dir().join(format!("smelt-c-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let g = common::graphs::gelu_mlp(4, 8, 16).unwrap();
+    let open = || {
+        let opts = SessionOptions {
+            cache_dir: Some(dir.clone()),
+            reuse_loaded: false,
+            ..SessionOptions::default()
+        };
+        Session::with_options(g.clone(), Device::Cpu, &opts).unwrap()
+    };
+    let info = |s: &Session| s.cpu_model().unwrap().info().clone();
+    let first = open();
+    assert_eq!(info(&first).outcome, Outcome::Built);
+    let (hits, _, _) = cache::counters();
+    let second = open();
+    assert_eq!(info(&second).outcome, Outcome::Disk);
+    assert!(cache::counters().0 > hits);
+    // Corrupt the entry: flip a byte in the middle of the shared object. (Into a new file
+    // renamed over it, as a damaged disk would look to a new process: rewriting the file in
+    // place would change the pages this process has mapped.)
+    let path = info(&second).path;
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    let tmp = path.with_extension("corrupt");
+    std::fs::write(&tmp, &bytes).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    let third = open();
+    assert_eq!(info(&third).outcome, Outcome::Rebuilt);
+    assert!(cache::verify(&std::fs::read(&path).unwrap()));
+    // Every session still computes the right thing.
+    let inputs = feeds(&g, 9);
+    let want = interp::run(&g, &inputs).unwrap();
+    for s in [&first, &second, &third] {
+        let got = s.run(&inputs).unwrap();
+        common::compare(&got[0].1, &want[0].1, 1e-4, 1e-5).unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The arena holds only intermediates and constants, reuses dead buffers (smaller than the
+/// sum of what it holds on a model with reuse), and no two buffers live at once overlap.
+#[test]
+fn the_arena_reuses_dead_buffers() {
+    let g = common::graphs::gpt2_block(2, 8, 16, 2).unwrap();
+    let c = smelt::compile(
+        &g,
+        &Options {
+            fuse: false,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let (program, plan, _) = smelt_runtime::cpu::source(&c.graph).unwrap();
+    let life = smelt::schedule::arena::program_lifetimes(&program);
+    let slots = smelt::codegen::c::io_slots(&program);
+    let held: usize = life
+        .iter()
+        .zip(&slots)
+        .filter(|(_, s)| s.is_none())
+        .map(|(l, _)| l.bytes.div_ceil(64) * 64)
+        .sum();
+    assert!(plan.size < held, "arena {} of {held}", plan.size);
+    for i in 0..life.len() {
+        for j in i + 1..life.len() {
+            if slots[i].is_some() || slots[j].is_some() {
+                continue;
+            }
+            let live = life[i].first <= life[j].last && life[j].first <= life[i].last;
+            let (a0, a1) = (plan.offsets[i], plan.offsets[i] + life[i].bytes);
+            let (b0, b1) = (plan.offsets[j], plan.offsets[j] + life[j].bytes);
+            assert!(!(live && a0 < b1 && b0 < a1), "buffers {i} and {j} overlap");
+        }
+    }
+}
