@@ -84,6 +84,9 @@ def main():
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         sj = os.path.join(tmp, "smelt.json")
+        # ONNX Runtime is timed before and after smelt and keeps its better median, so that
+        # noise on a shared machine does not favour smelt.
+        _, _, before = time_ort(a.model, a.threads, a.runs, a.warmup)
         subprocess.run(
             [smelt_bin(), "bench", a.model, "--runs", str(a.runs), "--warmup", str(a.warmup),
              "--threads", str(a.threads), "--json", sj],
@@ -91,6 +94,8 @@ def main():
         )
         smelt = json.load(open(sj))
         sess, feeds, ortt = time_ort(a.model, a.threads, a.runs, a.warmup)
+        if before["median_ms"] < ortt["median_ms"]:
+            ortt = before
         worst = check_agreement(a.model, sess, feeds, tmp)
     r = {
         "model": a.model,
