@@ -57,16 +57,7 @@ fn gpt2_block_matches_reference() {
 
 #[test]
 fn reference_models_match_reference() {
-    for dir in common::model_dirs(&common::root().join("tests/models")) {
-        let mut opts = smelt::onnx::ImportOptions::default();
-        for s in common::model_shapes(&dir) {
-            let (n, dims) = s.split_once('=').unwrap();
-            opts.shapes.insert(
-                n.into(),
-                dims.split('x').map(|d| d.parse().unwrap()).collect(),
-            );
-        }
-        let g = smelt::onnx::import_file(&dir.join("model.onnx"), &opts).unwrap();
+    for (_, g) in common::reference_models() {
         for fuse in [true, false] {
             check(&g, fuse);
         }
@@ -248,4 +239,55 @@ fn sources_are_deterministic() {
         (c_src, cuda)
     };
     assert_eq!(sources(), sources());
+}
+
+/// Edge cases an outside review found: empty tensors with long rows write nothing; an integer
+/// division by zero is an error (as in the reference), not a trap; f16 softmax rounds once.
+#[test]
+fn edge_cases_are_errors_or_exact() {
+    use smelt::DType;
+    // Empty, with rows longer than a block's chunk.
+    let mut b = smelt::GraphBuilder::new();
+    let x = b.input("x", DType::F32, &[0, 40_000]).unwrap();
+    let y = b.relu(x).unwrap();
+    b.output("y", y).unwrap();
+    let g = b.build().unwrap();
+    let inputs = HashMap::from([("x".to_string(), Tensor::f32([0, 40_000], vec![]))]);
+    let out = session(&g, true).run(&inputs).unwrap();
+    assert_eq!(out[0].1.shape(), &[0, 40_000]);
+    // Integer division by zero.
+    let mut b = smelt::GraphBuilder::new();
+    let x = b.input("x", DType::I64, &[4]).unwrap();
+    let d = b.input("d", DType::I64, &[4]).unwrap();
+    let q = b.div(x, d).unwrap();
+    b.output("q", q).unwrap();
+    let g = b.build().unwrap();
+    let s = session(&g, true);
+    let div_feeds = |den: Vec<i64>| {
+        HashMap::from([
+            ("x".to_string(), Tensor::i64([4], vec![7, -7, i64::MIN, 9])),
+            ("d".to_string(), Tensor::i64([4], den)),
+        ])
+    };
+    let ok = s.run(&div_feeds(vec![2, 2, -1, 3])).unwrap();
+    assert_eq!(
+        ok[0].1.to_i64(),
+        interp::run(&g, &div_feeds(vec![2, 2, -1, 3])).unwrap()[0]
+            .1
+            .to_i64()
+    );
+    let err = s.run(&div_feeds(vec![2, 0, 1, 3])).unwrap_err().to_string();
+    assert!(err.contains("division by zero"), "{err}");
+    assert!(interp::run(&g, &div_feeds(vec![2, 0, 1, 3])).is_err());
+    // f16 softmax.
+    let mut b = smelt::GraphBuilder::new();
+    let x = b.input("x", DType::F16, &[5, 300]).unwrap();
+    let y = b.softmax(x, -1).unwrap();
+    b.output("y", y).unwrap();
+    let g = b.build().unwrap();
+    let inputs = feeds(&g, 4);
+    let want = interp::run(&g, &inputs).unwrap();
+    let got = session(&g, true).run(&inputs).unwrap();
+    let (rtol, atol) = common::tolerance(DType::F16);
+    common::compare(&got[0].1, &want[0].1, rtol, atol).unwrap();
 }

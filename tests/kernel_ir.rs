@@ -78,16 +78,7 @@ fn lowered_row_kernels_use_block_reductions() {
 
 #[test]
 fn reference_models_run_lowered() {
-    for dir in common::model_dirs(&common::root().join("tests/models")) {
-        let mut opts = smelt::onnx::ImportOptions::default();
-        for s in common::model_shapes(&dir) {
-            let (n, dims) = s.split_once('=').unwrap();
-            opts.shapes.insert(
-                n.into(),
-                dims.split('x').map(|d| d.parse().unwrap()).collect(),
-            );
-        }
-        let g = smelt::onnx::import_file(&dir.join("model.onnx"), &opts).unwrap();
+    for (dir, g) in common::reference_models() {
         for fuse in [true, false] {
             check(&g, fuse).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         }

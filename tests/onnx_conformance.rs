@@ -242,21 +242,32 @@ fn onnx_node_conformance() {
     );
 }
 
-#[test]
-fn onnx_node_conformance_lowered() {
-    let both = |g: &smelt::Graph, inputs: &HashMap<String, Tensor>| {
-        let fused = lowered(true)(g, inputs)?;
-        let unfused = lowered(false)(g, inputs)?;
-        for ((n, a), (_, b)) in fused.iter().zip(&unfused) {
-            let (rtol, atol) = common::tolerance(a.dtype());
-            common::compare(a, b, rtol, atol)
+/// A backend run fused and unfused: the fused outputs, after checking the two agree.
+fn fused_and_unfused<F, B>(
+    backend: F,
+) -> impl Fn(&smelt::Graph, &HashMap<String, Tensor>) -> Outputs
+where
+    F: Fn(bool) -> B,
+    B: Fn(&smelt::Graph, &HashMap<String, Tensor>) -> Outputs,
+{
+    let (fused, unfused) = (backend(true), backend(false));
+    move |g, inputs| {
+        let a = fused(g, inputs)?;
+        let b = unfused(g, inputs)?;
+        for ((n, x), (_, y)) in a.iter().zip(&b) {
+            let (rtol, atol) = common::tolerance(x.dtype());
+            common::compare(x, y, rtol, atol)
                 .map_err(|e| format!("fused and unfused differ on {n}: {e}"))?;
         }
-        Ok(fused)
-    };
+        Ok(a)
+    }
+}
+
+#[test]
+fn onnx_node_conformance_lowered() {
     conformance(
         "kernel IR, fused and unfused",
-        &both,
+        &fused_and_unfused(lowered),
         "tests/onnx_known_failures_lowered.txt",
     );
 }
@@ -279,19 +290,9 @@ fn c_backend(fuse: bool) -> impl Fn(&smelt::Graph, &HashMap<String, Tensor>) -> 
 
 #[test]
 fn onnx_node_conformance_c() {
-    let both = |g: &smelt::Graph, inputs: &HashMap<String, Tensor>| {
-        let fused = c_backend(true)(g, inputs)?;
-        let unfused = c_backend(false)(g, inputs)?;
-        for ((n, a), (_, b)) in fused.iter().zip(&unfused) {
-            let (rtol, atol) = common::tolerance(a.dtype());
-            common::compare(a, b, rtol, atol)
-                .map_err(|e| format!("fused and unfused differ on {n}: {e}"))?;
-        }
-        Ok(fused)
-    };
     conformance(
         "C backend, fused and unfused",
-        &both,
+        &fused_and_unfused(c_backend),
         "tests/onnx_known_failures_c.txt",
     );
 }

@@ -27,6 +27,28 @@ pub fn model_shapes(dir: &std::path::Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Every reference model under `tests/models`, imported with its `shapes.txt`: (directory,
+/// graph).
+#[allow(dead_code)]
+pub fn reference_models() -> Vec<(PathBuf, smelt::Graph)> {
+    model_dirs(&root().join("tests/models"))
+        .into_iter()
+        .map(|dir| {
+            let mut opts = smelt::onnx::ImportOptions::default();
+            for s in model_shapes(&dir) {
+                let (n, dims) = s.split_once('=').expect("NAME=AxB");
+                opts.shapes.insert(
+                    n.into(),
+                    dims.split('x').map(|d| d.parse().expect("a dim")).collect(),
+                );
+            }
+            let g = smelt::onnx::import_file(&dir.join("model.onnx"), &opts)
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            (dir, g)
+        })
+        .collect()
+}
+
 /// Compares `got` with `want`: same dtype and shape; floats within `atol + rtol * |want|`
 /// (NaN matches NaN, infinities must match exactly); integers and bools exactly.
 /// Returns a message describing the first mismatch.

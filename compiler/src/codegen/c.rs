@@ -23,7 +23,10 @@ use crate::kernel::ir::{
 use std::fmt::Write;
 
 /// Version of the entry point's contract (`smelt_ctx`, `smelt_run`); the runtime checks it.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
+
+/// What `smelt_run` returns when an integer division or remainder met a zero divisor.
+pub const FAULT_DIVIDE_BY_ZERO: i32 = 2;
 
 /// The C target.
 pub struct C;
@@ -170,6 +173,10 @@ impl Target for C {
             }
             None => format!("#pragma omp simd{private}"),
         })
+    }
+
+    fn checked_int(&self, op: &str) -> Option<String> {
+        Some(format!("smelt_{op}_ll"))
     }
 
     fn math_fn(&self, name: &str, p: Precision) -> String {
@@ -412,12 +419,12 @@ pub fn render(program: &Program, offsets: &[usize]) -> Result<String, RenderErro
     }
     let _ = writeln!(
         out,
-        "int smelt_abi_version(void) {{ return {ABI_VERSION}; }}\n\nint smelt_run(const smelt_ctx* ctx, unsigned char* arena, void* const* io) {{"
+        "int smelt_abi_version(void) {{ return {ABI_VERSION}; }}\n\nint smelt_run(const smelt_ctx* ctx, unsigned char* arena, void* const* io) {{\n    smelt_fault = 0;"
     );
     for k in &program.kernels {
         let _ = writeln!(out, "    {}(ctx, arena, io);", k.name);
     }
-    let _ = writeln!(out, "    return 0;\n}}\n");
+    let _ = writeln!(out, "    return smelt_fault;\n}}\n");
     // One kernel at a time, for profiling.
     let _ = writeln!(
         out,
@@ -425,7 +432,11 @@ pub fn render(program: &Program, offsets: &[usize]) -> Result<String, RenderErro
         program.kernels.len()
     );
     for (i, k) in program.kernels.iter().enumerate() {
-        let _ = writeln!(out, "    case {i}: {}(ctx, arena, io); return 0;", k.name);
+        let _ = writeln!(
+            out,
+            "    case {i}: smelt_fault = 0; {}(ctx, arena, io); return smelt_fault;",
+            k.name
+        );
     }
     let _ = writeln!(out, "    default: return 1;\n    }}\n}}");
     Ok(out)

@@ -33,6 +33,11 @@ pub trait Target {
     fn infinity(&self, p: Precision) -> &'static str;
     /// A library matrix product statement, if the target has one.
     fn gemm(&self, g: &Gemm, program: &Program) -> Option<String>;
+    /// The function for 64-bit integer `/` (`div`) or `%` (`rem`) that checks its divisor,
+    /// if the target wants one (a zero divisor traps on the CPU).
+    fn checked_int(&self, _op: &str) -> Option<String> {
+        None
+    }
     /// A line to put before a loop with this body (a vectorization pragma), if any.
     fn loop_pragma(&self, _body: &[Stmt]) -> Option<String> {
         None
@@ -336,6 +341,12 @@ impl<'a, T: Target> Ctx<'a, T> {
             BinaryOp::Add => format!("({x} + {y})"),
             BinaryOp::Sub => format!("({x} - {y})"),
             BinaryOp::Mul => format!("({x} * {y})"),
+            BinaryOp::Div if int && self.target.checked_int("div").is_some() => {
+                format!(
+                    "{}({x}, {y})",
+                    self.target.checked_int("div").unwrap_or_default()
+                )
+            }
             BinaryOp::Div => format!("({x} / {y})"),
             BinaryOp::Pow if !int => format!("{}({x}, {y})", fun("pow")),
             BinaryOp::Pow => format!("{}({x}, {y})", self.target.int_fn("pow_int")),
@@ -353,7 +364,10 @@ impl<'a, T: Target> Ctx<'a, T> {
             BinaryOp::Mod if helper("mod_floor").is_some() => {
                 format!("{}({x}, {y})", helper("mod_floor").unwrap_or_default())
             }
-            BinaryOp::FMod if int => format!("({x} % {y})"),
+            BinaryOp::FMod if int => match self.target.checked_int("rem") {
+                Some(f) => format!("{f}({x}, {y})"),
+                None => format!("({x} % {y})"),
+            },
             BinaryOp::FMod => format!("{}({x}, {y})", fun("fmod")),
             BinaryOp::PRelu => format!("({x} < 0 ? {y} * {x} : {x})"),
             BinaryOp::Equal => format!("({t})({x} == {y})"),

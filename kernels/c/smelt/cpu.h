@@ -135,7 +135,20 @@ SMELT_FN double smelt_mod_floor(double a, double b) {
     const double r = fmod(a, b);
     return (r != 0.0 && ((r < 0.0) != (b < 0.0))) ? r + b : r;
 }
+// Set when an integer division meets a zero divisor (the result is then 0, and smelt_run
+// returns 2: the runtime reports an error instead of the CPU trapping). INT64_MIN / -1 wraps.
+static int smelt_fault;
+SMELT_FN long long smelt_div_ll(long long a, long long b) {
+    if (b == 0) { smelt_fault = 2; return 0; }
+    return b == -1 ? (long long)(0ull - (unsigned long long)a) : a / b;
+}
+SMELT_FN long long smelt_rem_ll(long long a, long long b) {
+    if (b == 0) { smelt_fault = 2; return 0; }
+    return b == -1 ? 0 : a % b;
+}
 SMELT_FN long long smelt_mod_floor_ll(long long a, long long b) {
+    if (b == 0) { smelt_fault = 2; return 0; }
+    if (b == -1) return 0;
     const long long r = a % b;
     return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
 }

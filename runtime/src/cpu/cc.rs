@@ -70,6 +70,30 @@ pub fn find() -> Result<Compiler, String> {
     })
 }
 
+/// What `-march=native` resolves to on this machine, for the cache key: the first CPU's model
+/// name and feature flags from `/proc/cpuinfo` (the architecture name elsewhere). A shared
+/// cache directory then never hands one CPU code built for another.
+pub fn host_cpu() -> String {
+    static HOST: OnceLock<String> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let field = |name: &str| {
+            info.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        format!(
+            "{} | {} | {}",
+            std::env::consts::ARCH,
+            field("model name"),
+            field("flags")
+        )
+    })
+    .clone()
+}
+
 impl Compiler {
     /// Compiles `source` (with `headers` under `include/`) into the shared object `out`,
     /// working in the scratch directory `work`.

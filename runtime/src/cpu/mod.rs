@@ -125,6 +125,19 @@ impl Drop for Arena {
     }
 }
 
+/// The error for a nonzero return of `smelt_run`.
+fn fault(rc: i32) -> Result<(), Error> {
+    match rc {
+        0 => Ok(()),
+        c_render::FAULT_DIVIDE_BY_ZERO => {
+            Err(Error::Compiler(smelt_compiler::Error::Invalid(vec![
+                "integer division by zero".into(),
+            ])))
+        }
+        rc => Err(Error::Codegen(format!("smelt_run returned {rc}"))),
+    }
+}
+
 /// A tensor's elements as a raw pointer for `io`.
 fn data_ptr(d: &Data) -> *mut std::ffi::c_void {
     macro_rules! p {
@@ -248,6 +261,12 @@ impl CpuModel {
         ];
         let flags = compiler.flags.join(" ");
         parts.push(flags.as_bytes());
+        let host = if flags.contains("native") {
+            cc::host_cpu()
+        } else {
+            String::new()
+        };
+        parts.push(host.as_bytes());
         for (p, t) in headers {
             parts.push(p.as_bytes());
             parts.push(t.as_bytes());
@@ -370,10 +389,7 @@ impl CpuModel {
         self.run_with(inputs, &mut spare, &mut |ctx, arena, io| {
             // SAFETY: see `run_with`.
             let rc = unsafe { (self.run)(ctx, arena, io) };
-            if rc != 0 {
-                return Err(Error::Codegen(format!("smelt_run returned {rc}")));
-            }
-            Ok(())
+            fault(rc)
         })
     }
 
@@ -394,11 +410,7 @@ impl CpuModel {
                     // SAFETY: see `run_with`; kernels run in launch order.
                     let rc = unsafe { (self.run_kernel)(ctx, arena, io, i as i32) };
                     t.push(start.elapsed().as_secs_f64() * 1e3);
-                    if rc != 0 {
-                        return Err(Error::Codegen(format!(
-                            "smelt_run_kernel({i}) returned {rc}"
-                        )));
-                    }
+                    fault(rc)?;
                 }
                 Ok(())
             })?;

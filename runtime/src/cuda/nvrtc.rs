@@ -133,19 +133,9 @@ fn load() -> Result<&'static Loaded, NvrtcError> {
     })
 }
 
-fn cache_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("SMELT_CACHE_DIR") {
-        return PathBuf::from(d);
-    }
-    match std::env::var("HOME") {
-        Ok(h) => Path::new(&h).join(".cache/smelt"),
-        Err(_) => std::env::temp_dir().join("smelt-cache"),
-    }
-}
-
 /// Installs NVRTC's bundled CUDA headers and smelt's device library under the cache dir.
 fn install_headers(major: i32, minor: i32) -> Result<PathBuf, String> {
-    let dir = cache_dir().join(format!("nvrtc-{major}.{minor}/include"));
+    let dir = crate::cache::dir().join(format!("nvrtc-{major}.{minor}/include"));
     let stamp = dir.join(".installed");
     if !stamp.exists() {
         std::fs::create_dir_all(&dir).map_err(|e| format!("headers: {}: {e}", dir.display()))?;

@@ -287,10 +287,17 @@ fn push_gemm(sink: &mut Sink, gemm: Gemm) {
 
 /// Where a product's result goes: the kernel's output when everything after it is
 /// elementwise over its shape (the epilogue then runs in place), else a scratch buffer.
-fn destination(body: &Graph, p: NodeId, out: u32, out_f32: bool, sink: &mut Sink) -> u32 {
+/// `taken`: an earlier product already lives in `out`.
+fn destination(
+    body: &Graph,
+    p: NodeId,
+    (out, taken): (u32, bool),
+    out_f32: bool,
+    sink: &mut Sink,
+) -> u32 {
     let root = body.outputs[0].1;
     let same_shape = body.nodes[root].ty.shape == body.nodes[p].ty.shape;
-    if p == root || (out_f32 && same_shape && elementwise_epilogue(body, p)) {
+    if !taken && (p == root || (out_f32 && same_shape && elementwise_epilogue(body, p))) {
         out
     } else {
         let what = format!("{}.product", body.nodes[p].name);
@@ -317,7 +324,7 @@ fn matmul_product(
     let shape = body.nodes[mm].ty.shape.clone();
     let r = shape.len();
     let batch = shape[..r - 2].to_vec();
-    let dest = destination(body, mm, out, out_f32, sink);
+    let dest = destination(body, mm, (out, inputs.contains(&out)), out_f32, sink);
     push_gemm(
         sink,
         Gemm {
@@ -388,7 +395,7 @@ fn conv_product(
         sink.push(kern);
         cols
     };
-    let dest = destination(body, cv, out, out_f32, sink);
+    let dest = destination(body, cv, (out, inputs.contains(&out)), out_f32, sink);
     push_gemm(
         sink,
         Gemm {
@@ -599,7 +606,7 @@ pub(super) fn pointwise(
     let n = body.nodes[root].ty.numel();
     let inner = shape.last().copied().unwrap_or(1);
     let mut e = emitter(body, inputs);
-    if inner > CPU_CHUNK {
+    if inner > CPU_CHUNK && n > 0 {
         // Long rows: each block is one chunk of one row.
         let rows = n / inner;
         let per_row = inner.div_ceil(CPU_CHUNK);
