@@ -89,6 +89,13 @@ enum Command {
         /// CUDA architecture of the cubins (NVRTC compiles each kernel when it is installed).
         #[arg(long, default_value = "sm_90")]
         arch: String,
+        /// Print (and write DIR/report.json) each kernel's modelled time on --gpu, and the
+        /// plan's against the unfused plan's.
+        #[arg(long)]
+        report: bool,
+        /// The GPU the report models (h100, a100).
+        #[arg(long, default_value = "h100")]
+        gpu: String,
     },
     /// Explain a compile: the kernels and their costs, the fusions not taken and why, and
     /// (with --dot) Graphviz of the graph before and after optimization.
@@ -167,8 +174,21 @@ fn run(cli: Cli) -> Result<(), Error> {
             no_fuse,
             fast_math,
             arch,
+            report,
+            gpu,
         } => {
-            let mut compiled = compile(&model.load()?, fast_math, !no_fuse)?;
+            let spec = smelt::schedule::gpu_model::gpu(&gpu).ok_or_else(|| {
+                let known: Vec<&str> = smelt::schedule::gpu_model::GPUS
+                    .iter()
+                    .map(|g| g.name)
+                    .collect();
+                Error::Usage(format!(
+                    "--gpu {gpu}: no model for it (known: {})",
+                    known.join(", ")
+                ))
+            })?;
+            let graph = model.load()?;
+            let mut compiled = compile(&graph, fast_math, !no_fuse)?;
             std::fs::create_dir_all(&out_dir).map_err(|e| io_error(&out_dir, e))?;
             write_kernels(&mut compiled, &out_dir, &arch)?;
             let path = out_dir.join("plan.json");
@@ -183,6 +203,44 @@ fn run(cli: Cli) -> Result<(), Error> {
                 p.weight_bytes as f64 / 1e6,
                 path.display()
             );
+            if report {
+                use smelt::schedule::gpu_model::estimate;
+                let unfused = compile(&graph, fast_math, false)?;
+                let (e, u) = (estimate(&compiled.plan, spec), estimate(&unfused.plan, spec));
+                outln!(
+                    "modelled on {} ({:.1} TB/s, {:.0} TFLOP/s FP32, {:.0} TFLOP/s TF32, {:.1} us/launch):",
+                    spec.name,
+                    spec.bandwidth / 1e12,
+                    spec.fp32_flops / 1e12,
+                    spec.tensor_flops / 1e12,
+                    spec.launch * 1e6
+                );
+                for k in &e.kernels {
+                    outln!(
+                        "  {:>10.2} us  {:<8} {}",
+                        k.total_us,
+                        k.bound,
+                        k.name
+                    );
+                }
+                outln!(
+                    "  total {:.2} us ({} launches); unfused {:.2} us ({} launches); fused / unfused {:.3}",
+                    e.total_us,
+                    e.kernels.len(),
+                    u.total_us,
+                    u.kernels.len(),
+                    e.total_us / u.total_us
+                );
+                let json = serde_json::json!({
+                    "model": "max(bytes / bandwidth, flops / peak) + launch (constants in compiler/src/schedule/gpu_model.rs, not measured)",
+                    "plan": e,
+                    "unfused": u,
+                    "fused_over_unfused": e.total_us / u.total_us,
+                });
+                let rp = out_dir.join("report.json");
+                let text = serde_json::to_string_pretty(&json).map_err(|e| Error::Usage(e.to_string()))?;
+                std::fs::write(&rp, text + "\n").map_err(|e| io_error(&rp, e))?;
+            }
             Ok(())
         }
         Command::Inspect {

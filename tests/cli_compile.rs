@@ -121,3 +121,45 @@ fn inspect_explains_and_draws() {
     assert!(!before.contains("cluster"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn compile_report_models_gpu_time() {
+    let model = common::root().join("tests/models/torch_transformer_layer/model.onnx");
+    let dir = std::env::temp_dir().join(format!("smelt-report-{}", std::process::id()));
+    let (ok, stdout, stderr) = smelt(&[
+        "compile",
+        model.to_str().unwrap(),
+        "--shape",
+        "x=2x8x32",
+        "--out-dir",
+        dir.to_str().unwrap(),
+        "--report",
+        "--gpu",
+        "H100",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("modelled on h100"), "{stdout}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let ratio = r["fused_over_unfused"].as_f64().unwrap();
+    // Fewer launches and bytes: the fused plan models faster.
+    assert!(ratio > 0.0 && ratio < 1.0, "{ratio}");
+    let kernels = r["plan"]["kernels"].as_array().unwrap();
+    let sum: f64 = kernels.iter().map(|k| k["total_us"].as_f64().unwrap()).sum();
+    assert!((sum - r["plan"]["total_us"].as_f64().unwrap()).abs() < 1e-6);
+    // Every kernel pays at least the launch.
+    assert!(kernels.iter().all(|k| k["total_us"].as_f64().unwrap() >= 3.0));
+    let (ok, _, stderr) = smelt(&[
+        "compile",
+        model.to_str().unwrap(),
+        "--shape",
+        "x=2x8x32",
+        "--out-dir",
+        dir.to_str().unwrap(),
+        "--report",
+        "--gpu",
+        "tpu9",
+    ]);
+    assert!(!ok && stderr.contains("--gpu tpu9") && stderr.contains("h100"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

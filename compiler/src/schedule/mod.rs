@@ -3,6 +3,7 @@
 //! `smelt compile` writes as `plan.json`.
 
 pub mod arena;
+pub mod gpu_model;
 
 use crate::ir::{Graph, KernelKind, NodeId, Op};
 use serde::Serialize;
