@@ -206,7 +206,10 @@ fn run(cli: Cli) -> Result<(), Error> {
             if report {
                 use smelt::schedule::gpu_model::estimate;
                 let unfused = compile(&graph, fast_math, false)?;
-                let (e, u) = (estimate(&compiled.plan, spec), estimate(&unfused.plan, spec));
+                let (e, u) = (
+                    estimate(&compiled.plan, spec),
+                    estimate(&unfused.plan, spec),
+                );
                 outln!(
                     "modelled on {} ({:.1} TB/s, {:.0} TFLOP/s FP32, {:.0} TFLOP/s TF32, {:.1} us/launch):",
                     spec.name,
@@ -216,12 +219,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     spec.launch * 1e6
                 );
                 for k in &e.kernels {
-                    outln!(
-                        "  {:>10.2} us  {:<8} {}",
-                        k.total_us,
-                        k.bound,
-                        k.name
-                    );
+                    outln!("  {:>10.2} us  {:<8} {}", k.total_us, k.bound, k.name);
                 }
                 outln!(
                     "  total {:.2} us ({} launches); unfused {:.2} us ({} launches); fused / unfused {:.3}",
@@ -238,7 +236,8 @@ fn run(cli: Cli) -> Result<(), Error> {
                     "fused_over_unfused": e.total_us / u.total_us,
                 });
                 let rp = out_dir.join("report.json");
-                let text = serde_json::to_string_pretty(&json).map_err(|e| Error::Usage(e.to_string()))?;
+                let text =
+                    serde_json::to_string_pretty(&json).map_err(|e| Error::Usage(e.to_string()))?;
                 std::fs::write(&rp, text + "\n").map_err(|e| io_error(&rp, e))?;
             }
             Ok(())

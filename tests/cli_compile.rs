@@ -145,10 +145,15 @@ fn compile_report_models_gpu_time() {
     // Fewer launches and bytes: the fused plan models faster.
     assert!(ratio > 0.0 && ratio < 1.0, "{ratio}");
     let kernels = r["plan"]["kernels"].as_array().unwrap();
-    let sum: f64 = kernels.iter().map(|k| k["total_us"].as_f64().unwrap()).sum();
+    let sum: f64 = kernels
+        .iter()
+        .map(|k| k["total_us"].as_f64().unwrap())
+        .sum();
     assert!((sum - r["plan"]["total_us"].as_f64().unwrap()).abs() < 1e-6);
     // Every kernel pays at least the launch.
-    assert!(kernels.iter().all(|k| k["total_us"].as_f64().unwrap() >= 3.0));
+    assert!(kernels
+        .iter()
+        .all(|k| k["total_us"].as_f64().unwrap() >= 3.0));
     let (ok, _, stderr) = smelt(&[
         "compile",
         model.to_str().unwrap(),
@@ -160,6 +165,9 @@ fn compile_report_models_gpu_time() {
         "--gpu",
         "tpu9",
     ]);
-    assert!(!ok && stderr.contains("--gpu tpu9") && stderr.contains("h100"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("--gpu tpu9") && stderr.contains("h100"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

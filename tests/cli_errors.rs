@@ -371,3 +371,20 @@ fn concurrent_runs_share_one_valid_cache_entry() {
         &std::fs::read(&entries[0]).unwrap()
     ));
 }
+
+#[test]
+fn device_cuda_without_a_gpu_is_a_clear_error() {
+    let d = Dir::new("nocuda");
+    let m = relu_model(&d);
+    let x = write_input(&d, "x", &Tensor::f32([2, 3], vec![1.0; 6]));
+    // This machine has no GPU (CI never does); a GPU machine runs scripts/gpu-check instead.
+    if smelt_runtime::cuda::device::probe().is_ok() {
+        return;
+    }
+    expect_error(
+        &m,
+        &[format!("--input=x={x}"), "--device=cuda".into()],
+        &d.path("out"),
+        &["no CUDA device found", "--device cpu"],
+    );
+}

@@ -31,6 +31,9 @@ pub enum Error {
         /// Why not, and what to use instead.
         why: String,
     },
+    /// `--device cuda` on a machine without a usable GPU.
+    #[error("no CUDA device found: {0}; use --device cpu")]
+    NoCudaDevice(String),
     /// An unknown device name.
     #[error("unknown device '{0}' (expected cpu, interp or cuda)")]
     UnknownDevice(String),
@@ -170,10 +173,15 @@ impl Session {
         graph.validate()?;
         let backend = match device {
             Device::Cuda => {
+                let dev = cuda::device::probe().map_err(Error::NoCudaDevice)?;
                 return Err(Error::DeviceUnavailable {
                     device: "cuda".into(),
-                    why: "this build has no CUDA runtime yet; use --device cpu".into(),
-                })
+                    why: format!(
+                        "found {} ({}), but this build cannot run CUDA graphs yet; use --device cpu",
+                        dev.name,
+                        dev.arch()
+                    ),
+                });
             }
             Device::Interp => Backend::Interp,
             Device::Cpu => {

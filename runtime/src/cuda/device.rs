@@ -1,0 +1,51 @@
+//! Finding a CUDA device through the driver API, loaded at run time: on a machine without the
+//! NVIDIA driver this is an `Err` saying so, never a panic (cudarc panics on a missing
+//! library, so its presence is checked first).
+
+use cudarc::driver::{result, sys};
+
+/// The first CUDA device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Its name (`NVIDIA H100 80GB HBM3`).
+    pub name: String,
+    /// Compute capability, major.
+    pub major: i32,
+    /// Compute capability, minor.
+    pub minor: i32,
+    /// Devices the driver reports.
+    pub count: i32,
+}
+
+impl DeviceInfo {
+    /// The cubin architecture of the device (`sm_90`).
+    pub fn arch(&self) -> String {
+        format!("sm_{}{}", self.major, self.minor)
+    }
+}
+
+/// The first CUDA device, or why there is none (the text after `no CUDA device found: `).
+pub fn probe() -> Result<DeviceInfo, String> {
+    // SAFETY: only tries to open the library by its usual names.
+    if !unsafe { sys::is_culib_present() } {
+        return Err("the NVIDIA driver library (libcuda.so.1) is not installed".into());
+    }
+    result::init().map_err(|e| format!("cuInit failed: {e}"))?;
+    let count = result::device::get_count().map_err(|e| format!("cuDeviceGetCount: {e}"))?;
+    if count < 1 {
+        return Err("the driver reports no devices".into());
+    }
+    let dev = result::device::get(0).map_err(|e| format!("cuDeviceGet(0): {e}"))?;
+    let name = result::device::get_name(dev).map_err(|e| format!("cuDeviceGetName: {e}"))?;
+    let attr = |a| {
+        // SAFETY: `dev` came from `device::get`.
+        unsafe { result::device::get_attribute(dev, a) }
+            .map_err(|e| format!("cuDeviceGetAttribute: {e}"))
+    };
+    Ok(DeviceInfo {
+        name,
+        major: attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+        minor: attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+        count,
+    })
+}
