@@ -355,8 +355,13 @@ fn write_kernels(compiled: &mut smelt::Compiled, out_dir: &Path, arch: &str) -> 
         if nvrtc.is_err() {
             continue;
         }
-        let out = smelt_runtime::cuda::nvrtc::compile(&format!("{name}.cu"), src, arch)
-            .map_err(|e| Error::Usage(e.to_string()))?;
+        let (out, _) = smelt_runtime::cuda::nvrtc::compile_cached(
+            &format!("{name}.cu"),
+            src,
+            arch,
+            &smelt_runtime::cache::dir(),
+        )
+        .map_err(|e| Error::Usage(e.to_string()))?;
         let cubin = dir.join(format!("{name}.{arch}.cubin"));
         std::fs::write(&cubin, &out.cubin).map_err(|e| io_error(&cubin, e))?;
         let r = out

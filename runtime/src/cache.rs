@@ -82,6 +82,18 @@ pub fn verify(bytes: &[u8]) -> bool {
     trailer[..8] == MAGIC[..] && trailer[8..] == fnv1a(&[body]).to_le_bytes()
 }
 
+/// The payload of the verified entry at `path` (its bytes without the trailer), counted as a
+/// disk hit; `None` when it is missing or does not verify.
+pub fn load(path: &Path) -> Option<Vec<u8>> {
+    let mut bytes = std::fs::read(path).ok()?;
+    if !verify(&bytes) {
+        return None;
+    }
+    bytes.truncate(bytes.len() - 16);
+    DISK_HITS.fetch_add(1, Ordering::Relaxed);
+    Some(bytes)
+}
+
 /// A unique temporary path next to `path` (same directory, so a rename is atomic).
 pub fn temp_path(path: &Path) -> PathBuf {
     static SEQ: AtomicU64 = AtomicU64::new(0);

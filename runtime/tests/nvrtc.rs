@@ -121,3 +121,65 @@ fn ptxas_report_parses() {
         (26, 8, 4, 4)
     );
 }
+
+/// Cubins are cached on disk: a second compile is a disk hit with the same bytes and
+/// resources; a corrupted entry is recompiled; threads compiling the same kernel at once
+/// leave one valid entry.
+#[test]
+fn cubins_are_cached_verified_and_safe_to_share() {
+    use smelt_runtime::cache::{verify, Outcome};
+    use smelt_runtime::cuda::nvrtc::compile_cached;
+    let dir = std::env::temp_dir().join(format!("smelt-cubin-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let src = "extern \"C\" __global__ void twice(float* x) { x[threadIdx.x] *= 2.0f; }\n";
+    let (a, first) = compile_cached("twice.cu", src, "sm_90", &dir).unwrap();
+    assert_eq!(first, Outcome::Built);
+    let (b, second) = compile_cached("twice.cu", src, "sm_90", &dir).unwrap();
+    assert_eq!(second, Outcome::Disk);
+    assert_eq!(a.cubin, b.cubin);
+    assert_eq!(a.resources, b.resources);
+    // Another architecture is another entry.
+    let (_, other) = compile_cached("twice.cu", src, "sm_80", &dir).unwrap();
+    assert_eq!(other, Outcome::Built);
+    // Corrupt every entry (a new file renamed over each, as a damaged disk would look).
+    let entries: Vec<_> = std::fs::read_dir(dir.join("cubin"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 2);
+    for p in &entries {
+        let mut bytes = std::fs::read(p).unwrap();
+        bytes[20] ^= 0xff;
+        std::fs::write(p.with_extension("bad"), &bytes).unwrap();
+        std::fs::rename(p.with_extension("bad"), p).unwrap();
+    }
+    let (c, again) = compile_cached("twice.cu", src, "sm_90", &dir).unwrap();
+    assert_eq!(again, Outcome::Rebuilt);
+    assert_eq!(c.cubin, a.cubin);
+    let (_, again) = compile_cached("twice.cu", src, "sm_80", &dir).unwrap();
+    assert_eq!(again, Outcome::Rebuilt);
+    // Concurrent writers of a new kernel.
+    let src2 = "extern \"C\" __global__ void thrice(float* x) { x[threadIdx.x] *= 3.0f; }\n";
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let dir = dir.clone();
+            std::thread::spawn(move || compile_cached("thrice.cu", src2, "sm_90", &dir).unwrap())
+        })
+        .collect();
+    let outs: Vec<_> = threads
+        .into_iter()
+        .map(|t| t.join().unwrap().0.cubin)
+        .collect();
+    assert!(outs.windows(2).all(|w| w[0] == w[1]));
+    for e in std::fs::read_dir(dir.join("cubin")).unwrap() {
+        let p = e.unwrap().path();
+        assert_eq!(
+            p.extension().unwrap(),
+            "cubin",
+            "left behind: {}",
+            p.display()
+        );
+        assert!(verify(&std::fs::read(&p).unwrap()));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

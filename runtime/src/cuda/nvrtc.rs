@@ -187,13 +187,12 @@ pub fn compile(name: &str, source: &str, arch: &str) -> Result<Cubin, NvrtcError
     let prog = result::create_program(&c_src, Some(&c_name))
         .map_err(|e| NvrtcError::Call(format!("{e:?}")))?;
     let inc = loaded.include_dir.display().to_string();
-    let options = [
+    let mut options = vec![
         format!("--gpu-architecture={arch}"),
-        "--std=c++17".to_string(),
         format!("-I{inc}"),
         format!("-I{inc}/cccl"),
-        "--ptxas-options=-v".to_string(),
     ];
+    options.extend(OPTIONS.split(' ').map(String::from));
     // SAFETY: `prog` was just created and is destroyed below; options contain no NUL bytes.
     let compiled = unsafe { result::compile_program(prog, &options) };
     // SAFETY: as above.
@@ -223,6 +222,69 @@ pub fn compile(name: &str, source: &str, arch: &str) -> Result<Cubin, NvrtcError
     // SAFETY: created above, not destroyed before.
     let _ = unsafe { result::destroy_program(prog) };
     out
+}
+
+/// Like [`compile`], through the disk cache under `dir` (see [`crate::cache`]): an entry is
+/// keyed by the source, smelt's device headers, the architecture, NVRTC's version and the
+/// options, holds the cubin and the compiler log (so resources survive), and is verified on
+/// read; a bad one is recompiled.
+pub fn compile_cached(
+    name: &str,
+    source: &str,
+    arch: &str,
+    dir: &Path,
+) -> Result<(Cubin, crate::cache::Outcome), NvrtcError> {
+    use crate::cache;
+    let (major, minor) = version()?;
+    let nvrtc = format!("nvrtc {major}.{minor}");
+    let mut parts: Vec<&[u8]> = vec![
+        b"smelt-cubin",
+        name.as_bytes(),
+        source.as_bytes(),
+        arch.as_bytes(),
+        nvrtc.as_bytes(),
+        OPTIONS.as_bytes(),
+    ];
+    for (p, t) in smelt_kernels::HEADERS {
+        parts.push(p.as_bytes());
+        parts.push(t.as_bytes());
+    }
+    let path = dir
+        .join("cubin")
+        .join(format!("{}.cubin", cache::key(&parts)));
+    if let Some(c) = cache::load(&path).and_then(|b| decode(&b)) {
+        return Ok((c, cache::Outcome::Disk));
+    }
+    let c = compile(name, source, arch)?;
+    let bytes = encode(&c);
+    let outcome = cache::get_or_build(&path, |tmp| {
+        std::fs::write(tmp, &bytes).map_err(|e| format!("{}: {e}", tmp.display()))
+    })
+    .map_err(NvrtcError::Call)?;
+    Ok((c, outcome))
+}
+
+/// The options every compile passes besides the architecture and include paths (part of
+/// the cache key).
+const OPTIONS: &str = "--std=c++17 --ptxas-options=-v";
+
+/// A cache entry: cubin length (u64 little-endian), cubin, log.
+fn encode(c: &Cubin) -> Vec<u8> {
+    let mut v = (c.cubin.len() as u64).to_le_bytes().to_vec();
+    v.extend_from_slice(&c.cubin);
+    v.extend_from_slice(c.log.as_bytes());
+    v
+}
+
+fn decode(b: &[u8]) -> Option<Cubin> {
+    let len = u64::from_le_bytes(b.get(..8)?.try_into().ok()?) as usize;
+    let cubin = b.get(8..8usize.checked_add(len)?)?.to_vec();
+    let log = String::from_utf8_lossy(b.get(8 + len..)?).into_owned();
+    Some(Cubin {
+        resources: parse_resources(&log),
+        cubin,
+        log,
+    })
 }
 
 fn cubin(prog: sys::nvrtcProgram) -> Result<Vec<u8>, NvrtcError> {
