@@ -86,9 +86,14 @@ enum Command {
         /// Allow rewrites that change results beyond rounding (x*0 -> 0, reassociation).
         #[arg(long)]
         fast_math: bool,
-        /// CUDA architecture of the cubins (NVRTC compiles each kernel when it is installed).
+        /// CUDA architectures of the cubins, comma-separated (NVRTC compiles each kernel for
+        /// each when it is installed; plan.json reports the first's resources).
         #[arg(long, default_value = "sm_90")]
         arch: String,
+        /// Also write an ahead-of-time bundle (plan, launches, weights, cubins for every
+        /// --arch) that loads with no NVRTC.
+        #[arg(long, value_name = "FILE")]
+        bundle: Option<PathBuf>,
         /// Print (and write DIR/report.json) each kernel's modelled time on --gpu, and the
         /// plan's against the unfused plan's.
         #[arg(long)]
@@ -176,7 +181,18 @@ fn run(cli: Cli) -> Result<(), Error> {
             arch,
             report,
             gpu,
+            bundle,
         } => {
+            let archs: Vec<String> = arch
+                .split(',')
+                .map(|a| a.trim().to_string())
+                .filter(|a| !a.is_empty())
+                .collect();
+            if archs.is_empty() || archs.iter().any(|a| !a.starts_with("sm_")) {
+                return Err(Error::Usage(format!(
+                    "--arch {arch}: expected architectures like sm_80,sm_90"
+                )));
+            }
             let spec = smelt::schedule::gpu_model::gpu(&gpu).ok_or_else(|| {
                 let known: Vec<&str> = smelt::schedule::gpu_model::GPUS
                     .iter()
@@ -190,7 +206,23 @@ fn run(cli: Cli) -> Result<(), Error> {
             let graph = model.load()?;
             let mut compiled = compile(&graph, fast_math, !no_fuse)?;
             std::fs::create_dir_all(&out_dir).map_err(|e| io_error(&out_dir, e))?;
-            write_kernels(&mut compiled, &out_dir, &arch)?;
+            write_kernels(&mut compiled, &out_dir, &archs)?;
+            if let Some(path) = &bundle {
+                let b = smelt_runtime::cuda::bundle::Bundle::build(
+                    &compiled.graph,
+                    &compiled.plan,
+                    &archs,
+                    &smelt_runtime::cache::dir(),
+                )?;
+                b.write(path)?;
+                outln!(
+                    "bundle: {} launches, cubins for {}, {:.3} MB -> {}",
+                    b.manifest.launches.len(),
+                    archs.join(","),
+                    b.to_bytes().len() as f64 / 1e6,
+                    path.display()
+                );
+            }
             let path = out_dir.join("plan.json");
             std::fs::write(&path, compiled.plan.to_json() + "\n")
                 .map_err(|e| io_error(&path, e))?;
@@ -334,7 +366,11 @@ fn run(cli: Cli) -> Result<(), Error> {
 /// Lowers the plan, writes `DIR/model.c` (the C backend's source), `DIR/kernels/<kernel>.cu`,
 /// and, where NVRTC is installed, the
 /// cubins for `arch` with their registers and spills recorded in the plan.
-fn write_kernels(compiled: &mut smelt::Compiled, out_dir: &Path, arch: &str) -> Result<(), Error> {
+fn write_kernels(
+    compiled: &mut smelt::Compiled,
+    out_dir: &Path,
+    archs: &[String],
+) -> Result<(), Error> {
     use smelt::schedule::CudaResources;
     let program = smelt::kernel::lower(&compiled.graph).map_err(|e| Error::Usage(e.to_string()))?;
     let sources =
@@ -355,33 +391,38 @@ fn write_kernels(compiled: &mut smelt::Compiled, out_dir: &Path, arch: &str) -> 
         if nvrtc.is_err() {
             continue;
         }
-        let (out, _) = smelt_runtime::cuda::nvrtc::compile_cached(
-            &format!("{name}.cu"),
-            src,
-            arch,
-            &smelt_runtime::cache::dir(),
-        )
-        .map_err(|e| Error::Usage(e.to_string()))?;
-        let cubin = dir.join(format!("{name}.{arch}.cubin"));
-        std::fs::write(&cubin, &out.cubin).map_err(|e| io_error(&cubin, e))?;
-        let r = out
-            .resources
-            .first()
-            .map(|(_, r)| r.clone())
-            .unwrap_or_default();
-        if let Some(k) = compiled
-            .plan
-            .kernels
-            .iter_mut()
-            .find(|k| k.node == kernel.node)
-        {
-            k.cuda = Some(CudaResources {
-                arch: arch.to_string(),
-                source: format!("kernels/{name}.cu"),
-                registers: r.registers,
-                stack_bytes: r.stack_bytes,
-                spill_bytes: r.spill_stores + r.spill_loads,
-            });
+        for (i, arch) in archs.iter().enumerate() {
+            let (out, _) = smelt_runtime::cuda::nvrtc::compile_cached(
+                &format!("{name}.cu"),
+                src,
+                arch,
+                &smelt_runtime::cache::dir(),
+            )
+            .map_err(|e| Error::Usage(e.to_string()))?;
+            let cubin = dir.join(format!("{name}.{arch}.cubin"));
+            std::fs::write(&cubin, &out.cubin).map_err(|e| io_error(&cubin, e))?;
+            if i > 0 {
+                continue;
+            }
+            let r = out
+                .resources
+                .first()
+                .map(|(_, r)| r.clone())
+                .unwrap_or_default();
+            if let Some(k) = compiled
+                .plan
+                .kernels
+                .iter_mut()
+                .find(|k| k.node == kernel.node)
+            {
+                k.cuda = Some(CudaResources {
+                    arch: arch.to_string(),
+                    source: format!("kernels/{name}.cu"),
+                    registers: r.registers,
+                    stack_bytes: r.stack_bytes,
+                    spill_bytes: r.spill_stores + r.spill_loads,
+                });
+            }
         }
     }
     Ok(())

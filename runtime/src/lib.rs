@@ -31,6 +31,9 @@ pub enum Error {
         /// Why not, and what to use instead.
         why: String,
     },
+    /// An ahead-of-time bundle could not be built, written or read.
+    #[error("bundle: {0}")]
+    Bundle(String),
     /// `--device cuda` on a machine without a usable GPU.
     #[error("no CUDA device found: {0}; use --device cpu")]
     NoCudaDevice(String),

@@ -1,0 +1,266 @@
+//! Ahead-of-time bundles: everything a GPU run needs, in one versioned file that loads with no
+//! NVRTC: the plan, the launch list (kernel, grid, block, buffer parameters), the buffers and
+//! their arena offsets, the weights, and a cubin per kernel per architecture.
+//!
+//! Layout: `SMELTBDL` · format version (u32 LE) · manifest length (u64 LE) · manifest (JSON)
+//! · blobs · the cache trailer (magic + FNV-1a checksum of everything before it). A reader
+//! checks the magic, the version (a mismatch is an error that says how to rebuild), the
+//! checksum and every blob's range before trusting anything.
+
+use crate::cache;
+use serde::{Deserialize, Serialize};
+use smelt_compiler::codegen::cuda;
+use smelt_compiler::ir::{DType, Graph};
+use smelt_compiler::kernel::lower;
+use smelt_compiler::schedule::{arena, Plan};
+use std::path::Path;
+
+/// First bytes of every bundle.
+pub const MAGIC: &[u8; 8] = b"SMELTBDL";
+/// The format this build writes and reads.
+pub const VERSION: u32 = 1;
+
+/// Where a blob lies in the data section.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blob {
+    /// Offset from the start of the data section.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// One buffer of the program.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BufferSpec {
+    /// Name (the producing node's).
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Offset in the device arena.
+    pub offset: usize,
+    /// Size in bytes.
+    pub bytes: usize,
+    /// Its initial contents, for a weight.
+    pub constant: Option<Blob>,
+}
+
+/// One launch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    /// Kernel (function) name.
+    pub kernel: String,
+    /// Blocks.
+    pub grid: usize,
+    /// Threads per block.
+    pub block: usize,
+    /// Buffers passed as the kernel's pointer parameters, in order (reads, then writes).
+    pub params: Vec<u32>,
+    /// The cubin of each architecture, as (arch, blob).
+    pub cubins: Vec<(String, Blob)>,
+}
+
+/// What a bundle holds, besides the blobs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Format version.
+    pub version: u32,
+    /// Architectures it has cubins for (`sm_90`).
+    pub archs: Vec<String>,
+    /// The plan (as `plan.json` has it).
+    pub plan: serde_json::Value,
+    /// Device arena bytes.
+    pub arena_bytes: usize,
+    /// Every buffer.
+    pub buffers: Vec<BufferSpec>,
+    /// Graph inputs: (name, buffer).
+    pub inputs: Vec<(String, u32)>,
+    /// Graph outputs: (name, buffer).
+    pub outputs: Vec<(String, u32)>,
+    /// Launches in order.
+    pub launches: Vec<LaunchSpec>,
+}
+
+/// A bundle in memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bundle {
+    /// The manifest.
+    pub manifest: Manifest,
+    data: Vec<u8>,
+}
+
+type R<T> = Result<T, crate::Error>;
+
+fn err(what: impl Into<String>) -> crate::Error {
+    crate::Error::Bundle(what.into())
+}
+
+impl Bundle {
+    /// Lowers an optimized graph for the GPU, compiles every kernel for each of `archs` (through
+    /// the cubin cache in `cache_dir`), and packs it with `plan` and the weights.
+    pub fn build(graph: &Graph, plan: &Plan, archs: &[String], cache_dir: &Path) -> R<Bundle> {
+        if archs.is_empty() {
+            return Err(err("no architecture given (e.g. --arch sm_80,sm_90)"));
+        }
+        let program = lower(graph).map_err(|e| err(e.to_string()))?;
+        let sources = cuda::render(&program).map_err(|e| err(e.to_string()))?;
+        let layout = arena::plan(&arena::program_lifetimes(&program));
+        let mut data = Vec::new();
+        let mut push = |bytes: &[u8]| {
+            let b = Blob {
+                offset: data.len() as u64,
+                len: bytes.len() as u64,
+            };
+            data.extend_from_slice(bytes);
+            b
+        };
+        let mut buffers = Vec::new();
+        for (i, b) in program.buffers.iter().enumerate() {
+            let bytes = b.len * b.dtype.size();
+            let constant = match program.constants.iter().find(|(c, _)| *c as usize == i) {
+                Some((_, t)) => {
+                    let mut raw = vec![0u8; bytes];
+                    if !t.write_le_bytes(&mut raw) {
+                        return Err(err(format!("weight {} does not fit its buffer", b.name)));
+                    }
+                    Some(push(&raw))
+                }
+                None => None,
+            };
+            buffers.push(BufferSpec {
+                name: b.name.clone(),
+                dtype: b.dtype,
+                shape: b.shape.clone(),
+                offset: layout.offsets[i],
+                bytes,
+                constant,
+            });
+        }
+        let mut launches = Vec::new();
+        for (k, (name, src)) in program.kernels.iter().zip(&sources) {
+            let mut cubins = Vec::new();
+            for arch in archs {
+                let (c, _) =
+                    super::nvrtc::compile_cached(&format!("{name}.cu"), src, arch, cache_dir)
+                        .map_err(|e| err(e.to_string()))?;
+                cubins.push((arch.clone(), push(&c.cubin)));
+            }
+            launches.push(LaunchSpec {
+                kernel: k.name.clone(),
+                grid: k.launch.grid,
+                block: k.launch.block,
+                params: k.reads.iter().chain(&k.writes).copied().collect(),
+                cubins,
+            });
+        }
+        let plan = serde_json::from_str(&plan.to_json()).map_err(|e| err(e.to_string()))?;
+        Ok(Bundle {
+            manifest: Manifest {
+                version: VERSION,
+                archs: archs.to_vec(),
+                plan,
+                arena_bytes: layout.size,
+                buffers,
+                inputs: program.inputs.clone(),
+                outputs: program.outputs.clone(),
+                launches,
+            },
+            data,
+        })
+    }
+
+    /// The bytes of a blob.
+    pub fn blob(&self, b: &Blob) -> &[u8] {
+        &self.data[b.offset as usize..(b.offset + b.len) as usize]
+    }
+
+    /// The cubin of `kernel` for `arch`, if the bundle has it.
+    pub fn cubin(&self, kernel: &str, arch: &str) -> Option<&[u8]> {
+        let l = self.manifest.launches.iter().find(|l| l.kernel == kernel)?;
+        let (_, b) = l.cubins.iter().find(|(a, _)| a == arch)?;
+        Some(self.blob(b))
+    }
+
+    /// The file's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let manifest = serde_json::to_vec(&self.manifest).expect("manifests serialize");
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(manifest.len() as u64).to_le_bytes());
+        out.extend_from_slice(&manifest);
+        out.extend_from_slice(&self.data);
+        let sum = cache::fnv1a(&[&out]);
+        out.extend_from_slice(b"SMELTCK1");
+        out.extend_from_slice(&sum.to_le_bytes());
+        out
+    }
+
+    /// Reads a bundle from bytes, checking magic, version, checksum and blob ranges.
+    pub fn from_bytes(bytes: &[u8]) -> R<Bundle> {
+        if bytes.len() < 20 || &bytes[..8] != MAGIC {
+            return Err(err("not a smelt bundle (bad magic)"));
+        }
+        let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if version != VERSION {
+            return Err(err(format!(
+                "bundle format version {version}, but this smelt reads version {VERSION}: rebuild it with `smelt compile MODEL --bundle FILE`"
+            )));
+        }
+        if !cache::verify(bytes) {
+            return Err(err("corrupted or truncated (checksum mismatch)"));
+        }
+        let body = &bytes[..bytes.len() - 16];
+        let len = u64::from_le_bytes(body[12..20].try_into().expect("8 bytes")) as usize;
+        let end = 20usize
+            .checked_add(len)
+            .filter(|&e| e <= body.len())
+            .ok_or_else(|| err("manifest length past the end"))?;
+        let manifest: Manifest =
+            serde_json::from_slice(&body[20..end]).map_err(|e| err(format!("manifest: {e}")))?;
+        if manifest.version != VERSION {
+            return Err(err("manifest version differs from the header's"));
+        }
+        let data = body[end..].to_vec();
+        let fits = |b: &Blob| {
+            b.offset
+                .checked_add(b.len)
+                .is_some_and(|e| e <= data.len() as u64)
+        };
+        let blobs_fit = manifest
+            .buffers
+            .iter()
+            .filter_map(|b| b.constant.as_ref())
+            .chain(
+                manifest
+                    .launches
+                    .iter()
+                    .flat_map(|l| l.cubins.iter().map(|(_, b)| b)),
+            )
+            .all(fits);
+        if !blobs_fit {
+            return Err(err("a blob lies outside the bundle"));
+        }
+        Ok(Bundle { manifest, data })
+    }
+
+    /// Writes the bundle to `path` atomically (a temporary file renamed into place).
+    pub fn write(&self, path: &Path) -> R<()> {
+        let tmp = cache::temp_path(path);
+        std::fs::write(&tmp, self.to_bytes())
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                err(format!("{}: {e}", path.display()))
+            })
+    }
+
+    /// Reads the bundle at `path`.
+    pub fn read(path: &Path) -> R<Bundle> {
+        let bytes = std::fs::read(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        Bundle::from_bytes(&bytes).map_err(|e| match e {
+            crate::Error::Bundle(m) => err(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+}

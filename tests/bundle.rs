@@ -1,0 +1,114 @@
+//! Ahead-of-time bundles: written and read back byte-identically (plan, launches, weights,
+//! cubins), with clear errors for another format version, corruption, truncation and files
+//! that are not bundles. Needs NVRTC (installed by scripts/setup); never skips.
+
+mod common;
+
+use smelt::optimize::Options;
+use smelt_runtime::cuda::bundle::{Bundle, MAGIC, VERSION};
+use smelt_runtime::cuda::nvrtc;
+
+fn build() -> (smelt::Compiled, Bundle) {
+    let g = common::graphs::gpt2_block(1, 8, 16, 2).unwrap();
+    let c = smelt::compile(&g, &Options::default()).unwrap();
+    let archs = vec!["sm_80".to_string(), "sm_90".to_string()];
+    let b = Bundle::build(&c.graph, &c.plan, &archs, &smelt_runtime::cache::dir()).unwrap();
+    (c, b)
+}
+
+#[test]
+fn bundles_round_trip_and_reject_bad_files() {
+    let (c, b) = build();
+    let dir = std::env::temp_dir().join(format!("smelt-bundle-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.smelt");
+    b.write(&path).unwrap();
+    let back = Bundle::read(&path).unwrap();
+    assert_eq!(back, b);
+    assert_eq!(back.to_bytes(), std::fs::read(&path).unwrap());
+    // The plan is the compiler's, byte for byte once printed.
+    let plan: serde_json::Value = serde_json::from_str(&c.plan.to_json()).unwrap();
+    assert_eq!(back.manifest.plan, plan);
+    // Every kernel has a cubin per arch, equal to what NVRTC makes of its source.
+    let program = smelt::kernel::lower(&c.graph).unwrap();
+    let sources = smelt::codegen::cuda::render(&program).unwrap();
+    assert_eq!(back.manifest.launches.len(), program.kernels.len());
+    for (name, src) in &sources {
+        for arch in ["sm_80", "sm_90"] {
+            let want = nvrtc::compile(&format!("{name}.cu"), src, arch)
+                .unwrap()
+                .cubin;
+            assert_eq!(
+                back.cubin(name, arch).unwrap(),
+                want.as_slice(),
+                "{name} {arch}"
+            );
+        }
+    }
+    // Weights are there, as the graph has them.
+    for (buf, t) in &program.constants {
+        let spec = &back.manifest.buffers[*buf as usize];
+        let raw = back.blob(spec.constant.as_ref().unwrap());
+        let mut want = vec![0u8; spec.bytes];
+        assert!(t.write_le_bytes(&mut want));
+        assert_eq!(raw, want.as_slice());
+    }
+    let bytes = b.to_bytes();
+    let expect = |bytes: &[u8], needle: &str| {
+        let e = Bundle::from_bytes(bytes).unwrap_err().to_string();
+        assert!(e.contains(needle), "{e:?} should mention {needle:?}");
+    };
+    // Another format version.
+    let mut v = bytes.clone();
+    v[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
+    expect(&v, &format!("version {}", VERSION + 1));
+    expect(&v, "smelt compile");
+    // A flipped byte, a truncated file, something else entirely.
+    let mut x = bytes.clone();
+    let mid = x.len() / 2;
+    x[mid] ^= 1;
+    expect(&x, "checksum");
+    expect(&bytes[..bytes.len() - 100], "checksum");
+    expect(
+        b"PK\x03\x04 not a bundle at all, just bytes",
+        "not a smelt bundle",
+    );
+    assert_eq!(&bytes[..8], MAGIC);
+    // The path is in the error of a file read.
+    std::fs::write(dir.join("bad.smelt"), b"garbage").unwrap();
+    let e = Bundle::read(&dir.join("bad.smelt"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("bad.smelt") && e.contains("not a smelt bundle"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The launch list of the GPT-2 block (kernel, grid × block, buffer parameters): what the
+/// CUDA executor will replay, pinned.
+#[test]
+fn launch_list_snapshot() {
+    let (_, b) = build();
+    let mut text = String::new();
+    for l in &b.manifest.launches {
+        let params: Vec<String> = l
+            .params
+            .iter()
+            .map(|&p| {
+                let s = &b.manifest.buffers[p as usize];
+                format!("{}@{}", s.name, s.offset)
+            })
+            .collect();
+        text.push_str(&format!(
+            "{} <<<{}, {}>>> ({})\n",
+            l.kernel,
+            l.grid,
+            l.block,
+            params.join(", ")
+        ));
+    }
+    text.push_str(&format!("arena {} bytes\n", b.manifest.arena_bytes));
+    insta::assert_snapshot!(text);
+}
