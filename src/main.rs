@@ -364,7 +364,7 @@ fn run(cli: Cli) -> Result<(), Error> {
 }
 
 /// Lowers the plan, writes `DIR/model.c` (the C backend's source), `DIR/kernels/<kernel>.cu`,
-/// and, where NVRTC is installed, the
+/// its PTX and cubin per architecture, and, where NVRTC is installed, the
 /// cubins for `arch` with their registers and spills recorded in the plan.
 fn write_kernels(
     compiled: &mut smelt::Compiled,
@@ -401,6 +401,10 @@ fn write_kernels(
             .map_err(|e| Error::Usage(e.to_string()))?;
             let cubin = dir.join(format!("{name}.{arch}.cubin"));
             std::fs::write(&cubin, &out.cubin).map_err(|e| io_error(&cubin, e))?;
+            let ptx = smelt_runtime::cuda::nvrtc::compile_ptx(&format!("{name}.cu"), src, arch)
+                .map_err(|e| Error::Usage(e.to_string()))?;
+            let ptx_path = dir.join(format!("{name}.{arch}.ptx"));
+            std::fs::write(&ptx_path, ptx).map_err(|e| io_error(&ptx_path, e))?;
             if i > 0 {
                 continue;
             }

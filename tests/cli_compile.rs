@@ -78,6 +78,11 @@ fn compile_writes_plan_json_fused_and_unfused() {
                 "{}",
                 src.display()
             );
+            let ptx = std::fs::read_to_string(src.with_extension("sm_90.ptx")).unwrap();
+            assert!(
+                ptx.contains(".entry") && ptx.contains(".target sm_90"),
+                "{ptx}"
+            );
             let kind = k["kind"].as_str().unwrap();
             assert!(
                 ["fused", "gemm", "conv", "attention"].contains(&kind),

@@ -179,6 +179,41 @@ pub fn version() -> Result<(i32, i32), NvrtcError> {
 
 /// Compiles `source` (program `name`) to a cubin for `arch` (`sm_80`, `sm_90`, ...).
 pub fn compile(name: &str, source: &str, arch: &str) -> Result<Cubin, NvrtcError> {
+    let (cubin, log) = run(name, source, arch, arch, &|prog| cubin(prog))?;
+    Ok(Cubin {
+        cubin,
+        resources: parse_resources(&log),
+        log,
+    })
+}
+
+/// Compiles `source` to PTX for the virtual architecture of `arch` (`sm_90` → `compute_90`):
+/// the portable form a newer driver can still JIT.
+pub fn compile_ptx(name: &str, source: &str, arch: &str) -> Result<String, NvrtcError> {
+    let virt = arch.replacen("sm_", "compute_", 1);
+    let (ptx, _) = run(name, source, arch, &virt, &|prog| {
+        // SAFETY: `prog` compiled successfully.
+        let chars = unsafe { result::get_ptx(prog) }
+            .map_err(|e| NvrtcError::Call(format!("nvrtcGetPTX: {e:?}")))?;
+        let bytes: Vec<u8> = chars
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    })?;
+    Ok(ptx)
+}
+
+/// Runs NVRTC on `source` for `--gpu-architecture=target` and extracts the result from the
+/// compiled program; returns it with the log. `arch` names the target in errors.
+fn run<T>(
+    name: &str,
+    source: &str,
+    arch: &str,
+    target: &str,
+    extract: &dyn Fn(sys::nvrtcProgram) -> Result<T, NvrtcError>,
+) -> Result<(T, String), NvrtcError> {
     let loaded = load()?;
     let c_src =
         CString::new(source).map_err(|_| NvrtcError::Call("source contains a NUL byte".into()))?;
@@ -188,7 +223,7 @@ pub fn compile(name: &str, source: &str, arch: &str) -> Result<Cubin, NvrtcError
         .map_err(|e| NvrtcError::Call(format!("{e:?}")))?;
     let inc = loaded.include_dir.display().to_string();
     let mut options = vec![
-        format!("--gpu-architecture={arch}"),
+        format!("--gpu-architecture={target}"),
         format!("-I{inc}"),
         format!("-I{inc}/cccl"),
     ];
@@ -213,11 +248,7 @@ pub fn compile(name: &str, source: &str, arch: &str) -> Result<Cubin, NvrtcError
             first_error: first_error(&log, name, source),
             log: log.clone(),
         }),
-        Ok(()) => cubin(prog).map(|cubin| Cubin {
-            cubin,
-            resources: parse_resources(&log),
-            log: log.clone(),
-        }),
+        Ok(()) => extract(prog).map(|t| (t, log)),
     };
     // SAFETY: created above, not destroyed before.
     let _ = unsafe { result::destroy_program(prog) };
