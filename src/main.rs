@@ -41,6 +41,10 @@ struct ModelArgs {
     /// Fix an input's shape, e.g. x=1x128 (needed for symbolic dims).
     #[arg(long = "shape", value_name = "NAME=AxB")]
     shapes: Vec<String>,
+    /// Store f32 tensors as f16 or bf16 (kernels still compute in f32; inputs and outputs
+    /// keep their declared types).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    dtype: String,
 }
 
 impl ModelArgs {
@@ -50,7 +54,13 @@ impl ModelArgs {
             shapes: parse_shapes(&self.shapes)?,
             ..Default::default()
         };
-        Ok(import_file(&self.model, &opts)?)
+        let graph = import_file(&self.model, &opts)?;
+        let dtype = match self.dtype.as_str() {
+            "f16" => smelt::DType::F16,
+            "bf16" => smelt::DType::BF16,
+            _ => return Ok(graph),
+        };
+        Ok(smelt::ir::with_storage(&graph, dtype)?)
     }
 }
 

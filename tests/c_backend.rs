@@ -291,3 +291,50 @@ fn edge_cases_are_errors_or_exact() {
     let (rtol, atol) = common::tolerance(DType::F16);
     common::compare(&got[0].1, &want[0].1, rtol, atol).unwrap();
 }
+
+/// `--dtype f16|bf16`: the graph with f32 storage replaced keeps the f32 graph's interface,
+/// and every way of running it (the reference interpreter, the C backend, the kernel IR on
+/// both targets; fused and unfused) stays close to the f32 result: 2e-2 relative + 1e-2
+/// absolute for f16, 6e-2 + 5e-2 for bf16 (8 mantissa bits, a whole block of ops). A fused
+/// kernel rounds to the storage type once where the reference rounds after every op, so they
+/// are compared with the f32 result rather than with each other.
+#[test]
+fn reduced_precision_storage() {
+    use smelt::kernel::{interp as kinterp, lower_for, Target};
+    use smelt::DType;
+    let g = common::graphs::gpt2_block(2, 8, 16, 2).unwrap();
+    let inputs = feeds(&g, 3);
+    let exact = interp::run(&g, &inputs).unwrap();
+    for (d, rtol, atol) in [(DType::F16, 2e-2, 1e-2), (DType::BF16, 6e-2, 5e-2)] {
+        let h = smelt::ir::with_storage(&g, d).unwrap();
+        assert_eq!(h.nodes[h.inputs[0]].ty, g.nodes[g.inputs[0]].ty);
+        assert_eq!(h.nodes[h.outputs[0].1].ty, g.nodes[g.outputs[0].1].ty);
+        assert!(h.nodes.iter().any(|n| n.ty.dtype == d));
+        let close = |label: &str, got: &[(String, Tensor)]| {
+            common::compare(&got[0].1, &exact[0].1, rtol, atol)
+                .unwrap_or_else(|e| panic!("{label}, {d}: {e}"));
+        };
+        close("reference", &interp::run(&h, &inputs).unwrap());
+        for fuse in [true, false] {
+            close(
+                &format!("C backend, fuse {fuse}"),
+                &session(&h, fuse).run(&inputs).unwrap(),
+            );
+            let c = smelt::compile(
+                &h,
+                &Options {
+                    fuse,
+                    ..Options::default()
+                },
+            )
+            .unwrap();
+            for target in [Target::Gpu, Target::Cpu] {
+                let p = lower_for(&c.graph, target).unwrap();
+                close(
+                    &format!("kernel IR {target:?}, fuse {fuse}"),
+                    &kinterp::run(&p, &inputs).unwrap(),
+                );
+            }
+        }
+    }
+}

@@ -90,5 +90,12 @@ fn every_lowered_kernel_compiles_without_spills() {
     b.output("y", y).unwrap();
     b.output("z", z).unwrap();
     total += compile_all("f16 softmax+layernorm", &b.build().unwrap());
-    assert!(total > 100, "compiled {total} kernels");
+    // Every reference model in f16 and bf16 storage (--dtype).
+    for (name, g) in models() {
+        for d in [DType::F16, DType::BF16] {
+            let g = smelt_compiler::ir::with_storage(&g, d).unwrap();
+            total += compile_all(&format!("{name} in {d}"), &g);
+        }
+    }
+    assert!(total > 300, "compiled {total} kernels");
 }

@@ -5,6 +5,7 @@ mod dtype;
 mod graph;
 mod infer;
 mod op;
+mod storage;
 mod tensor;
 
 pub use builder::{normalize_axis, GraphBuilder, Value};
@@ -17,4 +18,5 @@ pub use op::{
     BinaryOp, Conv2d, FusedKernel, KernelKind, Op, PadMode, Pool2d, PoolKind, ReduceKind, UnaryOp,
     F64,
 };
+pub use storage::with_storage;
 pub use tensor::{Data, Tensor};

@@ -51,13 +51,16 @@ impl Sink<'_> {
     }
 }
 
+/// f32 products go to the library directly; f16/bf16 ones through f32 copies of their
+/// operands, the result rounded to the product's dtype where it is read.
 fn is_library_matmul(body: &Graph, id: NodeId) -> bool {
     let n = &body.nodes[id];
+    let float = |d: DType| matches!(d, DType::F32 | DType::F16 | DType::BF16);
     matches!(n.op, Op::MatMul)
-        && n.ty.dtype == DType::F32
+        && float(n.ty.dtype)
         && n.inputs.iter().all(|&a| {
             let t = &body.nodes[a].ty;
-            t.dtype == DType::F32 && t.rank() >= 2
+            t.dtype == n.ty.dtype && t.rank() >= 2
         })
 }
 
@@ -260,8 +263,10 @@ fn operand(
     precision: Precision,
     sink: &mut Sink,
 ) -> R<(u32, Vec<usize>, Vec<i64>)> {
-    if let Some(v) = view(body, x, inputs) {
-        return Ok(v);
+    if body.nodes[x].ty.dtype == DType::F32 {
+        if let Some(v) = view(body, x, inputs) {
+            return Ok(v);
+        }
     }
     let shape = body.nodes[x].ty.shape.clone();
     let buf = sink.scratch(&format!("{what}_{}", body.nodes[x].name), &shape);
@@ -297,7 +302,8 @@ fn destination(
 ) -> u32 {
     let root = body.outputs[0].1;
     let same_shape = body.nodes[root].ty.shape == body.nodes[p].ty.shape;
-    if !taken && (p == root || (out_f32 && same_shape && elementwise_epilogue(body, p))) {
+    let f32 = body.nodes[p].ty.dtype == DType::F32;
+    if !taken && f32 && out_f32 && (p == root || (same_shape && elementwise_epilogue(body, p))) {
         out
     } else {
         let what = format!("{}.product", body.nodes[p].name);
@@ -337,7 +343,15 @@ fn matmul_product(
             batch,
         },
     );
-    let g = replace_node(body, mm, &mut |_, _, _| None);
+    let dtype = body.nodes[mm].ty.dtype;
+    let g = replace_node(body, mm, &mut |_, product, _| {
+        // An f16/bf16 product is computed in f32: round it as the reference does.
+        (dtype != DType::F32).then(|| Node {
+            op: Op::Cast(dtype),
+            inputs: vec![product],
+            ..body.nodes[mm].clone()
+        })
+    });
     let mut ins = inputs.to_vec();
     ins.push(dest);
     Ok((g, ins))
@@ -474,7 +488,7 @@ fn replace_node(body: &Graph, id: NodeId, make: &mut Replacement) -> Graph {
                 name: format!("{}.product", n.name),
                 op: Op::Input,
                 inputs: vec![],
-                ty: n.ty.clone(),
+                ty: crate::ir::TensorType::new(DType::F32, n.ty.shape.clone()),
             });
             let before = map.clone();
             map[i] = match make(&mut g, input, &|a| before[a]) {
