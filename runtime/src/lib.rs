@@ -2,7 +2,8 @@
 //!
 //! A [`Session`] owns a validated graph and runs it on a [`Device`]: the CPU through the C
 //! backend ([`cpu`], the default), the reference interpreter ([`Device::Interp`], the
-//! oracle), or CUDA (see `DESIGN.md`; not wired yet).
+//! oracle), or a GPU ([`cuda`]: NVRTC-compiled cubins in a bundle, one arena, one stream,
+//! CUDA graphs).
 
 #![warn(missing_docs)]
 
@@ -31,6 +32,9 @@ pub enum Error {
         /// Why not, and what to use instead.
         why: String,
     },
+    /// A CUDA call failed (what smelt was doing, and the driver's error).
+    #[error("cuda: {0}")]
+    Cuda(String),
     /// An ahead-of-time bundle could not be built, written or read.
     #[error("bundle: {0}")]
     Bundle(String),
@@ -134,6 +138,7 @@ pub fn default_threads() -> usize {
 enum Backend {
     Interp,
     Cpu(Box<cpu::CpuModel>),
+    Cuda(Box<cuda::executor::CudaModel>),
 }
 
 /// A graph ready to run on a device.
@@ -176,15 +181,17 @@ impl Session {
         graph.validate()?;
         let backend = match device {
             Device::Cuda => {
+                // Everything compiles and loads here (warm-up): the first run only launches.
                 let dev = cuda::device::probe().map_err(Error::NoCudaDevice)?;
-                return Err(Error::DeviceUnavailable {
-                    device: "cuda".into(),
-                    why: format!(
-                        "found {} ({}), but this build cannot run CUDA graphs yet; use --device cpu",
-                        dev.name,
-                        dev.arch()
-                    ),
-                });
+                let compiled = smelt_compiler::compile(&graph, &opts.optimize)?;
+                let dir = opts.cache_dir.clone().unwrap_or_else(cache::dir);
+                let bundle = cuda::bundle::Bundle::build(
+                    &compiled.graph,
+                    &compiled.plan,
+                    &[dev.arch()],
+                    &dir,
+                )?;
+                Backend::Cuda(Box::new(cuda::executor::CudaModel::load(&bundle)?))
             }
             Device::Interp => Backend::Interp,
             Device::Cpu => {
@@ -219,7 +226,7 @@ impl Session {
     pub fn cpu_model(&self) -> Option<&cpu::CpuModel> {
         match &self.backend {
             Backend::Cpu(m) => Some(m),
-            Backend::Interp => None,
+            _ => None,
         }
     }
 
@@ -237,18 +244,24 @@ impl Session {
                 interp::check_inputs(&self.graph, inputs)?;
                 m.run_reusing(inputs, previous)
             }
+            Backend::Cuda(m) => {
+                interp::check_inputs(&self.graph, inputs)?;
+                m.run(inputs)
+            }
         }
     }
 
     /// Runs on named inputs (each exactly once, with the graph's dtype and shape) and returns
     /// the outputs in the graph's order.
     pub fn run(&self, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>, Error> {
+        self.run_reusing(inputs, Vec::new())
+    }
+
+    /// The CUDA model, when the device is a GPU.
+    pub fn cuda_model(&self) -> Option<&cuda::executor::CudaModel> {
         match &self.backend {
-            Backend::Interp => Ok(interp::run(&self.graph, inputs)?),
-            Backend::Cpu(m) => {
-                interp::check_inputs(&self.graph, inputs)?;
-                m.run(inputs)
-            }
+            Backend::Cuda(m) => Some(m),
+            _ => None,
         }
     }
 }
