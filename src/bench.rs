@@ -56,7 +56,8 @@ pub struct BenchReport {
     pub kernels: Vec<(String, f64)>,
 }
 
-fn random_inputs(g: &Graph, seed: u64) -> HashMap<String, Tensor> {
+/// Random inputs for `g`: input k drawn with seed `seed·1000 + k` (never all zero).
+pub fn random_inputs(g: &Graph, seed: u64) -> HashMap<String, Tensor> {
     g.inputs
         .iter()
         .enumerate()

@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod gpu_check;
 pub mod npy;
 pub mod zoo;
 

@@ -104,6 +104,10 @@ enum Command {
         /// --arch) that loads with no NVRTC.
         #[arg(long, value_name = "FILE")]
         bundle: Option<PathBuf>,
+        /// Put a correctness check in the bundle: the reference interpreter's outputs on
+        /// seeded random inputs, for `smelt gpu-check`.
+        #[arg(long, requires = "bundle")]
+        bundle_check: bool,
         /// Print (and write DIR/report.json) each kernel's modelled time on --gpu, and the
         /// plan's against the unfused plan's.
         #[arg(long)]
@@ -149,6 +153,20 @@ enum Command {
         #[arg(long)]
         profile: bool,
     },
+    /// On a GPU: load each bundle (no NVRTC), check its outputs against the ones it carries,
+    /// audit host synchronizations, and time it (what scripts/gpu-check runs).
+    GpuCheck {
+        /// Bundles written by `smelt compile --bundle` (NAME.fused.smelt and NAME.unfused.smelt
+        /// are paired into a fused / unfused ratio).
+        #[arg(required = true)]
+        bundles: Vec<PathBuf>,
+        /// Timed runs per bundle.
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+        /// Write the raw results as JSON to FILE.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
     /// Import an ONNX model and print its IR in text form.
     Show {
         #[command(flatten)]
@@ -192,6 +210,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             report,
             gpu,
             bundle,
+            bundle_check,
         } => {
             let archs: Vec<String> = arch
                 .split(',')
@@ -224,6 +243,19 @@ fn run(cli: Cli) -> Result<(), Error> {
                     &archs,
                     &smelt_runtime::cache::dir(),
                 )?;
+                let b = if bundle_check {
+                    let seed = 7;
+                    let inputs = smelt::bench::random_inputs(&graph, seed);
+                    let expected = smelt::interp::run(&graph, &inputs)?;
+                    let reduced = graph
+                        .nodes
+                        .iter()
+                        .any(|n| matches!(n.ty.dtype, smelt::DType::F16 | smelt::DType::BF16));
+                    let (rtol, atol) = if reduced { (2e-2, 1e-2) } else { (1e-4, 1e-5) };
+                    b.with_check(seed, &expected, rtol, atol)
+                } else {
+                    b
+                };
                 b.write(path)?;
                 outln!(
                     "bundle: {} launches, cubins for {}, {:.3} MB -> {}",
@@ -357,6 +389,11 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
             Ok(())
         }
+        Command::GpuCheck {
+            bundles,
+            runs,
+            json,
+        } => gpu_check(&bundles, runs, json.as_deref()),
         Command::Show {
             model,
             optimize,
@@ -601,4 +638,66 @@ fn run_model(
         outln!("{} = {} -> {}", name, t.ty(), path.display());
     }
     Ok(())
+}
+
+/// `smelt gpu-check`: every bundle checked and timed on the GPU; fails when any check does.
+fn gpu_check(bundles: &[PathBuf], runs: usize, json: Option<&Path>) -> Result<(), Error> {
+    let dev = smelt_runtime::cuda::device::probe()
+        .map_err(|why| Error::Runtime(smelt_runtime::Error::NoCudaDevice(why)))?;
+    outln!(
+        "{} ({}), {} bundles, {runs} runs each",
+        dev.name,
+        dev.arch(),
+        bundles.len()
+    );
+    let mut results = Vec::new();
+    let mut failed = Vec::new();
+    for b in bundles {
+        let r = smelt::gpu_check::check_bundle(b, runs)?;
+        outln!(
+            "  {:<44} load {:>8.2} ms  first {:>8.3} ms  median {:>9.4} ms  min {:>9.4} ms  syncs/run {:.2}  check {}",
+            r.bundle,
+            r.load_ms,
+            r.first_run_ms,
+            r.median_ms,
+            r.min_ms,
+            r.syncs_per_run,
+            r.check
+        );
+        if (r.check != "ok" && r.check != "no check") || r.syncs_per_run != 1.0 {
+            failed.push(r.bundle.clone());
+        }
+        results.push(r);
+    }
+    let mut ratios = Vec::new();
+    for r in &results {
+        if let Some(stem) = r.bundle.strip_suffix(".fused.smelt") {
+            let unfused = format!("{stem}.unfused.smelt");
+            if let Some(u) = results.iter().find(|x| x.bundle == unfused) {
+                outln!("  {stem}: fused / unfused {:.3}", r.median_ms / u.median_ms);
+                ratios.push((stem.to_string(), r.median_ms / u.median_ms));
+            }
+        }
+    }
+    if let Some(path) = json {
+        let v = serde_json::json!({
+            "device": dev.name,
+            "arch": dev.arch(),
+            "commit": std::env::var("SMELT_COMMIT").unwrap_or_else(|_| "unknown".into()),
+            "runs": runs,
+            "timing": "host wall clock per run: inputs copied in, CUDA graph replayed, outputs read back (one sync)",
+            "results": results,
+            "fused_over_unfused": ratios,
+        });
+        let text = serde_json::to_string_pretty(&v).map_err(|e| Error::Usage(e.to_string()))?;
+        std::fs::write(path, text + "\n").map_err(|e| io_error(path, e))?;
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "gpu-check failed for {}",
+            failed.join(", ")
+        )))
+    }
 }

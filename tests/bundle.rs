@@ -112,3 +112,48 @@ fn launch_list_snapshot() {
     text.push_str(&format!("arena {} bytes\n", b.manifest.arena_bytes));
     insta::assert_snapshot!(text);
 }
+
+/// `smelt compile --bundle F --bundle-check` carries the reference's outputs on seeded inputs;
+/// `smelt gpu-check` on a machine without a GPU fails loudly instead of skipping.
+#[test]
+fn bundle_checks_and_gpu_check_without_a_gpu() {
+    use std::process::Command;
+    let model = common::root().join("tests/models/mlp_gelu/model.onnx");
+    let dir = std::env::temp_dir().join(format!("smelt-bundle-check-{}", std::process::id()));
+    let path = dir.join("mlp.fused.smelt");
+    let out = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .args(["compile", model.to_str().unwrap(), "--out-dir"])
+        .arg(&dir)
+        .args(["--arch", "sm_90", "--bundle"])
+        .arg(&path)
+        .arg("--bundle-check")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b = Bundle::read(&path).unwrap();
+    let check = b.manifest.check.clone().expect("a check");
+    let g = smelt::onnx::import_file(&model, &Default::default()).unwrap();
+    let want = smelt::interp::run(&g, &smelt::bench::random_inputs(&g, check.seed)).unwrap();
+    assert_eq!(check.expected.len(), want.len());
+    for ((name, blob), (wname, w)) in check.expected.iter().zip(&want) {
+        assert_eq!(name, wname);
+        let got =
+            smelt::Tensor::from_le_bytes(w.dtype(), w.shape().to_vec(), b.blob(blob)).unwrap();
+        assert_eq!(got.to_f64(), w.to_f64());
+    }
+    if smelt_runtime::cuda::device::probe().is_err() {
+        let out = Command::new(env!("CARGO_BIN_EXE_smelt"))
+            .arg("gpu-check")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("no CUDA device found"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -61,6 +61,22 @@ pub struct LaunchSpec {
     pub cubins: Vec<(String, Blob)>,
 }
 
+/// A correctness check carried with a bundle, for machines that have a GPU but no reference
+/// interpreter run of their own: inputs are drawn again from `seed` (the facade's
+/// `random_tensor`, input k with seed `seed·1000 + k`), and each output must match `expected`
+/// within `atol + rtol·|expected|`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    /// Seed of the inputs.
+    pub seed: u64,
+    /// The reference interpreter's outputs: (name, blob of little-endian elements).
+    pub expected: Vec<(String, Blob)>,
+    /// Relative tolerance.
+    pub rtol: f64,
+    /// Absolute tolerance.
+    pub atol: f64,
+}
+
 /// What a bundle holds, besides the blobs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -80,6 +96,9 @@ pub struct Manifest {
     pub outputs: Vec<(String, u32)>,
     /// Launches in order.
     pub launches: Vec<LaunchSpec>,
+    /// A correctness check, if the bundle was built with one.
+    #[serde(default)]
+    pub check: Option<Check>,
 }
 
 /// A bundle in memory.
@@ -165,9 +184,38 @@ impl Bundle {
                 inputs: program.inputs.clone(),
                 outputs: program.outputs.clone(),
                 launches,
+                check: None,
             },
             data,
         })
+    }
+
+    /// Adds a correctness check: the outputs the reference gives on inputs drawn from `seed`.
+    pub fn with_check(
+        mut self,
+        seed: u64,
+        expected: &[(String, smelt_compiler::ir::Tensor)],
+        rtol: f64,
+        atol: f64,
+    ) -> Bundle {
+        let mut blobs = Vec::new();
+        for (name, t) in expected {
+            let mut raw = vec![0u8; t.numel() * t.dtype().size()];
+            t.write_le_bytes(&mut raw);
+            let b = Blob {
+                offset: self.data.len() as u64,
+                len: raw.len() as u64,
+            };
+            self.data.extend_from_slice(&raw);
+            blobs.push((name.clone(), b));
+        }
+        self.manifest.check = Some(Check {
+            seed,
+            expected: blobs,
+            rtol,
+            atol,
+        });
+        self
     }
 
     /// The bytes of a blob.
@@ -236,6 +284,12 @@ impl Bundle {
                     .launches
                     .iter()
                     .flat_map(|l| l.cubins.iter().map(|(_, b)| b)),
+            )
+            .chain(
+                manifest
+                    .check
+                    .iter()
+                    .flat_map(|c| c.expected.iter().map(|(_, b)| b)),
             )
             .all(fits);
         if !blobs_fit {

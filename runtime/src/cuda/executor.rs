@@ -127,6 +127,34 @@ impl CudaModel {
         self.syncs.load(Ordering::Relaxed)
     }
 
+    /// Fills every output buffer with 0xFF bytes (NaN for floats), so a kernel that fails to
+    /// write its output shows up in the next run's results.
+    pub fn poison_outputs(&self) -> Result<(), Error> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, b) in &self.outputs {
+            let spec = &self.buffers[*b as usize];
+            let junk = vec![0xffu8; spec.bytes];
+            let mut dst = state.arena.slice_mut(spec.offset..spec.offset + spec.bytes);
+            self.stream
+                .memcpy_htod(&junk, &mut dst)
+                .map_err(cuda("poisoning the outputs"))?;
+        }
+        self.stream
+            .synchronize()
+            .map_err(cuda("poisoning the outputs"))
+    }
+
+    /// The graph inputs: (name, dtype, shape), in order.
+    pub fn inputs(&self) -> Vec<(String, smelt_compiler::ir::DType, Vec<usize>)> {
+        self.inputs
+            .iter()
+            .map(|(n, b)| {
+                let s = &self.buffers[*b as usize];
+                (n.clone(), s.dtype, s.shape.clone())
+            })
+            .collect()
+    }
+
     /// Every launch of the list, in order, on the stream.
     fn enqueue(&self, arena: &CudaSlice<u8>) -> Result<(), Error> {
         let (base, _guard) = arena.device_ptr(&self.stream);
