@@ -73,7 +73,9 @@ impl CudaModel {
         let ctx = CudaContext::new(0).map_err(cuda("creating a context"))?;
         // One stream and buffers whose order the launch list fixes: cudarc's cross-stream
         // event tracking would only add work (and host-visible events) to every launch.
-        // SAFETY: called before any allocation on this context.
+        // SAFETY: everything this model allocates is used on its one stream only, in stream
+        // order, and freed (on drop) after that stream's work: the cross-stream hazards the
+        // events guard against cannot arise.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(cuda("creating a stream"))?;
         let mut functions = Vec::with_capacity(m.launches.len());
