@@ -50,7 +50,7 @@ fn compare(got: &Tensor, want: &Tensor, rtol: f64, atol: f64) -> Result<(), Stri
         let ok = if w.is_nan() {
             g.is_nan()
         } else {
-            (g - w).abs() <= atol + rtol * w.abs()
+            *g == w || (g - w).abs() <= atol + rtol * w.abs()
         };
         if !ok {
             return Err(format!("element {i}: got {g}, expected {w}"));
@@ -75,7 +75,14 @@ pub fn check_bundle(path: &Path, runs: usize) -> Result<BundleResult, Error> {
         None => "no check".to_string(),
         Some(c) => {
             let mut v = "ok".to_string();
-            for ((name, blob), (_, g)) in c.expected.iter().zip(&got) {
+            if c.expected.len() != got.len() {
+                v = format!("{} outputs, expected {}", got.len(), c.expected.len());
+            }
+            for (name, blob) in &c.expected {
+                let Some((_, g)) = got.iter().find(|(n, _)| n == name) else {
+                    v = format!("no output named {name}");
+                    break;
+                };
                 let want = Tensor::from_le_bytes(g.dtype(), g.shape().to_vec(), bundle.blob(blob))
                     .ok_or_else(|| {
                         Error::Usage(format!("{name}: expected output has the wrong size"))

@@ -244,6 +244,16 @@ fn run(cli: Cli) -> Result<(), Error> {
                     &smelt_runtime::cache::dir(),
                 )?;
                 let b = if bundle_check {
+                    // gpu-check draws inputs by position in the bundle's input list.
+                    let names = |g: &smelt::Graph| -> Vec<String> {
+                        g.inputs.iter().map(|&i| g.nodes[i].name.clone()).collect()
+                    };
+                    if names(&graph) != names(&compiled.graph) {
+                        return Err(Error::Usage(
+                            "--bundle-check: optimizing changed the inputs; cannot attach a check"
+                                .into(),
+                        ));
+                    }
                     let seed = 7;
                     let inputs = smelt::bench::random_inputs(&graph, seed);
                     let expected = smelt::interp::run(&graph, &inputs)?;

@@ -295,6 +295,23 @@ impl Bundle {
         if !blobs_fit {
             return Err(err("a blob lies outside the bundle"));
         }
+        let n = manifest.buffers.len();
+        let buffers_fit = manifest.buffers.iter().all(|b| {
+            b.offset
+                .checked_add(b.bytes)
+                .is_some_and(|e| e <= manifest.arena_bytes)
+                && b.constant.as_ref().is_none_or(|c| c.len == b.bytes as u64)
+        });
+        let indices_fit = manifest
+            .launches
+            .iter()
+            .flat_map(|l| &l.params)
+            .chain(manifest.inputs.iter().map(|(_, b)| b))
+            .chain(manifest.outputs.iter().map(|(_, b)| b))
+            .all(|&b| (b as usize) < n);
+        if !buffers_fit || !indices_fit {
+            return Err(err("a buffer lies outside the arena or is not declared"));
+        }
         Ok(Bundle { manifest, data })
     }
 

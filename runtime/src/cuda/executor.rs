@@ -35,13 +35,14 @@ struct State {
 
 /// A bundle loaded onto a GPU.
 pub struct CudaModel {
+    // Dropped first: the graph and the arena go before the modules they use.
+    state: Mutex<State>,
     stream: Arc<CudaStream>,
     functions: Vec<CudaFunction>,
     launches: Vec<LaunchSpec>,
     buffers: Vec<BufferSpec>,
     inputs: Vec<(String, u32)>,
     outputs: Vec<(String, u32)>,
-    state: Mutex<State>,
     device: device::DeviceInfo,
     syncs: AtomicU64,
     _ctx: Arc<CudaContext>,
@@ -135,6 +136,10 @@ impl CudaModel {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         for (_, b) in &self.outputs {
             let spec = &self.buffers[*b as usize];
+            // A weight or an input that is also an output is rewritten by no kernel: leave it.
+            if spec.constant.is_some() || self.inputs.iter().any(|(_, i)| i == b) {
+                continue;
+            }
             let junk = vec![0xffu8; spec.bytes];
             let mut dst = state.arena.slice_mut(spec.offset..spec.offset + spec.bytes);
             self.stream
