@@ -284,6 +284,7 @@ impl<'a> Emitter<'a> {
         let node = self.node(id);
         let shape = &node.ty.shape;
         Ok(match &node.op {
+            Op::Constant(t) if t.numel() == 1 => immediate(t),
             Op::Input => {
                 let k = self
                     .body
@@ -448,6 +449,11 @@ impl<'a> Emitter<'a> {
     /// A load from a kernel input, left unbound so it can sit in a guarded branch (a
     /// padded or out-of-range position must not be read).
     fn load(&mut self, id: NodeId, idx: &[Expr]) -> R<Expr> {
+        if let Op::Constant(t) = &self.node(id).op {
+            if t.numel() == 1 {
+                return Ok(immediate(t));
+            }
+        }
         let k = self
             .body
             .inputs
@@ -1073,6 +1079,40 @@ fn single_row_axis(op: &Op, rank: usize) -> Option<usize> {
     }
 }
 
+/// Body inputs that are one-element constants become constants of the body: kernels use
+/// them as immediates instead of loading them.
+fn inline_scalars(
+    body: &Graph,
+    ins: &[u32],
+    constants: &[(u32, std::sync::Arc<crate::ir::Tensor>)],
+) -> (Graph, Vec<u32>) {
+    let mut g = body.clone();
+    let (mut inputs, mut bufs) = (Vec::new(), Vec::new());
+    for (k, &i) in body.inputs.iter().enumerate() {
+        match constants
+            .iter()
+            .find(|(b, t)| *b == ins[k] && t.numel() == 1)
+        {
+            Some((_, t)) => g.nodes[i].op = Op::Constant(t.clone()),
+            None => {
+                inputs.push(i);
+                bufs.push(ins[k]);
+            }
+        }
+    }
+    g.inputs = inputs;
+    (g, bufs)
+}
+
+/// The immediate of a one-element constant.
+fn immediate(t: &crate::ir::Tensor) -> Expr {
+    if t.dtype().is_int() {
+        Expr::I(t.to_i64()[0])
+    } else {
+        Expr::F(t.to_f64()[0])
+    }
+}
+
 /// Lowers an optimized graph to the kernel IR for a GPU.
 pub fn lower(g: &Graph) -> R<Program> {
     lower_for(g, Target::Gpu)
@@ -1137,6 +1177,7 @@ pub fn lower_for(g: &Graph, target: Target) -> R<Program> {
         } else {
             Precision::F32
         };
+        let (body, ins) = inline_scalars(&body, &ins, &constants);
         if target == Target::Cpu {
             let mut sink = cpu::Sink {
                 buffers: &mut buffers,
