@@ -10,18 +10,9 @@ use smelt::{interp, Device, Graph, Session, Tensor};
 use smelt_runtime::SessionOptions;
 use std::collections::HashMap;
 
+/// Seeded random inputs (never all zero): the benchmark harness's.
 fn feeds(g: &Graph, seed: u64) -> HashMap<String, Tensor> {
-    g.inputs
-        .iter()
-        .enumerate()
-        .map(|(k, &i)| {
-            let n = &g.nodes[i];
-            (
-                n.name.clone(),
-                common::random_tensor(n.ty.dtype, &n.ty.shape, seed + k as u64),
-            )
-        })
-        .collect()
+    smelt::bench::random_inputs(g, seed)
 }
 
 fn session(g: &Graph, fuse: bool) -> Session {

@@ -10,18 +10,9 @@ use smelt::optimize::Options;
 use smelt::{compile, interp, Graph, Tensor};
 use std::collections::HashMap;
 
+/// Seeded random inputs (never all zero): the benchmark harness's.
 fn feeds(g: &Graph, seed: u64) -> HashMap<String, Tensor> {
-    g.inputs
-        .iter()
-        .enumerate()
-        .map(|(k, &i)| {
-            let n = &g.nodes[i];
-            (
-                n.name.clone(),
-                common::random_tensor(n.ty.dtype, &n.ty.shape, seed + k as u64),
-            )
-        })
-        .collect()
+    smelt::bench::random_inputs(g, seed)
 }
 
 /// Lowers `g` (fused or not) and compares the kernel-IR run with the reference.
