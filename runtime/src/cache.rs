@@ -73,6 +73,13 @@ pub fn counters() -> (u64, u64, u64) {
     )
 }
 
+/// Appends the trailer [`verify`] checks: the magic and the checksum of `bytes`.
+pub fn seal(bytes: &mut Vec<u8>) {
+    let sum = fnv1a(&[bytes]);
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&sum.to_le_bytes());
+}
+
 /// True when `bytes` ends with a trailer whose checksum matches what precedes it.
 pub fn verify(bytes: &[u8]) -> bool {
     let Some(body_len) = bytes.len().checked_sub(16) else {
@@ -130,9 +137,7 @@ pub fn get_or_build(
     let tmp = temp_path(path);
     let result = build(&tmp).and_then(|()| {
         let mut bytes = std::fs::read(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        let sum = fnv1a(&[&bytes]);
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&sum.to_le_bytes());
+        seal(&mut bytes);
         let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
         f.write_all(&bytes)
             .and_then(|()| f.sync_all())

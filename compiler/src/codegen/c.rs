@@ -14,7 +14,7 @@
 //!
 //! [`Target::Cpu`]: crate::kernel::Target::Cpu
 
-use super::c_style::{var_types, Ctx, Scalar, Target};
+use super::c_style::{Ctx, Target};
 use super::RenderError;
 use crate::ir::DType;
 use crate::kernel::ir::{
@@ -63,25 +63,10 @@ impl Target for C {
         "/* barrier: one thread per block */"
     }
 
-    fn store_conversion(&self, d: DType, v: &str, _p: Precision) -> String {
+    fn half_conversions(&self, d: DType) -> (&'static str, &'static str) {
         match d {
-            DType::F16 => format!("smelt_f32_to_f16((float)({v}))"),
-            DType::BF16 => format!("smelt_f32_to_bf16((float)({v}))"),
-            DType::Bool => format!("(uint8_t)(({v}) != 0)"),
-            d => format!("({})({v})", self.elem_type(d)),
-        }
-    }
-
-    fn load_conversion(&self, d: DType, raw: &str, p: Precision) -> String {
-        let float = match p {
-            Precision::F32 => "float",
-            Precision::F64 => "double",
-        };
-        match d {
-            DType::F16 => format!("({float})smelt_f16_to_f32({raw})"),
-            DType::BF16 => format!("({float})smelt_bf16_to_f32({raw})"),
-            DType::F32 | DType::F64 | DType::Bool => format!("({float})({raw})"),
-            _ => format!("(long long)({raw})"),
+            DType::BF16 => ("smelt_bf16_to_f32", "smelt_f32_to_bf16"),
+            _ => ("smelt_f16_to_f32", "smelt_f32_to_f16"),
         }
     }
 
@@ -124,7 +109,7 @@ impl Target for C {
             Some(Stmt::Let {
                 var,
                 value: Expr::Combine(op, a, b),
-            }) if **a == Expr::Var(*var) && !mentions(b, *var) => Some((*var, *op)),
+            }) if **a == Expr::Var(*var) && !vars_of(b).contains(var) => Some((*var, *op)),
             _ => None,
         };
         let plain = match fold {
@@ -133,7 +118,7 @@ impl Target for C {
         };
         for s in plain {
             let reads_unset = |e: &Expr| {
-                fold.is_some_and(|(acc, _)| mentions(e, acc))
+                fold.is_some_and(|(acc, _)| vars_of(e).contains(&acc))
                     || vars_of(e)
                         .iter()
                         .any(|v| is_set_in(plain, *v) && !private.contains(v))
@@ -249,20 +234,6 @@ pub fn io_slots(program: &Program) -> Vec<Option<usize>> {
     slots
 }
 
-/// True when `e` reads variable `v`.
-fn mentions(e: &Expr, v: u32) -> bool {
-    match e {
-        Expr::Var(x) => *x == v,
-        Expr::F(_) | Expr::I(_) | Expr::Builtin(_) => false,
-        Expr::Load { index, .. } => mentions(index, v),
-        Expr::Unary(_, a) | Expr::Cast(_, a) => mentions(a, v),
-        Expr::Binary(_, a, b) | Expr::Combine(_, a, b) | Expr::Index(_, a, b) => {
-            mentions(a, v) || mentions(b, v)
-        }
-        Expr::Select(c, a, b) => mentions(c, v) || mentions(a, v) || mentions(b, v),
-    }
-}
-
 /// The variables `e` reads.
 fn vars_of(e: &Expr) -> Vec<u32> {
     let mut out = Vec::new();
@@ -293,12 +264,6 @@ fn is_set_in(body: &[Stmt], v: u32) -> bool {
         .any(|s| matches!(s, Stmt::Let { var, .. } if *var == v))
 }
 
-fn has_collective(stmts: &[Stmt]) -> bool {
-    Stmt::any(stmts, &|s| {
-        matches!(s, Stmt::BlockReduce { .. } | Stmt::Barrier)
-    })
-}
-
 fn has_gemm(stmts: &[Stmt]) -> bool {
     Stmt::any(stmts, &|s| matches!(s, Stmt::Gemm(_)))
 }
@@ -317,19 +282,13 @@ pub fn render_kernel(
         kernel: kernel.name.clone(),
         what: what.into(),
     };
-    if kernel.launch.block > 1 && has_collective(&kernel.body) {
+    if kernel.launch.block > 1 && Stmt::has_collective(&kernel.body) {
         return Err(err("block collectives across several threads on the CPU"));
     }
     if kernel.launch.grid * kernel.launch.block > 1 && has_gemm(&kernel.body) {
         return Err(err("a library matrix product run by several threads"));
     }
-    let mut ctx = Ctx {
-        target: &target,
-        program,
-        kernel,
-        vars: vec![None; kernel.vars as usize],
-    };
-    var_types(&mut ctx, &kernel.body);
+    let ctx = Ctx::new(&target, program, kernel);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -385,19 +344,7 @@ pub fn render_kernel(
         let _ = writeln!(out, "        const long long thr = 0; (void)thr;");
         2
     };
-    let pad = "    ".repeat(depth);
-    for (v, t) in ctx.vars.iter().enumerate() {
-        match t {
-            Some(Scalar::Int) => {
-                let _ = writeln!(out, "{pad}long long v{v};");
-            }
-            Some(Scalar::Float) => {
-                let _ = writeln!(out, "{pad}{} v{v};", ctx.float());
-            }
-            None => {}
-        }
-    }
-    ctx.stmts(&mut out, &kernel.body, depth)?;
+    ctx.body(&mut out, depth)?;
     if block > 1 {
         let _ = writeln!(out, "        }}");
     }

@@ -18,10 +18,28 @@ pub trait Target {
         -> Option<String>;
     /// A barrier statement.
     fn barrier(&self) -> &'static str;
+    /// The functions converting a 16-bit float storage type (f16, bf16) to f32 and back.
+    fn half_conversions(&self, d: DType) -> (&'static str, &'static str);
     /// A stored element's conversion from the compute value.
-    fn store_conversion(&self, d: DType, value: &str, p: Precision) -> String;
+    fn store_conversion(&self, d: DType, v: &str) -> String {
+        match d {
+            DType::F16 | DType::BF16 => format!("{}((float)({v}))", self.half_conversions(d).1),
+            DType::Bool => format!("({})(({v}) != 0)", self.elem_type(d)),
+            d => format!("({})({v})", self.elem_type(d)),
+        }
+    }
     /// A loaded element's conversion to the compute value.
-    fn load_conversion(&self, d: DType, value: &str, p: Precision) -> String;
+    fn load_conversion(&self, d: DType, raw: &str, p: Precision) -> String {
+        let float = match p {
+            Precision::F32 => "float",
+            Precision::F64 => "double",
+        };
+        match d {
+            DType::F16 | DType::BF16 => format!("({float}){}({raw})", self.half_conversions(d).0),
+            DType::F32 | DType::F64 | DType::Bool => format!("({float})({raw})"),
+            _ => format!("(long long)({raw})"),
+        }
+    }
     /// The smelt float helper `name` (relu, gelu, max_nan, …) at a precision, if the target
     /// has it.
     fn helper(&self, name: &str, p: Precision) -> Option<String>;
@@ -73,6 +91,35 @@ pub struct Ctx<'a, T: Target> {
 }
 
 impl<'a, T: Target> Ctx<'a, T> {
+    /// The context for rendering `kernel`, each variable typed by its first assignment.
+    pub fn new(target: &'a T, program: &'a Program, kernel: &'a Kernel) -> Self {
+        let mut ctx = Ctx {
+            target,
+            program,
+            kernel,
+            vars: vec![None; kernel.vars as usize],
+        };
+        var_types(&mut ctx, &kernel.body);
+        ctx
+    }
+
+    /// The kernel's variable declarations and statements at an indentation depth.
+    pub fn body(&self, out: &mut String, depth: usize) -> Result<(), RenderError> {
+        let pad = "    ".repeat(depth);
+        for (v, t) in self.vars.iter().enumerate() {
+            match t {
+                Some(Scalar::Int) => {
+                    let _ = writeln!(out, "{pad}long long v{v};");
+                }
+                Some(Scalar::Float) => {
+                    let _ = writeln!(out, "{pad}{} v{v};", self.float());
+                }
+                None => {}
+            }
+        }
+        self.stmts(out, &self.kernel.body, depth)
+    }
+
     fn err(&self, what: String) -> RenderError {
         RenderError {
             kernel: self.kernel.name.clone(),
@@ -211,7 +258,7 @@ impl<'a, T: Target> Ctx<'a, T> {
                     format!("({})(({x}) != 0)", self.float())
                 } else {
                     // Round as storing in `d` would, back in the compute type.
-                    let stored = self.target.store_conversion(*d, &x, self.kernel.precision);
+                    let stored = self.target.store_conversion(*d, &x);
                     self.target
                         .load_conversion(*d, &stored, self.kernel.precision)
                 }
@@ -397,9 +444,7 @@ impl<'a, T: Target> Ctx<'a, T> {
                 }
                 Stmt::Store { buf, index, value } => {
                     let d = self.program.buffers[*buf as usize].dtype;
-                    let v =
-                        self.target
-                            .store_conversion(d, &self.expr(value)?, self.kernel.precision);
+                    let v = self.target.store_conversion(d, &self.expr(value)?);
                     let _ = writeln!(out, "{pad}b{buf}[{}] = {v};", self.expr(index)?);
                 }
                 Stmt::For {
@@ -455,7 +500,7 @@ impl<'a, T: Target> Ctx<'a, T> {
 }
 
 /// The type of each variable: from its first assignment (loop variables are indices).
-pub fn var_types<T: Target>(ctx: &mut Ctx<T>, stmts: &[Stmt]) {
+fn var_types<T: Target>(ctx: &mut Ctx<T>, stmts: &[Stmt]) {
     for s in stmts {
         match s {
             Stmt::Let { var, value } if ctx.vars[*var as usize].is_none() => {

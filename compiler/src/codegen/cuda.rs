@@ -2,7 +2,7 @@
 //! smelt's device library (`smelt/*.cuh`). Blocks and threads map to `blockIdx.x` and
 //! `threadIdx.x`; block reductions to `smelt::block_reduce` over 32 floats of shared memory.
 
-use super::c_style::{var_types, Ctx, Scalar, Target};
+use super::c_style::{Ctx, Target};
 use super::RenderError;
 use crate::ir::DType;
 use crate::kernel::ir::{Builtin, Gemm, Kernel, Precision, Program, ReduceOp, Stmt};
@@ -91,25 +91,10 @@ impl Target for Cuda {
         None
     }
 
-    fn store_conversion(&self, d: DType, v: &str, _p: Precision) -> String {
+    fn half_conversions(&self, d: DType) -> (&'static str, &'static str) {
         match d {
-            DType::F16 => format!("__float2half_rn((float)({v}))"),
-            DType::BF16 => format!("__float2bfloat16_rn((float)({v}))"),
-            DType::Bool => format!("(({v}) != 0)"),
-            d => format!("({})({v})", self.elem_type(d)),
-        }
-    }
-
-    fn load_conversion(&self, d: DType, raw: &str, p: Precision) -> String {
-        let float = match p {
-            Precision::F32 => "float",
-            Precision::F64 => "double",
-        };
-        match d {
-            DType::F16 => format!("({float})__half2float({raw})"),
-            DType::BF16 => format!("({float})__bfloat162float({raw})"),
-            DType::F32 | DType::F64 | DType::Bool => format!("({float})({raw})"),
-            _ => format!("(long long)({raw})"),
+            DType::BF16 => ("__bfloat162float", "__float2bfloat16_rn"),
+            _ => ("__half2float", "__float2half_rn"),
         }
     }
 }
@@ -121,13 +106,7 @@ fn has_block_reduce(stmts: &[Stmt]) -> bool {
 /// CUDA C for one kernel of a program.
 pub fn render_kernel(program: &Program, kernel: &Kernel) -> Result<String, RenderError> {
     let target = Cuda;
-    let mut ctx = Ctx {
-        target: &target,
-        program,
-        kernel,
-        vars: vec![None; kernel.vars as usize],
-    };
-    var_types(&mut ctx, &kernel.body);
+    let ctx = Ctx::new(&target, program, kernel);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -156,18 +135,7 @@ pub fn render_kernel(program: &Program, kernel: &Kernel) -> Result<String, Rende
     if has_block_reduce(&kernel.body) {
         let _ = writeln!(out, "    __shared__ float smelt_shared[32];");
     }
-    for (v, t) in ctx.vars.iter().enumerate() {
-        match t {
-            Some(Scalar::Int) => {
-                let _ = writeln!(out, "    long long v{v};");
-            }
-            Some(Scalar::Float) => {
-                let _ = writeln!(out, "    {} v{v};", ctx.float());
-            }
-            None => {}
-        }
-    }
-    ctx.stmts(&mut out, &kernel.body, 1)?;
+    ctx.body(&mut out, 1)?;
     let _ = writeln!(out, "}}");
     Ok(out)
 }

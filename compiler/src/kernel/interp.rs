@@ -175,12 +175,6 @@ fn combine(op: ReduceOp, x: f64, y: f64) -> f64 {
     }
 }
 
-fn has_collective(stmts: &[Stmt]) -> bool {
-    Stmt::any(stmts, &|s| {
-        matches!(s, Stmt::BlockReduce { .. } | Stmt::Barrier)
-    })
-}
-
 /// Runs one thread through statements that contain no collective.
 fn exec_thread(stmts: &[Stmt], env: &mut Env, t: i64, cx: &mut Ctx, k: &Kernel) -> Result<()> {
     for s in stmts {
@@ -290,7 +284,7 @@ fn exec_block(stmts: &[Stmt], envs: &mut [Env], cx: &mut Ctx, k: &Kernel) -> Res
                 step,
                 uniform,
                 body,
-            } if has_collective(body) => {
+            } if Stmt::has_collective(body) => {
                 if !uniform {
                     return Err(err(
                         k,
@@ -320,7 +314,7 @@ fn exec_block(stmts: &[Stmt], envs: &mut [Env], cx: &mut Ctx, k: &Kernel) -> Res
                     i += st0[0];
                 }
             }
-            Stmt::If { then, .. } if has_collective(then) => {
+            Stmt::If { then, .. } if Stmt::has_collective(then) => {
                 return Err(err(k, "a collective inside a conditional".into()));
             }
             other => {

@@ -220,6 +220,14 @@ pub struct Gemm {
 }
 
 impl Stmt {
+    /// True when any statement is a block collective (reduction or barrier), nested ones
+    /// included.
+    pub fn has_collective(stmts: &[Stmt]) -> bool {
+        Stmt::any(stmts, &|s| {
+            matches!(s, Stmt::BlockReduce { .. } | Stmt::Barrier)
+        })
+    }
+
     /// True when `pred` holds for any statement, nested loop and branch bodies included.
     pub fn any(stmts: &[Stmt], pred: &dyn Fn(&Stmt) -> bool) -> bool {
         stmts.iter().any(|s| {

@@ -868,8 +868,7 @@ impl<'a> Emitter<'a> {
         let m = self.serial_reduce(&[], &[n], ReduceOp::Max, &mut |me, j| me.value(x, &at(j)))?;
         let s = self.serial_reduce(&[], &[n], ReduceOp::Sum, &mut |me, j| {
             let v = me.value(x, &at(j))?;
-            let d = Expr::Binary(crate::ir::BinaryOp::Sub, Box::new(v), Box::new(m.clone()));
-            Ok(Expr::Unary(UnaryOp::Exp, Box::new(d)))
+            Ok(exp_sub(v, m.clone()))
         })?;
         Ok((m, s))
     }
@@ -982,6 +981,18 @@ fn zero_of(_d: DType) -> Expr {
 fn div_f(a: Expr, n: f64) -> Expr {
     Expr::Binary(crate::ir::BinaryOp::Div, Box::new(a), Box::new(Expr::F(n)))
 }
+/// `exp(v - m)`: a softmax numerator.
+fn exp_sub(v: Expr, m: Expr) -> Expr {
+    Expr::Unary(
+        UnaryOp::Exp,
+        Box::new(Expr::Binary(
+            crate::ir::BinaryOp::Sub,
+            Box::new(v),
+            Box::new(m),
+        )),
+    )
+}
+
 fn square(a: Expr) -> Expr {
     Expr::Binary(crate::ir::BinaryOp::Mul, Box::new(a.clone()), Box::new(a))
 }
@@ -1328,14 +1339,7 @@ impl Emitter<'_> {
                         .block_reduce(prefix, &tail, ReduceOp::Max, &mut |me, i| me.value(x, i))?;
                     let s = self.block_reduce(prefix, &tail, ReduceOp::Sum, &mut |me, i| {
                         let v = me.value(x, i)?;
-                        Ok(Expr::Unary(
-                            UnaryOp::Exp,
-                            Box::new(Expr::Binary(
-                                crate::ir::BinaryOp::Sub,
-                                Box::new(v),
-                                Box::new(m.clone()),
-                            )),
-                        ))
+                        Ok(exp_sub(v, m.clone()))
                     })?;
                     self.stats.insert((id, "max"), m);
                     self.stats.insert((id, "sum"), s);
@@ -1425,14 +1429,7 @@ fn lower_rows(
         let base = mul(Expr::Var(row), Expr::I(len as i64));
         let sum = e.block_reduce(&prefix, &tail, ReduceOp::Sum, &mut |me, i| {
             let v = me.value(x, i)?;
-            let ex = me.bind(Expr::Unary(
-                UnaryOp::Exp,
-                Box::new(Expr::Binary(
-                    crate::ir::BinaryOp::Sub,
-                    Box::new(v),
-                    Box::new(m.clone()),
-                )),
-            ));
+            let ex = me.bind(exp_sub(v, m.clone()));
             me.push(Stmt::Store {
                 buf: out,
                 index: add(base.clone(), i[axis].clone()),

@@ -462,14 +462,14 @@ impl CpuModel {
                 io[slot] = data_ptr(t.data());
             }
         }
-        let input_bufs: Vec<u32> = self.program.inputs.iter().map(|(_, b)| *b).collect();
         // Storage for each output that a kernel writes, by slot.
         let mut owned: Vec<(usize, Data)> = Vec::new();
         for (_, b) in &self.program.outputs {
             let Some(slot) = self.slots[*b as usize] else {
                 continue;
             };
-            if input_bufs.contains(b) || owned.iter().any(|(s, _)| *s == slot) {
+            let is_input = self.program.inputs.iter().any(|(_, i)| i == b);
+            if is_input || owned.iter().any(|(s, _)| *s == slot) {
                 continue;
             }
             let d = &self.program.buffers[*b as usize];

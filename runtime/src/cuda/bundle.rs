@@ -238,9 +238,7 @@ impl Bundle {
         out.extend_from_slice(&(manifest.len() as u64).to_le_bytes());
         out.extend_from_slice(&manifest);
         out.extend_from_slice(&self.data);
-        let sum = cache::fnv1a(&[&out]);
-        out.extend_from_slice(b"SMELTCK1");
-        out.extend_from_slice(&sum.to_le_bytes());
+        cache::seal(&mut out);
         out
     }
 

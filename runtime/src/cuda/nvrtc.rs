@@ -195,12 +195,7 @@ pub fn compile_ptx(name: &str, source: &str, arch: &str) -> Result<String, Nvrtc
         // SAFETY: `prog` compiled successfully.
         let chars = unsafe { result::get_ptx(prog) }
             .map_err(|e| NvrtcError::Call(format!("nvrtcGetPTX: {e:?}")))?;
-        let bytes: Vec<u8> = chars
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8)
-            .collect();
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+        Ok(c_text(&chars))
     })?;
     Ok(ptx)
 }
@@ -232,14 +227,7 @@ fn run<T>(
     let compiled = unsafe { result::compile_program(prog, &options) };
     // SAFETY: as above.
     let log = unsafe { result::get_program_log(prog) }
-        .map(|chars| {
-            let bytes: Vec<u8> = chars
-                .iter()
-                .take_while(|&&c| c != 0)
-                .map(|&c| c as u8)
-                .collect();
-            String::from_utf8_lossy(&bytes).into_owned()
-        })
+        .map(|chars| c_text(&chars))
         .unwrap_or_default();
     let out = match compiled {
         Err(_) => Err(NvrtcError::Compile {
@@ -316,6 +304,16 @@ fn decode(b: &[u8]) -> Option<Cubin> {
         cubin,
         log,
     })
+}
+
+/// A NUL-terminated C string from NVRTC as text.
+fn c_text(chars: &[std::ffi::c_char]) -> String {
+    let bytes: Vec<u8> = chars
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 fn cubin(prog: sys::nvrtcProgram) -> Result<Vec<u8>, NvrtcError> {
