@@ -10,29 +10,29 @@ const USES_EVERY_HEADER: &str = r#"
 #include "smelt/reduce.cuh"
 #include "smelt/vector.cuh"
 
-// One block per row: online softmax (one read of the row) in f16 storage.
+// One block per row: online softmax (one read for the statistics) in f16 storage.
 extern "C" __global__ void softmax_rows_f16(const __half* x, __half* y, int n) {
-    __shared__ float scratch[32];
+    __shared__ float scratch[64];
     const __half* row = x + (size_t)blockIdx.x * n;
-    smelt::MaxSum acc = smelt::MaxSum::identity();
-    for (int i = threadIdx.x; i < n; i += blockDim.x) acc.push(smelt::to_f32(row[i]));
-    acc = smelt::warp_merge(acc);
-    const float m = smelt::block_reduce(acc.max, smelt::Max(), -smelt::inf(), scratch);
-    const float s = smelt::block_reduce(acc.max == -smelt::inf() ? 0.0f : acc.sum * __expf(acc.max - m), smelt::Sum(), 0.0f, scratch);
+    float m = -smelt::inf(), s = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) smelt::merge_max_sum(m, s, smelt::to_f32(row[i]), 1.0f);
+    smelt::block_reduce_max_sum(m, s, scratch);
+    const float total = smelt::block_reduce(s, smelt::Sum(), 0.0f, scratch);
     for (int i = threadIdx.x; i < n; i += blockDim.x)
-        y[(size_t)blockIdx.x * n + i] = smelt::from_f32<__half>(__expf(smelt::to_f32(row[i]) - m) / s);
+        y[(size_t)blockIdx.x * n + i] = smelt::from_f32<__half>(expf(smelt::to_f32(row[i]) - m) / total);
 }
 
-// One warp per row: Welford layernorm in bf16 storage.
-extern "C" __global__ void layernorm_rows_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, int rows, int n, float eps) {
+// One warp per row: Welford layernorm in bf16 storage, and a double max over 8-lane groups.
+extern "C" __global__ void layernorm_rows_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, double* z, int rows, int n, float eps) {
     const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
     if (row >= rows) return;
-    smelt::Welford w = smelt::Welford::identity();
-    for (int i = lane; i < n; i += 32) w.push(smelt::to_f32(x[(size_t)row * n + i]));
-    w = smelt::warp_merge(w);
-    const float inv = rsqrtf(w.m2 / w.count + eps);
+    float count = 0.0f, mean = 0.0f, m2 = 0.0f;
+    for (int i = lane; i < n; i += 32) smelt::merge_welford(count, mean, m2, 1.0f, smelt::to_f32(x[(size_t)row * n + i]), 0.0f);
+    smelt::warp_reduce_welford(count, mean, m2);
+    const float inv = rsqrtf(m2 / count + eps);
     for (int i = lane; i < n; i += 32)
-        y[(size_t)row * n + i] = smelt::from_f32<__nv_bfloat16>((smelt::to_f32(x[(size_t)row * n + i]) - w.mean) * inv);
+        y[(size_t)row * n + i] = smelt::from_f32<__nv_bfloat16>((smelt::to_f32(x[(size_t)row * n + i]) - mean) * inv);
+    z[row] = smelt::warp_reduce<8>((double)mean, smelt::Max());
 }
 
 // Grid-stride elementwise with 128-bit accesses.

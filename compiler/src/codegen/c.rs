@@ -18,7 +18,7 @@ use super::c_style::{Ctx, Target};
 use super::RenderError;
 use crate::ir::DType;
 use crate::kernel::ir::{
-    Builtin, Expr, Gemm, Kernel, MatrixView, Precision, Program, ReduceOp, Stmt,
+    Builtin, Combiner, Expr, Gemm, Kernel, MatrixView, Precision, Program, ReduceOp, Scope, Stmt,
 };
 use std::fmt::Write;
 
@@ -53,10 +53,11 @@ impl Target for C {
         }
     }
 
-    fn block_reduce(&self, var: &str, _op: ReduceOp, _id: &str, _p: Precision) -> Option<String> {
-        Some(format!(
-            "/* {var}: the block's one thread holds the block's value */"
-        ))
+    fn reduce(&self, _scope: Scope, _c: Combiner, vars: &[String], _identity: &str) -> String {
+        format!(
+            "/* {}: the block's one thread holds the block's value */",
+            vars.join(", ")
+        )
     }
 
     fn barrier(&self) -> &'static str {

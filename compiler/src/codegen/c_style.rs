@@ -4,7 +4,9 @@
 
 use super::RenderError;
 use crate::ir::{BinaryOp, DType, UnaryOp};
-use crate::kernel::ir::{Builtin, Expr, Gemm, IndexOp, Kernel, Precision, Program, ReduceOp, Stmt};
+use crate::kernel::ir::{
+    Builtin, Combiner, Expr, Gemm, IndexOp, Kernel, Precision, Program, ReduceOp, Scope, Stmt,
+};
 use std::fmt::Write;
 
 /// What a renderer target decides.
@@ -13,9 +15,9 @@ pub trait Target {
     fn elem_type(&self, d: DType) -> &'static str;
     /// A built-in index.
     fn builtin(&self, b: Builtin) -> &'static str;
-    /// `var = block-wide reduction of var`, if the target has it at that precision.
-    fn block_reduce(&self, var: &str, op: ReduceOp, identity: &str, p: Precision)
-        -> Option<String>;
+    /// The statement combining the partials held in `vars` across `scope`, in place
+    /// (`identity` is the combiner's identity for one-value operations).
+    fn reduce(&self, scope: Scope, combiner: Combiner, vars: &[String], identity: &str) -> String;
     /// A barrier statement.
     fn barrier(&self) -> &'static str;
     /// The functions converting a 16-bit float storage type (f16, bf16) to f32 and back.
@@ -473,12 +475,17 @@ impl<'a, T: Target> Ctx<'a, T> {
                     self.stmts(out, then, depth + 1)?;
                     let _ = writeln!(out, "{pad}}}");
                 }
-                Stmt::BlockReduce { var, op } => {
-                    let id = self.lit(op.identity());
-                    let text = self
-                        .target
-                        .block_reduce(&format!("v{var}"), *op, &id, self.kernel.precision)
-                        .ok_or_else(|| self.err("a block reduction in f64".into()))?;
+                Stmt::Reduce {
+                    scope,
+                    combiner,
+                    vars,
+                } => {
+                    let id = match combiner {
+                        Combiner::Op(op) => self.lit(op.identity()),
+                        _ => String::new(),
+                    };
+                    let vars: Vec<String> = vars.iter().map(|v| format!("v{v}")).collect();
+                    let text = self.target.reduce(*scope, *combiner, &vars, &id);
                     let _ = writeln!(out, "{pad}{text}");
                 }
                 Stmt::Barrier => {

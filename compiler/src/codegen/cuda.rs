@@ -1,11 +1,14 @@
 //! CUDA C from the kernel IR: one `extern "C" __global__` function per kernel, including
 //! smelt's device library (`smelt/*.cuh`). Blocks and threads map to `blockIdx.x` and
-//! `threadIdx.x`; block reductions to `smelt::block_reduce` over 32 floats of shared memory.
+//! `threadIdx.x`; reductions to the warp-shuffle and block functions of `smelt/reduce.cuh`
+//! (block ones over 32 values of shared memory per component).
 
 use super::c_style::{Ctx, Target};
 use super::RenderError;
 use crate::ir::DType;
-use crate::kernel::ir::{Builtin, Gemm, Kernel, Precision, Program, ReduceOp, Stmt};
+use crate::kernel::ir::{
+    Builtin, Combiner, Gemm, Kernel, Precision, Program, ReduceOp, Scope, Stmt,
+};
 use std::fmt::Write;
 
 /// The CUDA target.
@@ -35,25 +38,32 @@ impl Target for Cuda {
         }
     }
 
-    fn block_reduce(
-        &self,
-        var: &str,
-        op: ReduceOp,
-        identity: &str,
-        p: Precision,
-    ) -> Option<String> {
-        if p == Precision::F64 {
-            return None;
+    fn reduce(&self, scope: Scope, combiner: Combiner, vars: &[String], identity: &str) -> String {
+        let all = vars.join(", ");
+        match (combiner, scope) {
+            (Combiner::Op(op), Scope::Block) => format!(
+                "{all} = smelt::block_reduce({all}, smelt::{}(), {identity}, smelt_shared);",
+                functor(op)
+            ),
+            (Combiner::Op(op), Scope::Warp(w)) => {
+                format!(
+                    "{all} = smelt::warp_reduce<{w}>({all}, smelt::{}());",
+                    functor(op)
+                )
+            }
+            (Combiner::MaxSum, Scope::Block) => {
+                format!("smelt::block_reduce_max_sum({all}, smelt_shared);")
+            }
+            (Combiner::MaxSum, Scope::Warp(w)) => {
+                format!("smelt::warp_reduce_max_sum<{w}>({all});")
+            }
+            (Combiner::Welford, Scope::Block) => {
+                format!("smelt::block_reduce_welford({all}, smelt_shared);")
+            }
+            (Combiner::Welford, Scope::Warp(w)) => {
+                format!("smelt::warp_reduce_welford<{w}>({all});")
+            }
         }
-        let f = match op {
-            ReduceOp::Sum => "Sum",
-            ReduceOp::Max => "Max",
-            ReduceOp::Min => "Min",
-            ReduceOp::Prod => "Prod",
-        };
-        Some(format!(
-            "{var} = smelt::block_reduce({var}, smelt::{f}(), {identity}, smelt_shared);"
-        ))
     }
 
     fn barrier(&self) -> &'static str {
@@ -71,12 +81,10 @@ impl Target for Cuda {
         }
     }
 
-    fn combine_fn(&self, op: ReduceOp, p: Precision) -> String {
-        match (op, p) {
-            (ReduceOp::Min, Precision::F32) => "smelt::Min()".into(),
-            (ReduceOp::Min, Precision::F64) => "fmin".into(),
-            (_, Precision::F32) => "smelt::Max()".into(),
-            (_, Precision::F64) => "fmax".into(),
+    fn combine_fn(&self, op: ReduceOp, _p: Precision) -> String {
+        match op {
+            ReduceOp::Min => "smelt::Min()".into(),
+            _ => "smelt::Max()".into(),
         }
     }
 
@@ -99,8 +107,31 @@ impl Target for Cuda {
     }
 }
 
-fn has_block_reduce(stmts: &[Stmt]) -> bool {
-    Stmt::any(stmts, &|s| matches!(s, Stmt::BlockReduce { .. }))
+fn functor(op: ReduceOp) -> &'static str {
+    match op {
+        ReduceOp::Sum => "Sum",
+        ReduceOp::Max => "Max",
+        ReduceOp::Min => "Min",
+        ReduceOp::Prod => "Prod",
+    }
+}
+
+/// Shared memory the block reductions of a kernel need: 32 values per component of the
+/// widest one, or none.
+fn shared_values(stmts: &[Stmt]) -> usize {
+    let most = std::cell::Cell::new(0);
+    Stmt::any(stmts, &|s| {
+        if let Stmt::Reduce {
+            scope: Scope::Block,
+            combiner,
+            ..
+        } = s
+        {
+            most.set(most.get().max(32 * combiner.arity()));
+        }
+        false
+    });
+    most.get()
 }
 
 /// CUDA C for one kernel of a program.
@@ -132,8 +163,13 @@ pub fn render_kernel(program: &Program, kernel: &Kernel) -> Result<String, Rende
         kernel.name,
         params.join(", ")
     );
-    if has_block_reduce(&kernel.body) {
-        let _ = writeln!(out, "    __shared__ float smelt_shared[32];");
+    let shared = shared_values(&kernel.body);
+    if shared > 0 {
+        let t = match kernel.precision {
+            Precision::F32 => "float",
+            Precision::F64 => "double",
+        };
+        let _ = writeln!(out, "    __shared__ {t} smelt_shared[{shared}];");
     }
     ctx.body(&mut out, 1)?;
     let _ = writeln!(out, "}}");

@@ -269,6 +269,12 @@ impl GraphBuilder {
         self.op(Op::Softmax { axis }, &[x])
     }
 
+    /// Log of the softmax along `axis` (negative counts from the end).
+    pub fn log_softmax(&mut self, x: Value, axis: i64) -> Result<Value> {
+        let axis = self.axis(x, axis)?;
+        self.op(Op::LogSoftmax { axis }, &[x])
+    }
+
     /// Layer normalization over the dims from `axis` on, with scale and optional bias.
     pub fn layer_norm(
         &mut self,

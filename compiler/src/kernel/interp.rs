@@ -3,7 +3,8 @@
 //! warp-shuffle tree the GPU runs — so lowering bugs are caught without a GPU.
 
 use super::ir::{
-    Builtin, Expr, Gemm, IndexOp, Kernel, MatrixView, Precision, Program, ReduceOp, Stmt,
+    Builtin, Combiner, Expr, Gemm, IndexOp, Kernel, MatrixView, Precision, Program, ReduceOp,
+    Scope, Stmt,
 };
 use crate::error::{Error, Result};
 use crate::interp::math::{binary_f, binary_i, unary_f};
@@ -225,7 +226,7 @@ fn exec_thread(stmts: &[Stmt], env: &mut Env, t: i64, cx: &mut Ctx, k: &Kernel) 
                 }
             }
             Stmt::Gemm(g) => gemm(g, cx, k)?,
-            Stmt::BlockReduce { .. } | Stmt::Barrier => unreachable!("collectives run in lockstep"),
+            Stmt::Reduce { .. } | Stmt::Barrier => unreachable!("collectives run in lockstep"),
         }
     }
     Ok(())
@@ -275,7 +276,11 @@ fn gemm(g: &Gemm, cx: &mut Ctx, k: &Kernel) -> Result<()> {
 fn exec_block(stmts: &[Stmt], envs: &mut [Env], cx: &mut Ctx, k: &Kernel) -> Result<()> {
     for s in stmts {
         match s {
-            Stmt::BlockReduce { var, op } => block_reduce(envs, *var, *op, cx.precision, k)?,
+            Stmt::Reduce {
+                scope,
+                combiner,
+                vars,
+            } => reduce(envs, *scope, *combiner, vars, cx.precision, k)?,
             Stmt::Barrier => {}
             Stmt::For {
                 var,
@@ -327,46 +332,112 @@ fn exec_block(stmts: &[Stmt], envs: &mut [Env], cx: &mut Ctx, k: &Kernel) -> Res
     Ok(())
 }
 
-/// The GPU's reduction tree: a butterfly over each warp's 32 lanes, warp results through
-/// shared memory, and a butterfly over those in every warp.
-fn block_reduce(envs: &mut [Env], var: u32, op: ReduceOp, p: Precision, k: &Kernel) -> Result<()> {
-    let mut v: Vec<f64> = envs
+/// Merges two partial results of a combiner, rounding every operation to the kernel's
+/// precision as the GPU's `smelt/reduce.cuh` does.
+fn merge(c: Combiner, p: Precision, a: &[f64], b: &[f64]) -> Vec<f64> {
+    let r = |x: f64| round(p, x);
+    match c {
+        Combiner::Op(op) => vec![r(combine(op, a[0], b[0]))],
+        Combiner::MaxSum => {
+            let m = combine(ReduceOp::Max, a[0], b[0]);
+            let base = if m == f64::NEG_INFINITY { 0.0 } else { m };
+            let sa = r(a[1] * r(r(a[0] - base).exp()));
+            let sb = r(b[1] * r(r(b[0] - base).exp()));
+            vec![m, r(sa + sb)]
+        }
+        Combiner::Welford => {
+            let n = r(a[0] + b[0]);
+            if n == 0.0 {
+                return a.to_vec();
+            }
+            let d = r(b[1] - a[1]);
+            let fb = r(b[0] / n);
+            let mean = r(a[1] + r(d * fb));
+            let m2 = r(r(a[2] + b[2]) + r(r(r(d * d) * a[0]) * fb));
+            vec![n, mean, m2]
+        }
+    }
+}
+
+/// The identity partial of a combiner.
+fn identity(c: Combiner) -> Vec<f64> {
+    match c {
+        Combiner::Op(op) => vec![op.identity()],
+        Combiner::MaxSum => vec![f64::NEG_INFINITY, 0.0],
+        Combiner::Welford => vec![0.0; 3],
+    }
+}
+
+/// The GPU's reduction trees. A warp scope of width `w`: a butterfly over each group of `w`
+/// lanes (offsets w/2, …, 1). The block scope: a butterfly over each warp's 32 lanes, warp
+/// results through shared memory, and a butterfly over those in every warp.
+fn reduce(
+    envs: &mut [Env],
+    scope: Scope,
+    c: Combiner,
+    vars: &[u32],
+    p: Precision,
+    k: &Kernel,
+) -> Result<()> {
+    if vars.len() != c.arity() {
+        return Err(err(k, format!("{c:?} reduces {} variables", c.arity())));
+    }
+    let mut v: Vec<Vec<f64>> = envs
         .iter()
         .map(|e| {
-            e.get(var as usize)
-                .copied()
-                .flatten()
-                .map(|x| x.f())
-                .ok_or_else(|| err(k, format!("v{var} reduced before it is set")))
+            vars.iter()
+                .map(|&var| {
+                    e.get(var as usize)
+                        .copied()
+                        .flatten()
+                        .map(|x| x.f())
+                        .ok_or_else(|| err(k, format!("v{var} reduced before it is set")))
+                })
+                .collect()
         })
         .collect::<Result<_>>()?;
-    let butterfly = |v: &mut [f64]| {
-        for warp in v.chunks_mut(32) {
-            let mut offset = 16;
+    let butterfly = |v: &mut [Vec<f64>], width: usize| {
+        for group in v.chunks_mut(width) {
+            let mut offset = width / 2;
             while offset > 0 {
-                let prev = warp.to_vec();
-                for lane in 0..warp.len() {
-                    let other = prev.get(lane ^ offset).copied().unwrap_or(op.identity());
-                    warp[lane] = round(p, combine(op, prev[lane], other));
+                let prev = group.to_vec();
+                for lane in 0..group.len() {
+                    let other = prev.get(lane ^ offset).cloned().unwrap_or(identity(c));
+                    group[lane] = merge(c, p, &prev[lane], &other);
                 }
                 offset >>= 1;
             }
         }
     };
-    butterfly(&mut v);
-    let warps = v.len().div_ceil(32);
-    let shared: Vec<f64> = (0..warps).map(|w| v[w * 32]).collect();
-    for (t, x) in v.iter_mut().enumerate() {
-        let lane = t % 32;
-        *x = if lane < warps {
-            shared[lane]
-        } else {
-            op.identity()
-        };
+    match scope {
+        Scope::Warp(w) => {
+            if !(w.is_power_of_two() && w <= 32 && v.len().is_multiple_of(w)) {
+                return Err(err(
+                    k,
+                    format!("warp reduction over {w} lanes in a block of {}", v.len()),
+                ));
+            }
+            butterfly(&mut v, w);
+        }
+        Scope::Block => {
+            butterfly(&mut v, 32);
+            let warps = v.len().div_ceil(32);
+            let shared: Vec<Vec<f64>> = (0..warps).map(|w| v[w * 32].clone()).collect();
+            for (t, x) in v.iter_mut().enumerate() {
+                let lane = t % 32;
+                *x = if lane < warps {
+                    shared[lane].clone()
+                } else {
+                    identity(c)
+                };
+            }
+            butterfly(&mut v, 32);
+        }
     }
-    butterfly(&mut v);
     for (env, x) in envs.iter_mut().zip(v) {
-        env[var as usize] = Some(Val::F(x));
+        for (&var, x) in vars.iter().zip(x) {
+            env[var as usize] = Some(Val::F(x));
+        }
     }
     Ok(())
 }

@@ -3,10 +3,10 @@
 //! written; the CUDA and C renderers print it.
 //!
 //! Execution model: a kernel runs `launch.grid` blocks of `launch.block` threads. Every
-//! thread runs the body with its own variables. [`Stmt::BlockReduce`] and [`Stmt::Barrier`]
-//! involve every thread of the block, so they may only appear where all threads of a block
-//! get to them together: at the top level of the body, or inside a loop whose bounds depend
-//! on the block index alone ([`Stmt::For`] with `uniform: true`).
+//! thread runs the body with its own variables. [`Stmt::Reduce`] and [`Stmt::Barrier`]
+//! involve every thread of the block (or of the warp lanes they name), so they may only appear
+//! where all threads of a block get to them together: at the top level of the body, or inside
+//! a loop whose bounds depend on the block index alone ([`Stmt::For`] with `uniform: true`).
 
 use crate::ir::{BinaryOp, DType, UnaryOp};
 use serde::Serialize;
@@ -96,6 +96,40 @@ impl ReduceOp {
     }
 }
 
+/// Which threads combine their values in a [`Stmt::Reduce`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Scope {
+    /// Each group of `width` consecutive lanes of a warp (a power of two, at most 32): a
+    /// butterfly of warp shuffles, no shared memory and no barrier.
+    Warp(usize),
+    /// The whole block: a butterfly in each warp, then across warps through shared memory.
+    Block,
+}
+
+/// What a [`Stmt::Reduce`] combines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Combiner {
+    /// One value, with a reduction operation.
+    Op(ReduceOp),
+    /// Online-softmax partials `(max, sum)`: `sum` is Σ exp(x - max) over the values seen.
+    /// Merging rescales both sums to the larger max.
+    MaxSum,
+    /// Welford partials `(count, mean, m2)`: `m2` is Σ (x - mean)²; merged with Chan's
+    /// formula.
+    Welford,
+}
+
+impl Combiner {
+    /// How many variables a partial result takes.
+    pub fn arity(self) -> usize {
+        match self {
+            Combiner::Op(_) => 1,
+            Combiner::MaxSum => 2,
+            Combiner::Welford => 3,
+        }
+    }
+}
+
 /// A scalar expression. Floats compute in the kernel's [`Precision`]; indices in i64.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum Expr {
@@ -169,13 +203,15 @@ pub enum Stmt {
         /// Body.
         then: Vec<Stmt>,
     },
-    /// Every thread of the block combines its `var` with `op` (a warp shuffle tree, then
-    /// across warps through shared memory); afterwards every thread holds the result.
-    BlockReduce {
-        /// Variable reduced in place.
-        var: u32,
-        /// How.
-        op: ReduceOp,
+    /// The threads of `scope` combine their partial results held in `vars` (one per
+    /// component of the combiner); afterwards every one of them holds the combined result.
+    Reduce {
+        /// Who takes part.
+        scope: Scope,
+        /// How partials combine.
+        combiner: Combiner,
+        /// The partial's variables, reduced in place.
+        vars: Vec<u32>,
     },
     /// Every thread of the block waits for the others.
     Barrier,
@@ -223,9 +259,7 @@ impl Stmt {
     /// True when any statement is a block collective (reduction or barrier), nested ones
     /// included.
     pub fn has_collective(stmts: &[Stmt]) -> bool {
-        Stmt::any(stmts, &|s| {
-            matches!(s, Stmt::BlockReduce { .. } | Stmt::Barrier)
-        })
+        Stmt::any(stmts, &|s| matches!(s, Stmt::Reduce { .. } | Stmt::Barrier))
     }
 
     /// True when `pred` holds for any statement, nested loop and branch bodies included.
@@ -351,8 +385,22 @@ fn fmt_block(f: &mut fmt::Formatter<'_>, stmts: &[Stmt], depth: usize) -> fmt::R
                 fmt_block(f, then, depth + 1)?;
                 writeln!(f, "{pad}}}")?;
             }
-            Stmt::BlockReduce { var, op } => {
-                writeln!(f, "{pad}v{var} = block_reduce_{op:?}(v{var})")?
+            Stmt::Reduce {
+                scope,
+                combiner,
+                vars,
+            } => {
+                let vs: Vec<String> = vars.iter().map(|v| format!("v{v}")).collect();
+                let vs = vs.join(", ");
+                let scope = match scope {
+                    Scope::Warp(w) => format!("warp{w}"),
+                    Scope::Block => "block".into(),
+                };
+                let how = match combiner {
+                    Combiner::Op(op) => format!("{op:?}"),
+                    c => format!("{c:?}"),
+                };
+                writeln!(f, "{pad}{vs} = {scope}_reduce_{how}({vs})")?
             }
             Stmt::Barrier => writeln!(f, "{pad}barrier")?,
             Stmt::Gemm(g) => {

@@ -4,12 +4,15 @@
 //! - pointwise: a grid-stride loop over the output elements, each computed by following the
 //!   body graph back to loads (index maps for broadcast, transpose, reshape and slice;
 //!   reductions, normalizations and matrix products as serial loops);
-//! - rows: one block per row of a row kernel's iteration space; the row statistics
-//!   (reductions, softmax max/sum, layernorm mean/variance) are block reductions computed once
-//!   per row, then the row's outputs are written by the block's threads.
+//! - rows: the row statistics (reductions, softmax max/sum, layernorm mean/variance) are
+//!   computed once per row of a row kernel's iteration space, then the row's outputs are
+//!   written. On the GPU ([`rows`]) a group of warp lanes or a block shares each row, held in
+//!   registers or streamed with one-pass merges; on the CPU ([`cpu`]) one thread runs whole
+//!   rows.
 
 use super::ir::{
-    BufferDecl, Builtin, Expr, IndexOp, Kernel, Launch, Precision, Program, ReduceOp, Stmt,
+    BufferDecl, Builtin, Combiner, Expr, IndexOp, Kernel, Launch, Precision, Program, ReduceOp,
+    Scope, Stmt,
 };
 use crate::ir::{
     broadcast_shapes, DType, Graph, KernelKind, Node, NodeId, Op, ReduceKind, UnaryOp,
@@ -33,6 +36,7 @@ pub enum LowerError {
 type R<T> = Result<T, LowerError>;
 
 mod cpu;
+mod rows;
 pub use cpu::CPU_CHUNK;
 
 /// What a program is lowered for.
@@ -61,8 +65,44 @@ fn add(a: Expr, b: Expr) -> Expr {
     match (a, b) {
         (Expr::I(0), e) | (e, Expr::I(0)) => e,
         (Expr::I(x), Expr::I(y)) => Expr::I(x + y),
-        (a, b) => Expr::Index(IndexOp::Add, Box::new(a), Box::new(b)),
+        (a, b) => match regroup(&a, &b).or_else(|| regroup(&b, &a)) {
+            Some(e) => e,
+            None => Expr::Index(IndexOp::Add, Box::new(a), Box::new(b)),
+        },
     }
+}
+
+/// `(a / mn)·(n·c) + ((a / m) % n)·c = (a / m)·c` (for any sign of `a`: truncating
+/// division nests): ravelling an unravelled index gives back the flat index.
+fn regroup(hi: &Expr, lo: &Expr) -> Option<Expr> {
+    fn scaled(e: &Expr) -> (&Expr, i64) {
+        match e {
+            Expr::Index(IndexOp::Mul, x, c) => match **c {
+                Expr::I(c) => (x, c),
+                _ => (e, 1),
+            },
+            e => (e, 1),
+        }
+    }
+    fn quotient(e: &Expr) -> (&Expr, i64) {
+        match e {
+            Expr::Index(IndexOp::Div, a, q) => match **q {
+                Expr::I(q) => (a, q),
+                _ => (e, 1),
+            },
+            e => (e, 1),
+        }
+    }
+    let (x, c1) = scaled(hi);
+    let (a1, q) = quotient(x);
+    let (y, c2) = scaled(lo);
+    let Expr::Index(IndexOp::Rem, r, n) = y else {
+        return None;
+    };
+    let Expr::I(n) = **n else { return None };
+    let (a2, m) = quotient(r);
+    (a1 == a2 && m > 0 && n > 0 && q == m * n && c1 == n * c2)
+        .then(|| mul(div(a1.clone(), m as usize), Expr::I(c2)))
 }
 fn mul(a: Expr, b: Expr) -> Expr {
     match (a, b) {
@@ -1200,7 +1240,7 @@ pub fn lower_for(g: &Graph, target: Target) -> R<Program> {
             continue;
         }
         let kernel = match row_axis {
-            Some(axis) => lower_rows(&body, &ins, out, axis, name, precision, false)?,
+            Some(axis) => rows::lower_rows_gpu(&body, &ins, out, axis, name, precision)?,
             None => lower_pointwise(&body, &ins, out, name, precision)?,
         };
         kernels.push(Kernel {
@@ -1310,7 +1350,11 @@ impl Emitter<'_> {
     ) -> R<Expr> {
         let strided = (builtin(Builtin::Thread), builtin(Builtin::BlockDim));
         let acc = self.fold(prefix, tail, op, strided, f)?;
-        self.push(Stmt::BlockReduce { var: acc, op });
+        self.push(Stmt::Reduce {
+            scope: Scope::Block,
+            combiner: Combiner::Op(op),
+            vars: vec![acc],
+        });
         Ok(Expr::Var(acc))
     }
 
@@ -1368,7 +1412,8 @@ impl Emitter<'_> {
     }
 }
 
-/// One block per row: statistics by block reductions, then the row's outputs.
+/// A CPU row kernel: each block a contiguous run of whole rows (one thread), statistics by
+/// serial passes over the row, then the row's outputs. (GPU row kernels: [`rows`].)
 fn lower_rows(
     body: &Graph,
     inputs: &[u32],
@@ -1376,7 +1421,6 @@ fn lower_rows(
     axis: usize,
     name: String,
     precision: Precision,
-    cpu: bool,
 ) -> R<Kernel> {
     let root = body.outputs[0].1;
     // The iteration space: the input of the first row op.
@@ -1420,7 +1464,7 @@ fn lower_rows(
         && axis + 1 == space.len()
         && out_shape == space
         && row_ops == 1;
-    if cpu && softmax_root {
+    if softmax_root {
         // Softmax is the kernel's one row op and its output: exp once per element. Pass 1
         // the max; pass 2 stores exp(x - max) and sums it; pass 3 divides in place.
         let x = body.nodes[root].inputs[0];
@@ -1462,7 +1506,7 @@ fn lower_rows(
     } else {
         e.row_stats(&prefix, &space, axis)?;
     }
-    if cpu && softmax_root {
+    if softmax_root {
         // Written above.
     } else if out_n == rows * len
         && broadcast_shapes(&out_shape, &space).is_some_and(|b| b == space)
@@ -1518,27 +1562,12 @@ fn lower_rows(
         });
     }
     let row_body = e.close();
-    let launch = if cpu {
-        // Contiguous runs of whole rows, about CPU_CHUNK elements per block.
-        let per = (CPU_CHUNK / len.max(1)).max(1);
-        e.push(cpu::chunk_loop(row, rows, per, row_body));
-        Launch {
-            grid: rows.div_ceil(per).max(1),
-            block: 1,
-        }
-    } else {
-        e.push(Stmt::For {
-            var: row,
-            start: builtin(Builtin::Block),
-            end: Expr::I(rows as i64),
-            step: builtin(Builtin::GridDim),
-            uniform: true,
-            body: row_body,
-        });
-        Launch {
-            grid: rows.clamp(1, MAX_GRID),
-            block: ROW_BLOCK,
-        }
+    // Contiguous runs of whole rows, about CPU_CHUNK elements per block.
+    let per = (CPU_CHUNK / len.max(1)).max(1);
+    e.push(cpu::chunk_loop(row, rows, per, row_body));
+    let launch = Launch {
+        grid: rows.div_ceil(per).max(1),
+        block: 1,
     };
     let (reads, writes) = reads_writes(inputs, out);
     Ok(Kernel {

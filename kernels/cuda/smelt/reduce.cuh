@@ -1,90 +1,115 @@
-// smelt device library: warp and block reductions, and the merge steps of the one-pass row
-// algorithms (online softmax, Welford mean/variance).
+// smelt device library: warp and block reductions, for one value with an operation and for
+// the partials of the one-pass row algorithms (online softmax, Welford mean/variance). Every
+// function rounds and orders its operations exactly as the kernel-IR interpreter's `merge`
+// does (compiler/src/kernel/interp.rs), in f32 or f64.
 #pragma once
 #include "smelt/types.cuh"
 
 namespace smelt {
 
+__device__ __forceinline__ float exp_(float x) { return expf(x); }
+__device__ __forceinline__ double exp_(double x) { return exp(x); }
+template <typename T> __device__ __forceinline__ T neg_inf() { return -(T)inf(); }
+
 // Combining functors; max and min propagate NaN like the reference (fmaxf would drop it).
-struct Sum { __device__ __forceinline__ float operator()(float a, float b) const { return a + b; } };
-struct Prod { __device__ __forceinline__ float operator()(float a, float b) const { return a * b; } };
+struct Sum { template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; } };
+struct Prod { template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a * b; } };
 struct Max {
-    __device__ __forceinline__ float operator()(float a, float b) const {
-        return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b);
+    template <typename T> __device__ __forceinline__ T operator()(T a, T b) const {
+        return (a != a || b != b) ? a + b : (a > b ? a : b);
     }
 };
 struct Min {
-    __device__ __forceinline__ float operator()(float a, float b) const {
-        return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b);
+    template <typename T> __device__ __forceinline__ T operator()(T a, T b) const {
+        return (a != a || b != b) ? a + b : (a < b ? a : b);
     }
 };
 
-// Reduces `v` over the 32 lanes of a warp; every lane gets the result.
-template <typename Op> __device__ __forceinline__ float warp_reduce(float v, Op op) {
+// Reduces `v` over each group of W consecutive lanes (W a power of two, at most 32); every
+// lane of the group gets the result. All 32 lanes of the warp must call it together.
+template <int W = 32, typename T, typename Op> __device__ __forceinline__ T warp_reduce(T v, Op op) {
 #pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    for (int offset = W / 2; offset > 0; offset >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
     return v;
 }
 
 // Reduces `v` over a block of `blockDim.x` threads (a multiple of 32, at most 1024), with 32
-// floats of shared memory; every thread gets the result. Contains barriers: call it from
+// values of shared memory; every thread gets the result. Contains barriers: call it from
 // every thread of the block.
-template <typename Op> __device__ __forceinline__ float block_reduce(float v, Op op, float identity, float* shared32) {
+template <typename T, typename Op> __device__ __forceinline__ T block_reduce(T v, Op op, T identity, T* shared) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    v = warp_reduce(v, op);
-    __syncthreads();  // shared32 may still be read by a previous call
-    if (lane == 0) shared32[warp] = v;
+    v = warp_reduce<32>(v, op);
+    __syncthreads();  // shared may still be read by a previous call
+    if (lane == 0) shared[warp] = v;
     __syncthreads();
-    v = lane < warps ? shared32[lane] : identity;
-    return warp_reduce(v, op);
+    v = lane < warps ? shared[lane] : identity;
+    return warp_reduce<32>(v, op);
 }
 
-// Online softmax: a running (max, sum of exp(x - max)) pair, merged associatively.
-struct MaxSum {
-    float max, sum;
-    __device__ __forceinline__ static MaxSum identity() { return {-inf(), 0.0f}; }
-    __device__ __forceinline__ void push(float x) {
-        const float m = fmaxf(max, x);
-        sum = sum * __expf(max - m) + __expf(x - m);
-        max = m;
-    }
-    __device__ __forceinline__ static MaxSum merge(MaxSum a, MaxSum b) {
-        const float m = fmaxf(a.max, b.max);
-        if (m == -inf()) return a;
-        return {m, a.sum * __expf(a.max - m) + b.sum * __expf(b.max - m)};
-    }
-};
+// Online softmax partials: `s` is the sum of exp(x - m) over the values seen. Merging rescales
+// both sums to the larger max (to 0 when both maxima are -inf, so empty partials stay 0).
+template <typename T> __device__ __forceinline__ void merge_max_sum(T& m, T& s, T m2, T s2) {
+    const T mx = Max()(m, m2);
+    const T base = mx == neg_inf<T>() ? (T)0 : mx;
+    const T a = s * exp_(m - base);
+    const T b = s2 * exp_(m2 - base);
+    s = a + b;
+    m = mx;
+}
 
-// Welford: count, mean and sum of squared deviations, merged with Chan's formula.
-struct Welford {
-    float count, mean, m2;
-    __device__ __forceinline__ static Welford identity() { return {0.0f, 0.0f, 0.0f}; }
-    __device__ __forceinline__ void push(float x) {
-        count += 1.0f;
-        const float d = x - mean;
-        mean += d / count;
-        m2 += d * (x - mean);
+template <int W = 32, typename T> __device__ __forceinline__ void warp_reduce_max_sum(T& m, T& s) {
+#pragma unroll
+    for (int offset = W / 2; offset > 0; offset >>= 1) {
+        const T m2 = __shfl_xor_sync(0xffffffffu, m, offset), s2 = __shfl_xor_sync(0xffffffffu, s, offset);
+        merge_max_sum(m, s, m2, s2);
     }
-    __device__ __forceinline__ static Welford merge(Welford a, Welford b) {
-        const float n = a.count + b.count;
-        if (n == 0.0f) return a;
-        const float d = b.mean - a.mean, fb = b.count / n;
-        return {n, a.mean + d * fb, a.m2 + b.m2 + d * d * a.count * fb};
-    }
-};
+}
 
-template <typename T> __device__ __forceinline__ T warp_merge(T v) {
+// Block-wide online-softmax merge over 64 values of shared memory.
+template <typename T> __device__ __forceinline__ void block_reduce_max_sum(T& m, T& s, T* shared) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    warp_reduce_max_sum<32>(m, s);
+    __syncthreads();
+    if (lane == 0) { shared[warp] = m; shared[32 + warp] = s; }
+    __syncthreads();
+    m = lane < warps ? shared[lane] : neg_inf<T>();
+    s = lane < warps ? shared[32 + lane] : (T)0;
+    warp_reduce_max_sum<32>(m, s);
+}
+
+// Welford partials (count, mean, m2 = sum of squared deviations), merged with Chan's formula.
+template <typename T> __device__ __forceinline__ void merge_welford(T& n, T& mean, T& m2, T n2, T mean2, T m22) {
+    const T count = n + n2;
+    if (count == (T)0) return;
+    const T d = mean2 - mean;
+    const T fb = n2 / count;
+    const T mu = mean + d * fb;
+    m2 = (m2 + m22) + ((d * d) * n) * fb;
+    mean = mu;
+    n = count;
+}
+
+template <int W = 32, typename T> __device__ __forceinline__ void warp_reduce_welford(T& n, T& mean, T& m2) {
 #pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) {
-        T other;
-        other = v;
-        float* o = reinterpret_cast<float*>(&other);
-        const float* s = reinterpret_cast<const float*>(&v);
-#pragma unroll
-        for (int i = 0; i < int(sizeof(T) / sizeof(float)); ++i) o[i] = __shfl_xor_sync(0xffffffffu, s[i], offset);
-        v = T::merge(v, other);
+    for (int offset = W / 2; offset > 0; offset >>= 1) {
+        const T n2 = __shfl_xor_sync(0xffffffffu, n, offset);
+        const T mean2 = __shfl_xor_sync(0xffffffffu, mean, offset);
+        const T m22 = __shfl_xor_sync(0xffffffffu, m2, offset);
+        merge_welford(n, mean, m2, n2, mean2, m22);
     }
-    return v;
+}
+
+// Block-wide Welford merge over 96 values of shared memory.
+template <typename T> __device__ __forceinline__ void block_reduce_welford(T& n, T& mean, T& m2, T* shared) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    warp_reduce_welford<32>(n, mean, m2);
+    __syncthreads();
+    if (lane == 0) { shared[warp] = n; shared[32 + warp] = mean; shared[64 + warp] = m2; }
+    __syncthreads();
+    n = lane < warps ? shared[lane] : (T)0;
+    mean = lane < warps ? shared[32 + lane] : (T)0;
+    m2 = lane < warps ? shared[64 + lane] : (T)0;
+    warp_reduce_welford<32>(n, mean, m2);
 }
 
 }  // namespace smelt

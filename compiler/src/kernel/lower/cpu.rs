@@ -163,7 +163,7 @@ fn lower_value(
     let (g, ins) = pruned(body, root, inputs);
     let name = sink.name(sink.op);
     if let Some(axis) = body_row_axis(&g) {
-        if let Ok(k) = super::lower_rows(&g, &ins, out, axis, name.clone(), precision, true) {
+        if let Ok(k) = super::lower_rows(&g, &ins, out, axis, name.clone(), precision) {
             sink.push(k);
             return Ok(());
         }
@@ -228,7 +228,7 @@ pub(super) fn lower_node(
     if !(0..body.nodes.len()).any(|i| is_product(body, i)) {
         let name = sink.name(sink.op);
         let k = match row_axis {
-            Some(axis) => super::lower_rows(body, inputs, out, axis, name, precision, true)?,
+            Some(axis) => super::lower_rows(body, inputs, out, axis, name, precision)?,
             None => pointwise(body, inputs, out, name, precision)?,
         };
         sink.push(k);
