@@ -38,13 +38,21 @@ extern "C" __global__ void layernorm_rows_bf16(const __nv_bfloat16* x, __nv_bflo
 // Grid-stride elementwise with 128-bit accesses.
 extern "C" __global__ void gelu_f32x4(const float* x, float* y, int n4) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += gridDim.x * blockDim.x) {
-        float4 v = smelt::load4(x + 4 * i);
-        v.x = smelt::gelu(v.x);
-        v.y = smelt::gelu_tanh(v.y);
-        v.z = smelt::hard_swish(smelt::max_nan(v.z, smelt::sigmoid(v.z)));
-        v.w = smelt::elu(smelt::softplus(v.w), 1.0f);
-        smelt::store4(y + 4 * i, v);
+        smelt::vec<float, 4> v = *reinterpret_cast<const smelt::vec<float, 4>*>(x + 4 * i);
+        v.v[0] = smelt::gelu(v.v[0]);
+        v.v[1] = smelt::gelu_tanh(v.v[1]);
+        v.v[2] = smelt::hard_swish(smelt::max_nan(v.v[2], smelt::sigmoid(v.v[2])));
+        v.v[3] = smelt::elu(smelt::softplus(v.v[3]), 1.0f);
+        *reinterpret_cast<smelt::vec<float, 4>*>(y + 4 * i) = v;
     }
+}
+
+// The same functions in double.
+extern "C" __global__ void gelu_f64x2(const double* x, double* y) {
+    smelt::vec<double, 2> v = *reinterpret_cast<const smelt::vec<double, 2>*>(x + 2 * threadIdx.x);
+    v.v[0] = smelt::celu(smelt::gelu(v.v[0]), 1.0);
+    v.v[1] = smelt::mod_floor(smelt::selu(v.v[1], 1.5, 2.0), 3.0) + smelt::mod_floor(7ll, -2ll);
+    *reinterpret_cast<smelt::vec<double, 2>*>(y + 2 * threadIdx.x) = v;
 }
 "#;
 

@@ -58,6 +58,11 @@ pub trait Target {
     fn checked_int(&self, _op: &str) -> Option<String> {
         None
     }
+    /// The type of one vector access of `n` elements of C type `elem`, if the target has
+    /// one (else vector accesses are rendered element by element).
+    fn vector_type(&self, _elem: &str, _n: usize) -> Option<String> {
+        None
+    }
     /// A line to put before a loop with this body (a vectorization pragma), if any.
     fn loop_pragma(&self, _body: &[Stmt]) -> Option<String> {
         None
@@ -449,6 +454,61 @@ impl<'a, T: Target> Ctx<'a, T> {
                     let v = self.target.store_conversion(d, &self.expr(value)?);
                     let _ = writeln!(out, "{pad}b{buf}[{}] = {v};", self.expr(index)?);
                 }
+                Stmt::LoadVec { vars, buf, index } => {
+                    let d = self.program.buffers[*buf as usize].dtype;
+                    let p = self.kernel.precision;
+                    let i = self.expr(index)?;
+                    let elem = self.target.elem_type(d);
+                    match self.target.vector_type(elem, vars.len()) {
+                        Some(vt) => {
+                            let _ = writeln!(out, "{pad}{{");
+                            let _ = writeln!(
+                                out,
+                                "{pad}    const {vt} t = *reinterpret_cast<const {vt}*>(b{buf} + {i});"
+                            );
+                            for (l, v) in vars.iter().enumerate() {
+                                let x = self.target.load_conversion(d, &format!("t.v[{l}]"), p);
+                                let _ = writeln!(out, "{pad}    v{v} = {x};");
+                            }
+                            let _ = writeln!(out, "{pad}}}");
+                        }
+                        None => {
+                            for (l, v) in vars.iter().enumerate() {
+                                let raw = format!("b{buf}[{i} + {l}]");
+                                let x = self.target.load_conversion(d, &raw, p);
+                                let _ = writeln!(out, "{pad}v{v} = {x};");
+                            }
+                        }
+                    }
+                }
+                Stmt::StoreVec { buf, index, values } => {
+                    let d = self.program.buffers[*buf as usize].dtype;
+                    let i = self.expr(index)?;
+                    let vs = values
+                        .iter()
+                        .map(|v| Ok(self.target.store_conversion(d, &self.expr(v)?)))
+                        .collect::<Result<Vec<String>, RenderError>>()?;
+                    let elem = self.target.elem_type(d);
+                    match self.target.vector_type(elem, values.len()) {
+                        Some(vt) => {
+                            let _ = writeln!(out, "{pad}{{");
+                            let _ = writeln!(out, "{pad}    {vt} t;");
+                            for (l, v) in vs.iter().enumerate() {
+                                let _ = writeln!(out, "{pad}    t.v[{l}] = {v};");
+                            }
+                            let _ = writeln!(
+                                out,
+                                "{pad}    *reinterpret_cast<{vt}*>(b{buf} + {i}) = t;"
+                            );
+                            let _ = writeln!(out, "{pad}}}");
+                        }
+                        None => {
+                            for (l, v) in vs.iter().enumerate() {
+                                let _ = writeln!(out, "{pad}b{buf}[{i} + {l}] = {v};");
+                            }
+                        }
+                    }
+                }
                 Stmt::For {
                     var,
                     start,
@@ -519,6 +579,15 @@ fn var_types<T: Target>(ctx: &mut Ctx<T>, stmts: &[Stmt]) {
                 var_types(ctx, body);
             }
             Stmt::If { then, .. } => var_types(ctx, then),
+            Stmt::LoadVec { vars, buf, .. } => {
+                let t = ctx.scalar(&Expr::Load {
+                    buf: *buf,
+                    index: Box::new(Expr::I(0)),
+                });
+                for v in vars {
+                    ctx.vars[*v as usize].get_or_insert(t);
+                }
+            }
             _ => {}
         }
     }

@@ -83,21 +83,7 @@ fn eval(e: &Expr, env: &Env, t: i64, cx: &Ctx, k: &Kernel) -> Result<Val> {
         }),
         Expr::Load { buf, index } => {
             let i = eval(index, env, t, cx, k)?.i();
-            let b = &cx.buffers[*buf as usize];
-            let x = *usize::try_from(i)
-                .ok()
-                .and_then(|i| b.get(i))
-                .ok_or_else(|| {
-                    err(
-                        k,
-                        format!("load b{buf}[{i}] out of bounds (len {})", b.len()),
-                    )
-                })?;
-            if cx.dtypes[*buf as usize].is_int() {
-                Val::I(x as i64)
-            } else {
-                Val::F(round(p, x))
-            }
+            load(cx, *buf, i, k)?
         }
         Expr::Unary(u, a) => match eval(a, env, t, cx, k)? {
             Val::F(x) => Val::F(round(p, unary_f(*u, x))),
@@ -155,6 +141,57 @@ fn eval(e: &Expr, env: &Env, t: i64, cx: &Ctx, k: &Kernel) -> Result<Val> {
     })
 }
 
+/// Element `i` of buffer `buf`, converted to the compute type.
+fn load(cx: &Ctx, buf: u32, i: i64, k: &Kernel) -> Result<Val> {
+    let b = &cx.buffers[buf as usize];
+    let x = *usize::try_from(i)
+        .ok()
+        .and_then(|i| b.get(i))
+        .ok_or_else(|| {
+            err(
+                k,
+                format!("load b{buf}[{i}] out of bounds (len {})", b.len()),
+            )
+        })?;
+    Ok(if cx.dtypes[buf as usize].is_int() {
+        Val::I(x as i64)
+    } else {
+        Val::F(round(cx.precision, x))
+    })
+}
+
+/// Stores `v` into element `i` of buffer `buf`, rounded to its dtype.
+fn store(cx: &mut Ctx, buf: u32, i: i64, v: Val, k: &Kernel) -> Result<()> {
+    let d = cx.dtypes[buf as usize];
+    let b = &mut cx.buffers[buf as usize];
+    let len = b.len();
+    let slot = usize::try_from(i)
+        .ok()
+        .and_then(|i| b.get_mut(i))
+        .ok_or_else(|| err(k, format!("store b{buf}[{i}] out of bounds (len {len})")))?;
+    *slot = to_dtype(d, v.f());
+    Ok(())
+}
+
+/// The first element of a vector access of `lanes` elements, checked to be aligned.
+fn vector_start(
+    index: &Expr,
+    lanes: usize,
+    env: &Env,
+    t: i64,
+    cx: &Ctx,
+    k: &Kernel,
+) -> Result<i64> {
+    let i = eval(index, env, t, cx, k)?.i();
+    if lanes == 0 || i.rem_euclid(lanes as i64) != 0 {
+        return Err(err(
+            k,
+            format!("vector access of {lanes} elements at {i} is misaligned"),
+        ));
+    }
+    Ok(i)
+}
+
 fn combine(op: ReduceOp, x: f64, y: f64) -> f64 {
     match op {
         ReduceOp::Sum => x + y,
@@ -187,16 +224,23 @@ fn exec_thread(stmts: &[Stmt], env: &mut Env, t: i64, cx: &mut Ctx, k: &Kernel) 
             Stmt::Store { buf, index, value } => {
                 let i = eval(index, env, t, cx, k)?.i();
                 let v = eval(value, env, t, cx, k)?;
-                let d = cx.dtypes[*buf as usize];
-                let b = &mut cx.buffers[*buf as usize];
-                let len = b.len();
-                let slot = usize::try_from(i)
-                    .ok()
-                    .and_then(|i| b.get_mut(i))
-                    .ok_or_else(|| {
-                        err(k, format!("store b{buf}[{i}] out of bounds (len {len})"))
-                    })?;
-                *slot = to_dtype(d, v.f());
+                store(cx, *buf, i, v, k)?;
+            }
+            Stmt::LoadVec { vars, buf, index } => {
+                let i = vector_start(index, vars.len(), env, t, cx, k)?;
+                for (l, var) in vars.iter().enumerate() {
+                    env[*var as usize] = Some(load(cx, *buf, i + l as i64, k)?);
+                }
+            }
+            Stmt::StoreVec { buf, index, values } => {
+                let i = vector_start(index, values.len(), env, t, cx, k)?;
+                let vs: Vec<Val> = values
+                    .iter()
+                    .map(|v| eval(v, env, t, cx, k))
+                    .collect::<Result<_>>()?;
+                for (l, v) in vs.into_iter().enumerate() {
+                    store(cx, *buf, i + l as i64, v, k)?;
+                }
             }
             Stmt::For {
                 var,

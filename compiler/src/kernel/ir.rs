@@ -181,6 +181,27 @@ pub enum Stmt {
         /// Value.
         value: Expr,
     },
+    /// `vars[l] = buf[index + l]` for every lane `l`: one vector access. `index` is a multiple
+    /// of the lane count, so the access is aligned to its size (buffers start 64-byte
+    /// aligned).
+    LoadVec {
+        /// One variable per lane.
+        vars: Vec<u32>,
+        /// Buffer.
+        buf: u32,
+        /// Element index of lane 0.
+        index: Expr,
+    },
+    /// `buf[index + l] = values[l]` for every lane `l`: one vector access, aligned as
+    /// [`Stmt::LoadVec`]'s.
+    StoreVec {
+        /// Buffer.
+        buf: u32,
+        /// Element index of lane 0.
+        index: Expr,
+        /// One value per lane.
+        values: Vec<Expr>,
+    },
     /// `for var in (start..end).step_by(step)`.
     For {
         /// Loop variable.
@@ -367,6 +388,16 @@ fn fmt_block(f: &mut fmt::Formatter<'_>, stmts: &[Stmt], depth: usize) -> fmt::R
         match s {
             Stmt::Let { var, value } => writeln!(f, "{pad}v{var} = {value}")?,
             Stmt::Store { buf, index, value } => writeln!(f, "{pad}b{buf}[{index}] = {value}")?,
+            Stmt::LoadVec { vars, buf, index } => {
+                let vs: Vec<String> = vars.iter().map(|v| format!("v{v}")).collect();
+                let n = vars.len();
+                writeln!(f, "{pad}{} = b{buf}[{index} +: {n}]", vs.join(", "))?
+            }
+            Stmt::StoreVec { buf, index, values } => {
+                let vs: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+                let n = values.len();
+                writeln!(f, "{pad}b{buf}[{index} +: {n}] = ({})", vs.join(", "))?
+            }
             Stmt::For {
                 var,
                 start,

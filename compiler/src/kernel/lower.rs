@@ -37,6 +37,7 @@ type R<T> = Result<T, LowerError>;
 
 mod cpu;
 mod rows;
+mod vector;
 pub use cpu::CPU_CHUNK;
 
 /// What a program is lowered for.
@@ -194,6 +195,8 @@ struct Emitter<'a> {
     memo: Vec<HashMap<String, Expr>>,
     /// Per-row statistics of row ops, computed once per row (row kernels only).
     stats: HashMap<(NodeId, &'static str), Expr>,
+    /// The lanes of a vectorized pointwise kernel being emitted.
+    lanes: Option<vector::Lanes>,
 }
 
 impl<'a> Emitter<'a> {
@@ -332,9 +335,13 @@ impl<'a> Emitter<'a> {
                     .iter()
                     .position(|&i| i == id)
                     .expect("listed input");
-                Expr::Load {
-                    buf: self.inputs[k],
-                    index: Box::new(ravel(idx, shape)),
+                let (buf, index) = (self.inputs[k], ravel(idx, shape));
+                match self.lane_load(buf, &index) {
+                    Some(v) => v,
+                    None => Expr::Load {
+                        buf,
+                        index: Box::new(index),
+                    },
                 }
             }
             Op::Unary(u) => Expr::Unary(*u, Box::new(self.arg(id, 0, idx)?)),
@@ -1241,7 +1248,10 @@ pub fn lower_for(g: &Graph, target: Target) -> R<Program> {
         }
         let kernel = match row_axis {
             Some(axis) => rows::lower_rows_gpu(&body, &ins, out, axis, name, precision)?,
-            None => lower_pointwise(&body, &ins, out, name, precision)?,
+            None => match vector::lower_pointwise_vector(&body, &ins, out, &name, precision)? {
+                Some(k) => k,
+                None => lower_pointwise(&body, &ins, out, name, precision)?,
+            },
         };
         kernels.push(Kernel {
             node: node.name.clone(),
@@ -1273,6 +1283,7 @@ fn emitter<'a>(body: &'a Graph, inputs: &'a [u32]) -> Emitter<'a> {
         blocks: vec![Vec::new()],
         memo: vec![HashMap::new()],
         stats: HashMap::new(),
+        lanes: None,
     }
 }
 

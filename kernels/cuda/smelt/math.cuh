@@ -1,35 +1,54 @@
 // smelt device library: scalar functions that generated kernels call by name, so the
-// renderer's op table maps each IR op to one call. Exact (libdevice) versions; fast-math
-// kernels are compiled with --use_fast_math instead.
+// renderer's op table maps each IR op to one call. Each is a template over float and double
+// (the kernel's precision). Exact (libdevice) versions; fast-math kernels are compiled with
+// --use_fast_math instead.
 #pragma once
 
 namespace smelt {
 
-__device__ __forceinline__ float relu(float x) { return x < 0.0f ? 0.0f : x; }
-__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
-__device__ __forceinline__ float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
-__device__ __forceinline__ float gelu_tanh(float x) {
-    const float k = 0.79788456080286536f;  // sqrt(2 / pi)
-    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
-}
-__device__ __forceinline__ float hard_sigmoid(float x, float alpha, float beta) {
-    return fminf(1.0f, fmaxf(0.0f, alpha * x + beta));
-}
-__device__ __forceinline__ float hard_swish(float x) { return x * hard_sigmoid(x, 1.0f / 6.0f, 0.5f); }
-__device__ __forceinline__ float softplus(float x) { return x > 30.0f ? x : log1pf(expf(x)); }
-__device__ __forceinline__ float leaky_relu(float x, float alpha) { return x < 0.0f ? alpha * x : x; }
-__device__ __forceinline__ float elu(float x, float alpha) { return x < 0.0f ? alpha * (expf(x) - 1.0f) : x; }
-// NaN-propagating min/max (numpy and ONNX semantics; fminf/fmaxf drop NaN).
-__device__ __forceinline__ float max_nan(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b); }
-__device__ __forceinline__ float min_nan(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b); }
+// libdevice functions by precision.
+__device__ __forceinline__ float exp_(float x) { return expf(x); }
+__device__ __forceinline__ double exp_(double x) { return exp(x); }
+__device__ __forceinline__ float erf_(float x) { return erff(x); }
+__device__ __forceinline__ double erf_(double x) { return erf(x); }
+__device__ __forceinline__ float tanh_(float x) { return tanhf(x); }
+__device__ __forceinline__ double tanh_(double x) { return tanh(x); }
+__device__ __forceinline__ float log1p_(float x) { return log1pf(x); }
+__device__ __forceinline__ double log1p_(double x) { return log1p(x); }
+__device__ __forceinline__ float fmod_(float a, float b) { return fmodf(a, b); }
+__device__ __forceinline__ double fmod_(double a, double b) { return fmod(a, b); }
+__device__ __forceinline__ float fmax_(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ double fmax_(double a, double b) { return fmax(a, b); }
+__device__ __forceinline__ float fmin_(float a, float b) { return fminf(a, b); }
+__device__ __forceinline__ double fmin_(double a, double b) { return fmin(a, b); }
 
-__device__ __forceinline__ float sign(float x) { return x != x ? x : (float)((x > 0.0f) - (x < 0.0f)); }
-// Remainder with the sign of the divisor (Python's %, ONNX Mod with fmod=0).
-__device__ __forceinline__ float mod_floor(float a, float b) {
-    const float r = fmodf(a, b);
-    return (r != 0.0f && ((r < 0.0f) != (b < 0.0f))) ? r + b : r;
+template <typename T> __device__ __forceinline__ T relu(T x) { return x < T(0) ? T(0) : x; }
+template <typename T> __device__ __forceinline__ T sigmoid(T x) { return T(1) / (T(1) + exp_(-x)); }
+template <typename T> __device__ __forceinline__ T gelu(T x) {
+    return T(0.5) * x * (T(1) + erf_(x * T(0.70710678118654752440)));
 }
-__device__ __forceinline__ long long mod_floor(long long a, long long b) {
+template <typename T> __device__ __forceinline__ T gelu_tanh(T x) {
+    const T k = T(0.79788456080286535588);  // sqrt(2 / pi)
+    return T(0.5) * x * (T(1) + tanh_(k * (x + T(0.044715) * x * x * x)));
+}
+template <typename T> __device__ __forceinline__ T hard_sigmoid(T x, T alpha, T beta) {
+    return fmin_(T(1), fmax_(T(0), alpha * x + beta));
+}
+template <typename T> __device__ __forceinline__ T hard_swish(T x) { return x * hard_sigmoid(x, T(1) / T(6), T(0.5)); }
+template <typename T> __device__ __forceinline__ T softplus(T x) { return x > T(30) ? x : log1p_(exp_(x)); }
+template <typename T> __device__ __forceinline__ T leaky_relu(T x, T alpha) { return x < T(0) ? alpha * x : x; }
+template <typename T> __device__ __forceinline__ T elu(T x, T alpha) { return x < T(0) ? alpha * (exp_(x) - T(1)) : x; }
+// NaN-propagating min/max (numpy and ONNX semantics; fminf/fmaxf drop NaN).
+template <typename T> __device__ __forceinline__ T max_nan(T a, T b) { return (a != a || b != b) ? a + b : fmax_(a, b); }
+template <typename T> __device__ __forceinline__ T min_nan(T a, T b) { return (a != a || b != b) ? a + b : fmin_(a, b); }
+
+template <typename T> __device__ __forceinline__ T sign(T x) { return x != x ? x : (T)((x > T(0)) - (x < T(0))); }
+// Remainder with the sign of the divisor (Python's %, ONNX Mod with fmod=0).
+template <typename T> __device__ __forceinline__ T mod_floor(T a, T b) {
+    const T r = fmod_(a, b);
+    return (r != T(0) && ((r < T(0)) != (b < T(0)))) ? r + b : r;
+}
+template <> __device__ __forceinline__ long long mod_floor<long long>(long long a, long long b) {
     const long long r = a % b;
     return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
 }
@@ -45,10 +64,12 @@ __device__ __forceinline__ long long pow_int(long long x, long long y) {
     }
     return (long long)r;
 }
-__device__ __forceinline__ float celu(float x, float alpha) { return fmaxf(0.0f, x) + fminf(0.0f, alpha * (expf(x / alpha) - 1.0f)); }
-__device__ __forceinline__ float selu(float x, float alpha, float gamma) {
-    return x > 0.0f ? gamma * x : gamma * (alpha * expf(x) - alpha);
+template <typename T> __device__ __forceinline__ T celu(T x, T alpha) {
+    return fmax_(T(0), x) + fmin_(T(0), alpha * (exp_(x / alpha) - T(1)));
 }
-__device__ __forceinline__ float thresholded_relu(float x, float alpha) { return x > alpha ? x : 0.0f; }
+template <typename T> __device__ __forceinline__ T selu(T x, T alpha, T gamma) {
+    return x > T(0) ? gamma * x : gamma * (alpha * exp_(x) - alpha);
+}
+template <typename T> __device__ __forceinline__ T thresholded_relu(T x, T alpha) { return x > alpha ? x : T(0); }
 
 }  // namespace smelt

@@ -4,11 +4,10 @@
 // does (compiler/src/kernel/interp.rs), in f32 or f64.
 #pragma once
 #include "smelt/types.cuh"
+#include "smelt/math.cuh"
 
 namespace smelt {
 
-__device__ __forceinline__ float exp_(float x) { return expf(x); }
-__device__ __forceinline__ double exp_(double x) { return exp(x); }
 template <typename T> __device__ __forceinline__ T neg_inf() { return -(T)inf(); }
 
 // Combining functors; max and min propagate NaN like the reference (fmaxf would drop it).
