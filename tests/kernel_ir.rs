@@ -209,3 +209,87 @@ fn vectorized_pointwise_kernels_match_reference() {
         check_within(&g, false, rtol, atol).unwrap_or_else(|e| panic!("{d} unfused: {e}"));
     }
 }
+
+/// `softmax(q·kᵀ·scale + mask)·v` over [2, 3, s, d] heads, with v shared by the heads.
+fn attention(s: usize, d: usize, e: usize, mask: &[f32]) -> Graph {
+    use smelt::DType;
+    let mut b = smelt::GraphBuilder::new();
+    let q = b.input("q", DType::F32, &[2, 3, s, d]).unwrap();
+    let k = b.input("k", DType::F32, &[2, 3, s, d]).unwrap();
+    let v = b.input("v", DType::F32, &[2, 3, s, e]).unwrap();
+    let kt = b.transpose(k, &[0, 1, 3, 2]).unwrap();
+    let scores = b.matmul(q, kt).unwrap();
+    let scale = b.scalar(DType::F32, 1.0 / (d as f64).sqrt());
+    let scores = b.mul(scores, scale).unwrap();
+    let m = b.constant(Tensor::f32([s, s], mask.to_vec()));
+    let scores = b.add(scores, m).unwrap();
+    let p = b.softmax(scores, -1).unwrap();
+    let o = b.matmul(p, v).unwrap();
+    b.output("o", o).unwrap();
+    b.build().unwrap()
+}
+
+/// Fused attention lowers to the one-pass kernel (a warp-shuffle score per key inside one
+/// walk over the keys, no score matrix) and gives the reference's results: head dims under,
+/// at and over a warp, output width unlike the head dim, causal and additive masks, rows
+/// that are entirely masked (NaN, as the reference), and the GPT-2 block's attention.
+#[test]
+fn attention_lowers_to_one_pass_kernel() {
+    for (s, d, e) in [(5, 8, 8), (7, 48, 20), (33, 64, 64), (4, 3, 40)] {
+        let causal: Vec<f32> = (0..s * s)
+            .map(|i| {
+                if i % s > i / s {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let additive: Vec<f32> = (0..s * s)
+            .map(|i| ((i * 7) % 5) as f32 * 0.3 - 0.6)
+            .collect();
+        let mut masked = additive.clone();
+        masked[..s].fill(f32::NEG_INFINITY);
+        for (what, mask) in [
+            ("causal", causal),
+            ("additive", additive),
+            ("masked row", masked),
+        ] {
+            let g = attention(s, d, e, &mask);
+            let c = compile(&g, &Options::default()).unwrap();
+            let p = lower(&c.graph).unwrap();
+            let k = p
+                .kernels
+                .iter()
+                .find(|k| k.name.contains("attention"))
+                .unwrap_or_else(|| panic!("{what} {s}x{d}x{e}: no attention kernel\n{p}"));
+            let text = k.to_string();
+            assert!(
+                text.contains("for uniform") && text.contains("_reduce_Sum"),
+                "{text}"
+            );
+            if what == "masked row" {
+                // Query row 0 of every head is NaN (0/0), as in the reference; the rest match.
+                let inputs = feeds(&g, 5);
+                let got = kinterp::run(&p, &inputs).unwrap()[0].1.to_f64();
+                let want = interp::run(&g, &inputs).unwrap()[0].1.to_f64();
+                for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                    assert_eq!(a.is_nan(), (i / e) % s == 0, "reference [{i}] = {a}");
+                    let same = (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-5 + 1e-4 * a.abs();
+                    assert!(same, "{s}x{d}x{e} [{i}]: reference {a}, lowered {b}");
+                }
+                continue;
+            }
+            check(&g, true).unwrap_or_else(|err| panic!("{what} {s}x{d}x{e}: {err}"));
+        }
+    }
+    let g = common::graphs::gpt2_block(2, 16, 64, 2).unwrap();
+    let c = compile(&g, &Options::default()).unwrap();
+    let p = lower(&c.graph).unwrap();
+    let k = p
+        .kernels
+        .iter()
+        .find(|k| k.name.contains("attention"))
+        .unwrap();
+    assert!(k.to_string().contains("warp32_reduce_Sum"), "{k}");
+}

@@ -175,3 +175,44 @@ fn vectorized_pointwise_kernels_compile_without_spills() {
         compile_all(&format!("vectorized {d}"), &b.build().unwrap());
     }
 }
+
+/// The one-pass attention kernel (causal mask, scale) at head dims up to 128, in f32, f16
+/// and bf16.
+#[test]
+fn attention_kernels_compile_without_spills() {
+    use smelt_compiler::ir::Tensor;
+    for d in [DType::F32, DType::F16, DType::BF16] {
+        for (s, h) in [(16, 8), (64, 64), (128, 128)] {
+            let mut b = GraphBuilder::new();
+            let q = b.input("q", d, &[2, 4, s, h]).unwrap();
+            let k = b.input("k", d, &[2, 4, s, h]).unwrap();
+            let v = b.input("v", d, &[2, 4, s, h]).unwrap();
+            let kt = b.transpose(k, &[0, 1, 3, 2]).unwrap();
+            let scores = b.matmul(q, kt).unwrap();
+            let scale = b.scalar(d, 1.0 / (h as f64).sqrt());
+            let scores = b.mul(scores, scale).unwrap();
+            let causal: Vec<f64> = (0..s * s)
+                .map(|i| {
+                    if i % s > i / s {
+                        f64::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let m = b.constant(Tensor::from_f64(d, vec![s, s], &causal));
+            let scores = b.add(scores, m).unwrap();
+            let p = b.softmax(scores, -1).unwrap();
+            let o = b.matmul(p, v).unwrap();
+            b.output("o", o).unwrap();
+            let g = b.build().unwrap();
+            let c = compile(&g, &Options::default()).unwrap();
+            let program = lower(&c.graph).unwrap();
+            assert!(
+                program.kernels.iter().any(|k| k.name.contains("attention")),
+                "{d} {s}x{h}: {program}"
+            );
+            compile_all(&format!("attention {d} {s}x{h}"), &g);
+        }
+    }
+}

@@ -35,6 +35,7 @@ pub enum LowerError {
 
 type R<T> = Result<T, LowerError>;
 
+mod attention;
 mod cpu;
 mod rows;
 mod vector;
@@ -1204,6 +1205,7 @@ pub fn lower_for(g: &Graph, target: Target) -> R<Program> {
             }
             _ => {}
         }
+        let attention = matches!(&node.op, Op::Fused(k) if k.kind == KernelKind::Attention);
         let (body, row_axis) = match &node.op {
             Op::Fused(k) => (
                 k.body.clone(),
@@ -1248,10 +1250,16 @@ pub fn lower_for(g: &Graph, target: Target) -> R<Program> {
         }
         let kernel = match row_axis {
             Some(axis) => rows::lower_rows_gpu(&body, &ins, out, axis, name, precision)?,
-            None => match vector::lower_pointwise_vector(&body, &ins, out, &name, precision)? {
-                Some(k) => k,
-                None => lower_pointwise(&body, &ins, out, name, precision)?,
-            },
+            None => {
+                let special = match attention {
+                    true => attention::lower_attention_gpu(&body, &ins, out, &name, precision)?,
+                    false => vector::lower_pointwise_vector(&body, &ins, out, &name, precision)?,
+                };
+                match special {
+                    Some(k) => k,
+                    None => lower_pointwise(&body, &ins, out, name, precision)?,
+                }
+            }
         };
         kernels.push(Kernel {
             node: node.name.clone(),

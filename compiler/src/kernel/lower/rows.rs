@@ -96,7 +96,7 @@ struct Rows<'g> {
     ops: Vec<NodeId>,
 }
 
-fn lt(a: Expr, n: usize) -> Expr {
+pub(super) fn lt(a: Expr, n: usize) -> Expr {
     Expr::Index(IndexOp::Lt, Box::new(a), Box::new(Expr::I(n as i64)))
 }
 
@@ -105,6 +105,59 @@ fn both(a: Option<Expr>, b: Option<Expr>) -> Option<Expr> {
         (Some(a), Some(b)) => Some(and(a, b)),
         (a, b) => a.or(b),
     }
+}
+
+/// The value of body node `x` at `idx`, computed once into a register (under `valid`; 0
+/// where it fails) and remembered for the rest of the scope.
+pub(super) fn hold(e: &mut Emitter, x: NodeId, idx: &[Expr], valid: Option<&Expr>) -> R<Expr> {
+    let Some(valid) = valid else {
+        return e.value(x, idx);
+    };
+    let k = key(x, idx);
+    if let Some(v) = e.memo.iter().rev().find_map(|m| m.get(&k)) {
+        return Ok(v.clone());
+    }
+    let var = e.var();
+    e.push(Stmt::Let {
+        var,
+        value: zero_of(e.body.nodes[x].ty.dtype),
+    });
+    e.open();
+    let v = e.value(x, idx)?;
+    e.push(Stmt::Let { var, value: v });
+    let then = e.close();
+    e.push(Stmt::If {
+        cond: valid.clone(),
+        then,
+    });
+    e.memo
+        .last_mut()
+        .expect("a scope is open")
+        .insert(k, Expr::Var(var));
+    Ok(Expr::Var(var))
+}
+
+/// The group of `width` lanes (of [`ROW_BLOCK`]-thread blocks) that owns each of `rows`
+/// rows: (row, lane, live). Groups past the last row redo it without storing (`live` is
+/// false there), so every lane reaches the warp reductions.
+pub(super) fn lane_groups(
+    e: &mut Emitter,
+    rows: usize,
+    width: usize,
+) -> (Expr, Expr, Option<Expr>) {
+    let per_block = ROW_BLOCK / width;
+    let g = e.bind(add(
+        mul(builtin(Builtin::Block), Expr::I(per_block as i64)),
+        div(builtin(Builtin::Thread), width),
+    ));
+    let row = e.bind(Expr::Index(
+        IndexOp::Min,
+        Box::new(g.clone()),
+        Box::new(Expr::I(rows.saturating_sub(1) as i64)),
+    ));
+    let lane = e.bind(rem(builtin(Builtin::Thread), width));
+    let live = (!rows.is_multiple_of(per_block)).then(|| lt(g, rows));
+    (row, lane, live)
 }
 
 /// Lowers a row kernel along `axis` for the GPU.
@@ -166,23 +219,10 @@ pub(super) fn lower_rows_gpu(
             block: ROW_BLOCK,
         },
         Layout::Lanes { width, per_lane } => {
-            // Group g of the grid owns row g; the groups past the last row redo it without
-            // storing, so every lane reaches the warp reductions.
-            let per_block = ROW_BLOCK / width;
-            let g = e.bind(add(
-                mul(builtin(Builtin::Block), Expr::I(per_block as i64)),
-                div(builtin(Builtin::Thread), width),
-            ));
-            let row = e.bind(Expr::Index(
-                IndexOp::Min,
-                Box::new(g.clone()),
-                Box::new(Expr::I(rows.saturating_sub(1) as i64)),
-            ));
-            let lane = e.bind(rem(builtin(Builtin::Thread), width));
-            let live = (!rows.is_multiple_of(per_block)).then(|| lt(g, rows));
+            let (row, lane, live) = lane_groups(&mut e, rows, width);
             r.cached(&mut e, row, lane, width, Scope::Warp(width), per_lane, live)?;
             Launch {
-                grid: rows.div_ceil(per_block).max(1),
+                grid: rows.div_ceil(ROW_BLOCK / width).max(1),
                 block: ROW_BLOCK,
             }
         }
@@ -282,7 +322,10 @@ impl Rows<'_> {
         let n = self.len as f64;
         for &id in &self.ops {
             let x = self.body.nodes[id].inputs[0];
-            let xs: Vec<Expr> = slots.iter().map(|s| self.hold(e, x, s)).collect::<R<_>>()?;
+            let xs: Vec<Expr> = slots
+                .iter()
+                .map(|s| hold(e, x, &s.idx, s.valid.as_ref()))
+                .collect::<R<_>>()?;
             let reduce = |e: &mut Emitter, op: ReduceOp, f: &dyn Fn(&Expr) -> Expr| {
                 let acc = e.var();
                 e.push(Stmt::Let {
@@ -356,37 +399,6 @@ impl Rows<'_> {
             )?;
         }
         Ok(())
-    }
-
-    /// The value of body node `x` at a slot, computed once into a register (under the
-    /// slot's guard; 0 where the slot is past the row's end) and remembered for the rest of
-    /// the row.
-    fn hold(&self, e: &mut Emitter, x: NodeId, s: &Slot) -> R<Expr> {
-        let Some(valid) = &s.valid else {
-            return e.value(x, &s.idx);
-        };
-        let k = key(x, &s.idx);
-        if let Some(v) = e.memo.iter().rev().find_map(|m| m.get(&k)) {
-            return Ok(v.clone());
-        }
-        let var = e.var();
-        e.push(Stmt::Let {
-            var,
-            value: zero_of(self.body.nodes[x].ty.dtype),
-        });
-        e.open();
-        let v = e.value(x, &s.idx)?;
-        e.push(Stmt::Let { var, value: v });
-        let then = e.close();
-        e.push(Stmt::If {
-            cond: valid.clone(),
-            then,
-        });
-        e.memo
-            .last_mut()
-            .expect("a scope is open")
-            .insert(k, Expr::Var(var));
-        Ok(Expr::Var(var))
     }
 
     /// Stores the root's value at row element `j` (index `idx`), under `cond`.

@@ -340,30 +340,31 @@ fn row_kind(g: &Graph, rows: &[NodeId]) -> Option<KernelKind> {
     out_ok.then_some(KernelKind::Row { axis })
 }
 
-/// Absorbs a single-user producer of one of the node's inputs into one kernel.
+/// Absorbs a single-user producer of one of the node's inputs into one kernel: the largest
+/// fusible form of the producer that makes one kernel with the consumer (a smaller form
+/// may fit where a larger one does not: a softmax absorbs a mask `add` but not the product
+/// epilogue that the `add` also belongs to).
 pub fn fuse_producer(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
     let cons = body_of(c, n)?;
     for (i, &p) in cons.1.iter().enumerate() {
         let users = c.users(p);
-        // The largest fusible form of the producer.
-        let best = c
-            .nodes(p)
-            .iter()
-            .filter_map(|pn| body_of(c, pn))
-            .max_by_key(|b| b.0.nodes.len());
-        let Some(prod) = best else { continue };
-        if users != 1 && !recompute_pays(c, p, &prod, users) {
-            continue;
+        let mut forms: Vec<(Graph, Vec<Id>)> =
+            c.nodes(p).iter().filter_map(|pn| body_of(c, pn)).collect();
+        forms.sort_by_key(|b| std::cmp::Reverse(b.0.nodes.len()));
+        for prod in forms {
+            if users != 1 && !recompute_pays(c, p, &prod, users) {
+                continue;
+            }
+            let (body, children) = inline(&cons, i, &prod);
+            let Some(kind) = classify(&body) else {
+                continue;
+            };
+            let op = Op::Fused(Arc::new(FusedKernel { kind, body }));
+            return Some(Build::Node(
+                op,
+                children.into_iter().map(Build::Class).collect(),
+            ));
         }
-        let (body, children) = inline(&cons, i, &prod);
-        let Some(kind) = classify(&body) else {
-            continue;
-        };
-        let op = Op::Fused(Arc::new(FusedKernel { kind, body }));
-        return Some(Build::Node(
-            op,
-            children.into_iter().map(Build::Class).collect(),
-        ));
     }
     None
 }

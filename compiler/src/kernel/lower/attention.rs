@@ -1,0 +1,232 @@
+//! GPU attention kernels: `out = softmax(f(Q·Kᵀ)) · V`, with `f` the fused elementwise
+//! chain between the two products (scale, additive or causal mask, …), computed without the
+//! score matrix in memory.
+//!
+//! A group of lanes of a warp owns one query row. Its lanes hold the row's query elements
+//! and a share of the output columns in registers, and walk the keys once: each score is a
+//! warp-shuffle sum of the lanes' partial dot products, goes through `f`, and updates the
+//! online softmax (running max `m`, sum `l`) and the accumulators, rescaled by
+//! `exp(m_old - m)` when the max grows. The output is `acc / l`. Every key and value row is
+//! read once per query row (from L2 for all but the first), nothing of size S×S is stored.
+
+use super::rows::{hold, lane_groups, lt};
+use super::{
+    add, broadcast_index, emitter, exp_sub, key, mul, reads_writes, unravel, Kernel, Launch, R,
+    ROW_BLOCK,
+};
+use crate::ir::{BinaryOp, Graph, NodeId, Op};
+use crate::kernel::ir::{Combiner, Expr, Precision, ReduceOp, Scope, Stmt};
+
+/// Registers a lane may spend on query elements and accumulators.
+const MAX_HELD: usize = 32;
+
+/// The attention kernel of a fused body `softmax(f(mm1)) · V` whose output is the second
+/// product, or `None` when the body has another shape (it then lowers as a pointwise
+/// kernel).
+pub(super) fn lower_attention_gpu(
+    body: &Graph,
+    inputs: &[u32],
+    out: u32,
+    name: &str,
+    precision: Precision,
+) -> R<Option<Kernel>> {
+    let root = body.outputs[0].1;
+    let node = |id: NodeId| &body.nodes[id];
+    if node(root).op != Op::MatMul {
+        return Ok(None);
+    }
+    let (p, v) = (node(root).inputs[0], node(root).inputs[1]);
+    if !matches!(node(p).op, Op::Softmax { axis } if axis + 1 == node(p).ty.rank()) {
+        return Ok(None);
+    }
+    let x = node(p).inputs[0];
+    let Some(mm1) = (0..body.nodes.len()).find(|&i| i != root && node(i).op == Op::MatMul) else {
+        return Ok(None);
+    };
+    let (q, kt) = (node(mm1).inputs[0], node(mm1).inputs[1]);
+    let out_shape = node(root).ty.shape.clone();
+    let r = out_shape.len();
+    let (sx, sq, sk, sv) = (
+        node(x).ty.shape.clone(),
+        node(q).ty.shape.clone(),
+        node(kt).ty.shape.clone(),
+        node(v).ty.shape.clone(),
+    );
+    let ranked = [&sx, &sq, &sk, &sv].iter().all(|s| s.len() >= 2);
+    if !ranked || r < 2 || sx.len() != r || sx[..r - 1] != out_shape[..r - 1] {
+        return Ok(None);
+    }
+    let (d, keys, cols) = (sq[sq.len() - 1], sx[r - 1], out_shape[r - 1]);
+    let width = d.max(cols).next_power_of_two().clamp(1, 32);
+    let (per_d, per_e) = (d.div_ceil(width), cols.div_ceil(width));
+    if per_d + per_e > MAX_HELD {
+        return Ok(None);
+    }
+    let rows: usize = out_shape[..r - 1].iter().product();
+    let mut e = emitter(body, inputs);
+    if rows == 0 {
+        return Ok(Some(kernel(e, inputs, out, name, precision, 1)));
+    }
+    let (row, lane, live) = lane_groups(&mut e, rows, width);
+    let prefix = unravel(&row, &out_shape[..r - 1]);
+    let (batch, i) = (&prefix[..r - 2], prefix[r - 2].clone());
+    // Lane l holds elements l, l + width, … of the head dim and of the output columns.
+    let share = |e: &mut super::Emitter, n: usize, per: usize| -> Vec<(Expr, Option<Expr>)> {
+        (0..per)
+            .map(|k| {
+                let j = e.bind(add(lane.clone(), Expr::I((k * width) as i64)));
+                let valid = ((k + 1) * width > n).then(|| lt(j.clone(), n));
+                (j, valid)
+            })
+            .collect()
+    };
+    let ds = share(&mut e, d, per_d);
+    let es = share(&mut e, cols, per_e);
+    let at = |shape: &[usize], tail: [Expr; 2]| {
+        let mut idx = broadcast_index(batch, &shape[..shape.len() - 2]);
+        idx.extend(tail);
+        idx
+    };
+    let qs: Vec<Expr> = ds
+        .iter()
+        .map(|(dk, valid)| hold(&mut e, q, &at(&sq, [i.clone(), dk.clone()]), valid.as_ref()))
+        .collect::<R<_>>()?;
+    let start = |e: &mut super::Emitter, v: f64| {
+        let var = e.var();
+        e.push(Stmt::Let {
+            var,
+            value: Expr::F(v),
+        });
+        var
+    };
+    let bin = |op, a: Expr, b: Expr| Expr::Binary(op, Box::new(a), Box::new(b));
+    let (m, l) = (start(&mut e, f64::NEG_INFINITY), start(&mut e, 0.0));
+    let accs: Vec<u32> = (0..per_e).map(|_| start(&mut e, 0.0)).collect();
+    let j = e.var();
+    e.open();
+    // The score: the lanes' partial dot products, summed across the group.
+    let s = start(&mut e, 0.0);
+    for ((dk, valid), qk) in ds.iter().zip(&qs) {
+        e.open();
+        let kv = e.value(kt, &at(&sk, [dk.clone(), Expr::Var(j)]))?;
+        e.push(Stmt::Let {
+            var: s,
+            value: bin(
+                BinaryOp::Add,
+                Expr::Var(s),
+                bin(BinaryOp::Mul, qk.clone(), kv),
+            ),
+        });
+        guard(&mut e, valid.clone());
+    }
+    e.push(Stmt::Reduce {
+        scope: Scope::Warp(width),
+        combiner: Combiner::Op(ReduceOp::Sum),
+        vars: vec![s],
+    });
+    // Through the elementwise chain to the softmax input.
+    let mut xi = batch.to_vec();
+    xi.extend([i.clone(), Expr::Var(j)]);
+    let mi = broadcast_index(&xi, &node(mm1).ty.shape);
+    e.memo
+        .last_mut()
+        .expect("a scope is open")
+        .insert(key(mm1, &mi), Expr::Var(s));
+    let xv = e.value(x, &xi)?;
+    // Online softmax: measured from 0 while every score seen is -inf.
+    let t = e.bind(Expr::Combine(
+        ReduceOp::Max,
+        Box::new(Expr::Var(m)),
+        Box::new(xv.clone()),
+    ));
+    let base = e.bind(Expr::Select(
+        Box::new(bin(BinaryOp::Equal, t.clone(), Expr::F(f64::NEG_INFINITY))),
+        Box::new(Expr::F(0.0)),
+        Box::new(t.clone()),
+    ));
+    let c = e.bind(exp_sub(Expr::Var(m), base.clone()));
+    let pj = e.bind(exp_sub(xv, base));
+    e.push(Stmt::Let {
+        var: l,
+        value: bin(
+            BinaryOp::Add,
+            bin(BinaryOp::Mul, Expr::Var(l), c.clone()),
+            pj.clone(),
+        ),
+    });
+    for ((ek, valid), &acc) in es.iter().zip(&accs) {
+        e.open();
+        let vv = e.value(v, &at(&sv, [Expr::Var(j), ek.clone()]))?;
+        e.push(Stmt::Let {
+            var: acc,
+            value: bin(
+                BinaryOp::Add,
+                bin(BinaryOp::Mul, Expr::Var(acc), c.clone()),
+                bin(BinaryOp::Mul, pj.clone(), vv),
+            ),
+        });
+        guard(&mut e, valid.clone());
+    }
+    e.push(Stmt::Let { var: m, value: t });
+    let walk = e.close();
+    e.push(Stmt::For {
+        var: j,
+        start: Expr::I(0),
+        end: Expr::I(keys as i64),
+        step: Expr::I(1),
+        uniform: true,
+        body: walk,
+    });
+    for ((ek, valid), &acc) in es.iter().zip(&accs) {
+        e.open();
+        e.push(Stmt::Store {
+            buf: out,
+            index: add(mul(row.clone(), Expr::I(cols as i64)), ek.clone()),
+            value: bin(BinaryOp::Div, Expr::Var(acc), Expr::Var(l)),
+        });
+        let cond = match (valid.clone(), live.clone()) {
+            (Some(a), Some(b)) => Some(super::and(a, b)),
+            (a, b) => a.or(b),
+        };
+        guard(&mut e, cond);
+    }
+    let grid = rows.div_ceil(ROW_BLOCK / width).max(1);
+    Ok(Some(kernel(e, inputs, out, name, precision, grid)))
+}
+
+/// Closes the open scope and emits it under `cond` (unconditionally for `None`).
+fn guard(e: &mut super::Emitter, cond: Option<Expr>) {
+    let then = e.close();
+    match cond {
+        Some(cond) => e.push(Stmt::If { cond, then }),
+        None => {
+            for s in then {
+                e.push(s);
+            }
+        }
+    }
+}
+
+fn kernel(
+    e: super::Emitter,
+    inputs: &[u32],
+    out: u32,
+    name: &str,
+    precision: Precision,
+    grid: usize,
+) -> Kernel {
+    let (reads, writes) = reads_writes(inputs, out);
+    Kernel {
+        name: name.to_string(),
+        node: String::new(),
+        launch: Launch {
+            grid,
+            block: ROW_BLOCK,
+        },
+        precision,
+        reads,
+        writes,
+        vars: e.next_var,
+        body: e.close_root(),
+    }
+}
