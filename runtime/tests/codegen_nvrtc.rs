@@ -216,3 +216,32 @@ fn attention_kernels_compile_without_spills() {
         }
     }
 }
+
+/// The shared-memory tiled product with a bias + GELU + residual epilogue, plain, batched
+/// and with a transposed operand, in f32, f16 and bf16.
+#[test]
+fn tiled_products_compile_without_spills() {
+    for d in [DType::F32, DType::F16, DType::BF16] {
+        for (batch, m, k, n) in [(&[][..], 128, 256, 512), (&[4][..], 70, 45, 33)] {
+            let mut b = GraphBuilder::new();
+            let mut sa = batch.to_vec();
+            sa.extend([m, k]);
+            let x = b.input("x", d, &sa).unwrap();
+            let wt = b.input("wt", d, &[n, k]).unwrap();
+            let w = b.transpose(wt, &[1, 0]).unwrap();
+            let bias = b.input("bias", d, &[n]).unwrap();
+            let mut so = batch.to_vec();
+            so.extend([m, n]);
+            let res = b.input("res", d, &so).unwrap();
+            let y = b.matmul(x, w).unwrap();
+            let y = b.add(y, bias).unwrap();
+            let y = b.gelu(y).unwrap();
+            let y = b.add(y, res).unwrap();
+            b.output("y", y).unwrap();
+            let g = b.build().unwrap();
+            let program = lower(&compile(&g, &Options::default()).unwrap().graph).unwrap();
+            assert!(!program.kernels[0].shared.is_empty(), "{program}");
+            compile_all(&format!("tiled {d} {batch:?} {m}x{k}x{n}"), &g);
+        }
+    }
+}

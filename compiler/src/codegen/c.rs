@@ -242,7 +242,7 @@ fn vars_of(e: &Expr) -> Vec<u32> {
         match e {
             Expr::Var(x) => out.push(*x),
             Expr::F(_) | Expr::I(_) | Expr::Builtin(_) => {}
-            Expr::Load { index, .. } => walk(index, out),
+            Expr::Load { index, .. } | Expr::Shared { index, .. } => walk(index, out),
             Expr::Unary(_, a) | Expr::Cast(_, a) => walk(a, out),
             Expr::Binary(_, a, b) | Expr::Combine(_, a, b) | Expr::Index(_, a, b) => {
                 walk(a, out);
@@ -283,6 +283,9 @@ pub fn render_kernel(
         kernel: kernel.name.clone(),
         what: what.into(),
     };
+    if !kernel.shared.is_empty() {
+        return Err(err("block shared memory on the CPU"));
+    }
     if kernel.launch.block > 1 && Stmt::has_collective(&kernel.body) {
         return Err(err("block collectives across several threads on the CPU"));
     }

@@ -169,7 +169,7 @@ impl<'a, T: Target> Ctx<'a, T> {
     /// The scalar type of an expression.
     pub fn scalar(&self, e: &Expr) -> Scalar {
         match e {
-            Expr::F(_) | Expr::Combine(..) => Scalar::Float,
+            Expr::F(_) | Expr::Combine(..) | Expr::Shared { .. } => Scalar::Float,
             Expr::I(_) | Expr::Builtin(_) | Expr::Index(..) => Scalar::Int,
             Expr::Var(v) => self
                 .vars
@@ -226,6 +226,7 @@ impl<'a, T: Target> Ctx<'a, T> {
             Expr::I(v) => format!("{v}ll"),
             Expr::Var(v) => format!("v{v}"),
             Expr::Builtin(b) => self.target.builtin(*b).to_string(),
+            Expr::Shared { array, index } => format!("smelt_s{array}[{}]", self.expr(index)?),
             Expr::Load { buf, index } => {
                 let d = self.program.buffers[*buf as usize].dtype;
                 let raw = format!("b{buf}[{}]", self.expr(index)?);
@@ -453,6 +454,18 @@ impl<'a, T: Target> Ctx<'a, T> {
                     let d = self.program.buffers[*buf as usize].dtype;
                     let v = self.target.store_conversion(d, &self.expr(value)?);
                     let _ = writeln!(out, "{pad}b{buf}[{}] = {v};", self.expr(index)?);
+                }
+                Stmt::SharedStore {
+                    array,
+                    index,
+                    value,
+                } => {
+                    let _ = writeln!(
+                        out,
+                        "{pad}smelt_s{array}[{}] = {};",
+                        self.expr(index)?,
+                        self.expr(value)?
+                    );
                 }
                 Stmt::LoadVec { vars, buf, index } => {
                     let d = self.program.buffers[*buf as usize].dtype;

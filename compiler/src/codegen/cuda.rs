@@ -167,13 +167,16 @@ pub fn render_kernel(program: &Program, kernel: &Kernel) -> Result<String, Rende
         kernel.name,
         params.join(", ")
     );
+    let t = match kernel.precision {
+        Precision::F32 => "float",
+        Precision::F64 => "double",
+    };
     let shared = shared_values(&kernel.body);
     if shared > 0 {
-        let t = match kernel.precision {
-            Precision::F32 => "float",
-            Precision::F64 => "double",
-        };
         let _ = writeln!(out, "    __shared__ {t} smelt_shared[{shared}];");
+    }
+    for (i, n) in kernel.shared.iter().enumerate() {
+        let _ = writeln!(out, "    __shared__ {t} smelt_s{i}[{n}];");
     }
     ctx.body(&mut out, 1)?;
     let _ = writeln!(out, "}}");

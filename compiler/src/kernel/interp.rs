@@ -33,7 +33,79 @@ impl Val {
     }
 }
 
+/// A block's shared memory, with the accesses since the last barrier: an access to an
+/// element that another thread wrote since then, or a write to one another thread read since
+/// then, is a race (the GPU does not order them).
+struct SharedMem {
+    arrays: Vec<Vec<f64>>,
+    /// Per element: (barrier interval, thread) of the last write (interval 0: never).
+    written: Vec<Vec<(u64, i64)>>,
+    /// Per element: (barrier interval, thread) of the last read (thread -1: several).
+    read: Vec<Vec<(u64, i64)>>,
+    interval: u64,
+}
+
+impl SharedMem {
+    fn new(lens: &[usize]) -> Self {
+        SharedMem {
+            arrays: lens.iter().map(|&n| vec![f64::NAN; n]).collect(),
+            written: lens.iter().map(|&n| vec![(0, 0); n]).collect(),
+            read: lens.iter().map(|&n| vec![(0, 0); n]).collect(),
+            interval: 1,
+        }
+    }
+
+    fn slot(&self, a: u32, i: i64) -> std::result::Result<(usize, usize), String> {
+        let arr = self
+            .arrays
+            .get(a as usize)
+            .ok_or_else(|| format!("no shared array s{a}"))?;
+        let i = usize::try_from(i)
+            .ok()
+            .filter(|&i| i < arr.len())
+            .ok_or_else(|| format!("s{a}[{i}] out of bounds (len {})", arr.len()))?;
+        Ok((a as usize, i))
+    }
+
+    fn load(&mut self, a: u32, i: i64, t: i64) -> std::result::Result<f64, String> {
+        let (a, i) = self.slot(a, i)?;
+        let (wi, wt) = self.written[a][i];
+        if wi == 0 {
+            return Err(format!(
+                "thread {t} reads s{a}[{i}] before any thread writes it"
+            ));
+        }
+        if wi == self.interval && wt != t {
+            return Err(format!(
+                "thread {t} reads s{a}[{i}], written by thread {wt} with no barrier between"
+            ));
+        }
+        let (ri, rt) = self.read[a][i];
+        self.read[a][i] = if ri == self.interval && rt != t {
+            (ri, -1)
+        } else {
+            (self.interval, t)
+        };
+        Ok(self.arrays[a][i])
+    }
+
+    fn store(&mut self, a: u32, i: i64, t: i64, v: f64) -> std::result::Result<(), String> {
+        let (a, i) = self.slot(a, i)?;
+        let (wi, wt) = self.written[a][i];
+        let (ri, rt) = self.read[a][i];
+        if (wi == self.interval && wt != t) || (ri == self.interval && rt != t) {
+            return Err(format!(
+                "thread {t} writes s{a}[{i}], which another thread accessed with no barrier between"
+            ));
+        }
+        self.written[a][i] = (self.interval, t);
+        self.arrays[a][i] = v;
+        Ok(())
+    }
+}
+
 struct Ctx<'a> {
+    shared: std::cell::RefCell<SharedMem>,
     buffers: &'a mut [Vec<f64>],
     dtypes: &'a [DType],
     precision: Precision,
@@ -84,6 +156,15 @@ fn eval(e: &Expr, env: &Env, t: i64, cx: &Ctx, k: &Kernel) -> Result<Val> {
         Expr::Load { buf, index } => {
             let i = eval(index, env, t, cx, k)?.i();
             load(cx, *buf, i, k)?
+        }
+        Expr::Shared { array, index } => {
+            let i = eval(index, env, t, cx, k)?.i();
+            let x = cx
+                .shared
+                .borrow_mut()
+                .load(*array, i, t)
+                .map_err(|m| err(k, m))?;
+            Val::F(x)
         }
         Expr::Unary(u, a) => match eval(a, env, t, cx, k)? {
             Val::F(x) => Val::F(round(p, unary_f(*u, x))),
@@ -226,6 +307,18 @@ fn exec_thread(stmts: &[Stmt], env: &mut Env, t: i64, cx: &mut Ctx, k: &Kernel) 
                 let v = eval(value, env, t, cx, k)?;
                 store(cx, *buf, i, v, k)?;
             }
+            Stmt::SharedStore {
+                array,
+                index,
+                value,
+            } => {
+                let i = eval(index, env, t, cx, k)?.i();
+                let v = round(cx.precision, eval(value, env, t, cx, k)?.f());
+                cx.shared
+                    .borrow_mut()
+                    .store(*array, i, t, v)
+                    .map_err(|m| err(k, m))?;
+            }
             Stmt::LoadVec { vars, buf, index } => {
                 let i = vector_start(index, vars.len(), env, t, cx, k)?;
                 for (l, var) in vars.iter().enumerate() {
@@ -324,8 +417,13 @@ fn exec_block(stmts: &[Stmt], envs: &mut [Env], cx: &mut Ctx, k: &Kernel) -> Res
                 scope,
                 combiner,
                 vars,
-            } => reduce(envs, *scope, *combiner, vars, cx.precision, k)?,
-            Stmt::Barrier => {}
+            } => {
+                reduce(envs, *scope, *combiner, vars, cx.precision, k)?;
+                if *scope == Scope::Block {
+                    cx.shared.get_mut().interval += 1;
+                }
+            }
+            Stmt::Barrier => cx.shared.get_mut().interval += 1,
             Stmt::For {
                 var,
                 start,
@@ -516,6 +614,7 @@ pub fn run(p: &Program, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String,
         for block in 0..k.launch.grid {
             let mut envs: Vec<Env> = vec![vec![None; k.vars as usize]; k.launch.block];
             let mut cx = Ctx {
+                shared: std::cell::RefCell::new(SharedMem::new(&k.shared)),
                 buffers: &mut buffers,
                 dtypes: &dtypes,
                 precision: k.precision,

@@ -160,6 +160,13 @@ pub enum Expr {
     Combine(ReduceOp, Box<Expr>, Box<Expr>),
     /// Integer index arithmetic.
     Index(IndexOp, Box<Expr>, Box<Expr>),
+    /// Element `index` of the block's shared array `array` (of the compute type).
+    Shared {
+        /// Array (an index into [`Kernel::shared`]).
+        array: u32,
+        /// Element index.
+        index: Box<Expr>,
+    },
 }
 
 /// A statement.
@@ -176,6 +183,16 @@ pub enum Stmt {
     Store {
         /// Buffer.
         buf: u32,
+        /// Element index.
+        index: Expr,
+        /// Value.
+        value: Expr,
+    },
+    /// `shared[array][index] = value`: a write to the block's shared memory. Another
+    /// thread may read it only after a [`Stmt::Barrier`] (the interpreter checks).
+    SharedStore {
+        /// Array (an index into [`Kernel::shared`]).
+        array: u32,
         /// Element index.
         index: Expr,
         /// Value.
@@ -332,6 +349,8 @@ pub struct Kernel {
     pub writes: Vec<u32>,
     /// Number of variables (`v0..`).
     pub vars: u32,
+    /// Lengths of the block's shared arrays (elements of the compute type).
+    pub shared: Vec<usize>,
     /// Statements every thread runs.
     pub body: Vec<Stmt>,
 }
@@ -374,6 +393,7 @@ impl fmt::Display for Expr {
             Expr::Cast(d, a) => write!(f, "{d}({a})"),
             Expr::Combine(op, a, b) => write!(f, "{op:?}({a}, {b})"),
             Expr::Index(IndexOp::Min, a, b) => write!(f, "min({a}, {b})"),
+            Expr::Shared { array, index } => write!(f, "s{array}[{index}]"),
             Expr::Index(op, a, b) => {
                 let s = op.symbol();
                 write!(f, "({a} {s} {b})")
@@ -388,6 +408,11 @@ fn fmt_block(f: &mut fmt::Formatter<'_>, stmts: &[Stmt], depth: usize) -> fmt::R
         match s {
             Stmt::Let { var, value } => writeln!(f, "{pad}v{var} = {value}")?,
             Stmt::Store { buf, index, value } => writeln!(f, "{pad}b{buf}[{index}] = {value}")?,
+            Stmt::SharedStore {
+                array,
+                index,
+                value,
+            } => writeln!(f, "{pad}s{array}[{index}] = {value}")?,
             Stmt::LoadVec { vars, buf, index } => {
                 let vs: Vec<String> = vars.iter().map(|v| format!("v{v}")).collect();
                 let n = vars.len();
@@ -465,6 +490,9 @@ impl fmt::Display for Kernel {
             "kernel {} <<<{}, {}>>> {:?} reads {:?} writes {:?} {{",
             self.name, self.launch.grid, self.launch.block, self.precision, self.reads, self.writes
         )?;
+        for (i, n) in self.shared.iter().enumerate() {
+            writeln!(f, "  shared s{i}[{n}]")?;
+        }
         fmt_block(f, &self.body, 1)?;
         write!(f, "}}")
     }

@@ -37,6 +37,7 @@ type R<T> = Result<T, LowerError>;
 
 mod attention;
 mod cpu;
+mod gemm;
 mod rows;
 mod vector;
 pub use cpu::CPU_CHUNK;
@@ -1206,6 +1207,10 @@ pub fn lower_for(g: &Graph, target: Target) -> R<Program> {
             _ => {}
         }
         let attention = matches!(&node.op, Op::Fused(k) if k.kind == KernelKind::Attention);
+        let product = match &node.op {
+            Op::Fused(k) => k.kind == KernelKind::Gemm,
+            op => op == &Op::MatMul,
+        };
         let (body, row_axis) = match &node.op {
             Op::Fused(k) => (
                 k.body.clone(),
@@ -1251,9 +1256,12 @@ pub fn lower_for(g: &Graph, target: Target) -> R<Program> {
         let kernel = match row_axis {
             Some(axis) => rows::lower_rows_gpu(&body, &ins, out, axis, name, precision)?,
             None => {
-                let special = match attention {
-                    true => attention::lower_attention_gpu(&body, &ins, out, &name, precision)?,
-                    false => vector::lower_pointwise_vector(&body, &ins, out, &name, precision)?,
+                let special = if attention {
+                    attention::lower_attention_gpu(&body, &ins, out, &name, precision)?
+                } else if product {
+                    gemm::lower_gemm_gpu(&body, &ins, out, &name, precision)?
+                } else {
+                    vector::lower_pointwise_vector(&body, &ins, out, &name, precision)?
                 };
                 match special {
                     Some(k) => k,
@@ -1349,6 +1357,7 @@ fn lower_pointwise(
         reads,
         writes,
         vars: e.next_var,
+        shared: Vec::new(),
         body: e.close_root(),
     })
 }
@@ -1597,6 +1606,7 @@ fn lower_rows(
         reads,
         writes,
         vars: e.next_var,
+        shared: Vec::new(),
         body: e.close_root(),
     })
 }

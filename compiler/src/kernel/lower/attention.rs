@@ -227,6 +227,7 @@ fn kernel(
         reads,
         writes,
         vars: e.next_var,
+        shared: Vec::new(),
         body: e.close_root(),
     }
 }

@@ -286,6 +286,7 @@ fn push_gemm(sink: &mut Sink, gemm: Gemm) {
         reads,
         writes,
         vars: 0,
+        shared: Vec::new(),
         body: vec![Stmt::Gemm(Box::new(gemm))],
     });
 }
@@ -602,6 +603,7 @@ fn im2col(
         reads,
         writes,
         vars: e.next_var,
+        shared: Vec::new(),
         body: e.close_root(),
     })
 }
@@ -665,6 +667,7 @@ pub(super) fn pointwise(
             reads,
             writes,
             vars: e.next_var,
+            shared: Vec::new(),
             body: e.close_root(),
         });
     }
@@ -716,6 +719,7 @@ pub(super) fn pointwise(
         reads,
         writes,
         vars: e.next_var,
+        shared: Vec::new(),
         body: e.close_root(),
     })
 }

@@ -268,6 +268,7 @@ pub(super) fn lower_rows_gpu(
         reads,
         writes,
         vars: e.next_var,
+        shared: Vec::new(),
         body: e.close_root(),
     })
 }

@@ -57,7 +57,7 @@ fn mentions(e: &Expr, v: u32) -> bool {
     match e {
         Expr::Var(x) => *x == v,
         Expr::F(_) | Expr::I(_) | Expr::Builtin(_) => false,
-        Expr::Load { index, .. } => mentions(index, v),
+        Expr::Load { index, .. } | Expr::Shared { index, .. } => mentions(index, v),
         Expr::Unary(_, a) | Expr::Cast(_, a) => mentions(a, v),
         Expr::Binary(_, a, b) | Expr::Combine(_, a, b) | Expr::Index(_, a, b) => {
             mentions(a, v) || mentions(b, v)
@@ -113,6 +113,10 @@ fn subst(e: Expr, v: u32, by: &Expr) -> Expr {
             buf,
             index: s(index),
         },
+        Expr::Shared { array, index } => Expr::Shared {
+            array,
+            index: s(index),
+        },
         Expr::Unary(u, a) => Expr::Unary(u, s(a)),
         Expr::Cast(d, a) => Expr::Cast(d, s(a)),
         Expr::Binary(o, a, b) => Expr::Binary(o, s(a), s(b)),
@@ -138,6 +142,15 @@ fn subst_stmt(st: Stmt, v: u32, by: &Expr) -> Stmt {
         },
         Stmt::Store { buf, index, value } => Stmt::Store {
             buf,
+            index: e(index),
+            value: e(value),
+        },
+        Stmt::SharedStore {
+            array,
+            index,
+            value,
+        } => Stmt::SharedStore {
+            array,
             index: e(index),
             value: e(value),
         },
@@ -313,6 +326,7 @@ pub(super) fn lower_pointwise_vector(
         reads,
         writes,
         vars: e.next_var,
+        shared: Vec::new(),
         body: e.close_root(),
     }))
 }
