@@ -57,6 +57,84 @@ fn layernorm(dtype: DType) -> Graph {
     b.build().unwrap()
 }
 
+fn transpose_add(dtype: DType) -> Graph {
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", dtype, &[32, 64]).unwrap();
+    let y = b.input("y", dtype, &[64, 32]).unwrap();
+    let yt = b.transpose(y, &[1, 0]).unwrap();
+    let z = b.add(x, yt).unwrap();
+    b.output("z", z).unwrap();
+    b.build().unwrap()
+}
+
+fn softmax(dtype: DType, cols: usize) -> Graph {
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", dtype, &[4, cols]).unwrap();
+    let y = b.softmax(x, -1).unwrap();
+    b.output("y", y).unwrap();
+    b.build().unwrap()
+}
+
+/// `gelu(x·w + bias)`: the MLP's first product with its epilogue (a tiled kernel).
+fn gelu_mlp(dtype: DType) -> Graph {
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", dtype, &[32, 16]).unwrap();
+    let w = b.input("w", dtype, &[16, 32]).unwrap();
+    let bias = b.input("bias", dtype, &[32]).unwrap();
+    let y = b.matmul(x, w).unwrap();
+    let y = b.add(y, bias).unwrap();
+    let y = b.gelu(y).unwrap();
+    b.output("y", y).unwrap();
+    b.build().unwrap()
+}
+
+/// `softmax(q·kᵀ/4 + mask)·v` over [1, 2, 8, 16], the mask causal (-inf above the diagonal)
+/// or additive.
+fn attention(dtype: DType, causal: bool) -> Graph {
+    let s = 8;
+    let mut b = GraphBuilder::new();
+    let q = b.input("q", dtype, &[1, 2, s, 16]).unwrap();
+    let k = b.input("k", dtype, &[1, 2, s, 16]).unwrap();
+    let v = b.input("v", dtype, &[1, 2, s, 16]).unwrap();
+    let kt = b.transpose(k, &[0, 1, 3, 2]).unwrap();
+    let scores = b.matmul(q, kt).unwrap();
+    let scale = b.scalar(dtype, 0.25);
+    let scores = b.mul(scores, scale).unwrap();
+    let mask: Vec<f64> = (0..s * s)
+        .map(|i| match causal {
+            true if i % s > i / s => f64::NEG_INFINITY,
+            true => 0.0,
+            false => (i % 3) as f64 * 0.5,
+        })
+        .collect();
+    let m = b.constant(Tensor::from_f64(dtype, vec![s, s], &mask));
+    let scores = b.add(scores, m).unwrap();
+    let p = b.softmax(scores, -1).unwrap();
+    let o = b.matmul(p, v).unwrap();
+    b.output("o", o).unwrap();
+    b.build().unwrap()
+}
+
+/// 3×3 convolution (pad 1) + bias + ReLU.
+fn conv_bias_relu(dtype: DType) -> Graph {
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", dtype, &[1, 4, 8, 8]).unwrap();
+    let w = b.input("w", dtype, &[8, 4, 3, 3]).unwrap();
+    let bias = b.input("bias", dtype, &[8]).unwrap();
+    let conv = smelt_compiler::ir::Conv2d {
+        strides: [1, 1],
+        pads: [1, 1, 1, 1],
+        dilations: [1, 1],
+        group: 1,
+    };
+    let y = b
+        .op(smelt_compiler::ir::Op::Conv(conv), &[x, w, bias])
+        .unwrap();
+    let y = b.relu(y).unwrap();
+    b.output("y", y).unwrap();
+    b.build().unwrap()
+}
+
 #[test]
 fn rendering_is_deterministic() {
     let g = masked_softmax(DType::F32);
@@ -76,4 +154,23 @@ fn snapshots() {
     let s = b.reduce(ReduceKind::Sum, x, &[0], false).unwrap();
     b.output("s", s).unwrap();
     insta::assert_snapshot!("reduce_leading_axis_f32", cuda_of(&b.build().unwrap()));
+}
+
+/// The remaining kernel families, each in f32 and f16.
+#[test]
+fn family_snapshots() {
+    for (d, tag) in [(DType::F32, "f32"), (DType::F16, "f16")] {
+        let snap = |name: &str, g: Graph| {
+            insta::assert_snapshot!(format!("{name}_{tag}"), cuda_of(&g));
+        };
+        snap("transpose_add", transpose_add(d));
+        snap("softmax_warp_per_row", softmax(d, 96));
+        snap("softmax_block_per_row", softmax(d, 2048));
+        snap("softmax_streaming", softmax(d, 20000));
+        snap("gelu_mlp_epilogue", gelu_mlp(d));
+        snap("attention_causal", attention(d, true));
+        snap("attention_additive", attention(d, false));
+        snap("conv_bias_relu", conv_bias_relu(d));
+        snap("layernorm", layernorm(d));
+    }
 }

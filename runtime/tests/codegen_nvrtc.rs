@@ -245,3 +245,31 @@ fn tiled_products_compile_without_spills() {
         }
     }
 }
+
+/// Every CUDA snapshot of the compiler's codegen tests (each a translation unit of one or
+/// more kernels) compiles for sm_80 and sm_90 with no spills.
+#[test]
+fn every_codegen_snapshot_compiles_without_spills() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../compiler/tests/snapshots");
+    let mut snaps: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+        .collect();
+    snaps.sort();
+    assert!(snaps.len() >= 20, "{} snapshots", snaps.len());
+    for path in snaps {
+        let text = std::fs::read_to_string(&path).unwrap();
+        // insta's header is the YAML between the first two `---` lines.
+        let src = text.splitn(3, "---\n").nth(2).unwrap();
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        for arch in ["sm_80", "sm_90"] {
+            let out = nvrtc::compile(&format!("{name}.cu"), src, arch)
+                .unwrap_or_else(|e| panic!("{name} {arch}: {e}"));
+            assert!(!out.resources.is_empty(), "{name}: no kernels");
+            for (f, r) in &out.resources {
+                assert_eq!((r.spill_stores, r.spill_loads), (0, 0), "{name} {f} {arch}");
+            }
+        }
+    }
+}
