@@ -374,3 +374,47 @@ fn shared_memory_races_are_caught() {
     let e = kinterp::run(&p, &feeds(&g, 1)).unwrap_err().to_string();
     assert!(e.contains("no barrier between"), "{e}");
 }
+
+/// Convolutions with enough output channels and positions lower to the tiled kernel as an
+/// implicit product (windows gathered with zero padding): stride, dilation, asymmetric
+/// padding, no bias, and a fused ReLU + residual epilogue.
+#[test]
+fn tiled_convolutions_match_reference() {
+    use smelt::ir::{Conv2d, Op};
+    use smelt::DType;
+    for (ci, co, hw, kern, strides, pads, dilations, bias) in [
+        (4, 32, 8, 3, [1, 1], [1, 1, 1, 1], [1, 1], true),
+        (3, 40, 13, 3, [2, 2], [0, 1, 2, 1], [1, 1], false),
+        (5, 33, 12, 2, [1, 2], [1, 0, 0, 1], [2, 1], true),
+    ] {
+        let mut b = smelt::GraphBuilder::new();
+        let x = b.input("x", DType::F32, &[2, ci, hw, hw]).unwrap();
+        let w = b.input("w", DType::F32, &[co, ci, kern, kern]).unwrap();
+        let mut ins = vec![x, w];
+        if bias {
+            ins.push(b.input("bias", DType::F32, &[co]).unwrap());
+        }
+        let conv = Conv2d {
+            strides,
+            pads,
+            dilations,
+            group: 1,
+        };
+        let y = b.op(Op::Conv(conv), &ins).unwrap();
+        let y = b.relu(y).unwrap();
+        let shape = b.ty(y).shape.clone();
+        let res = b.input("res", DType::F32, &shape).unwrap();
+        let y = b.add(y, res).unwrap();
+        b.output("y", y).unwrap();
+        let g = b.build().unwrap();
+        let c = compile(&g, &Options::default()).unwrap();
+        let p = lower(&c.graph).unwrap();
+        let label = format!("{ci}->{co} {hw}² k{kern} s{strides:?} p{pads:?} d{dilations:?}");
+        assert!(
+            p.kernels.iter().any(|k| !k.shared.is_empty()),
+            "{label}: no tiled kernel\n{p}"
+        );
+        check(&g, true).unwrap_or_else(|e| panic!("{label}: {e}"));
+        check(&g, false).unwrap_or_else(|e| panic!("{label} unfused: {e}"));
+    }
+}

@@ -115,12 +115,12 @@ fn attention(dtype: DType, causal: bool) -> Graph {
     b.build().unwrap()
 }
 
-/// 3×3 convolution (pad 1) + bias + ReLU.
+/// 3×3 convolution (pad 1) + bias + ReLU, 4 → 32 channels (an implicit tiled product).
 fn conv_bias_relu(dtype: DType) -> Graph {
     let mut b = GraphBuilder::new();
     let x = b.input("x", dtype, &[1, 4, 8, 8]).unwrap();
-    let w = b.input("w", dtype, &[8, 4, 3, 3]).unwrap();
-    let bias = b.input("bias", dtype, &[8]).unwrap();
+    let w = b.input("w", dtype, &[32, 4, 3, 3]).unwrap();
+    let bias = b.input("bias", dtype, &[32]).unwrap();
     let conv = smelt_compiler::ir::Conv2d {
         strides: [1, 1],
         pads: [1, 1, 1, 1],

@@ -243,6 +243,26 @@ fn tiled_products_compile_without_spills() {
             assert!(!program.kernels[0].shared.is_empty(), "{program}");
             compile_all(&format!("tiled {d} {batch:?} {m}x{k}x{n}"), &g);
         }
+        // A 3×3 convolution, 32 → 64 channels on 56², as an implicit product with bias+ReLU.
+        let mut b = GraphBuilder::new();
+        let x = b.input("x", d, &[2, 32, 56, 56]).unwrap();
+        let w = b.input("w", d, &[64, 32, 3, 3]).unwrap();
+        let bias = b.input("bias", d, &[64]).unwrap();
+        let conv = smelt_compiler::ir::Conv2d {
+            strides: [1, 1],
+            pads: [1, 1, 1, 1],
+            dilations: [1, 1],
+            group: 1,
+        };
+        let y = b
+            .op(smelt_compiler::ir::Op::Conv(conv), &[x, w, bias])
+            .unwrap();
+        let y = b.relu(y).unwrap();
+        b.output("y", y).unwrap();
+        let g = b.build().unwrap();
+        let program = lower(&compile(&g, &Options::default()).unwrap().graph).unwrap();
+        assert!(!program.kernels[0].shared.is_empty(), "{program}");
+        compile_all(&format!("tiled conv {d}"), &g);
     }
 }
 

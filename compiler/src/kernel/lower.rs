@@ -1208,8 +1208,8 @@ pub fn lower_for(g: &Graph, target: Target) -> R<Program> {
         }
         let attention = matches!(&node.op, Op::Fused(k) if k.kind == KernelKind::Attention);
         let product = match &node.op {
-            Op::Fused(k) => k.kind == KernelKind::Gemm,
-            op => op == &Op::MatMul,
+            Op::Fused(k) => matches!(k.kind, KernelKind::Gemm | KernelKind::Conv),
+            op => matches!(op, Op::MatMul | Op::Conv(_)),
         };
         let (body, row_axis) = match &node.op {
             Op::Fused(k) => (
