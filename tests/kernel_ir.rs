@@ -333,7 +333,7 @@ fn tiled_products_match_reference() {
         assert_eq!(p.kernels.len(), 1, "{label}: one kernel\n{p}");
         let text = p.kernels[0].to_string();
         assert!(
-            text.contains("shared s0[1024]") && text.matches("barrier").count() == 2,
+            text.contains("shared s0: f32[1024]") && text.matches("barrier").count() == 2,
             "{label}\n{text}"
         );
         check(&g, true).unwrap_or_else(|e| panic!("{label}: {e}"));
@@ -416,5 +416,50 @@ fn tiled_convolutions_match_reference() {
         );
         check(&g, true).unwrap_or_else(|e| panic!("{label}: {e}"));
         check(&g, false).unwrap_or_else(|e| panic!("{label} unfused: {e}"));
+    }
+}
+
+/// f16 and bf16 products and convolutions lower to the tensor-core variant (warp fragments
+/// staged through shared memory, f32 accumulators); the interpreter runs the fragment
+/// operations with their alignment rules and the race check. Tolerance: f16/bf16 rounding of
+/// the result (the reference rounds every op to the storage type).
+#[test]
+fn tensor_core_products_match_reference() {
+    use smelt::ir::{Conv2d, Op};
+    use smelt::DType;
+    for d in [DType::F16, DType::BF16] {
+        for (batch, m, k, n) in [(&[][..], 64, 32, 64), (&[2][..], 70, 45, 33)] {
+            let mut b = smelt::GraphBuilder::new();
+            let mut sa = batch.to_vec();
+            sa.extend([m, k]);
+            let x = b.input("x", d, &sa).unwrap();
+            let wt = b.input("wt", d, &[n, k]).unwrap();
+            let w = b.transpose(wt, &[1, 0]).unwrap();
+            let bias = b.input("bias", d, &[n]).unwrap();
+            let y = b.matmul(x, w).unwrap();
+            let y = b.add(y, bias).unwrap();
+            let y = b.gelu(y).unwrap();
+            b.output("y", y).unwrap();
+            let g = b.build().unwrap();
+            let p = lower(&compile(&g, &Options::default()).unwrap().graph).unwrap();
+            assert_eq!(p.kernels[0].frags.len(), 8, "{p}");
+            check_within(&g, true, 2e-2, 2e-2).unwrap_or_else(|e| panic!("{d} {m}x{k}x{n}: {e}"));
+        }
+        let mut b = smelt::GraphBuilder::new();
+        let x = b.input("x", d, &[2, 6, 9, 9]).unwrap();
+        let w = b.input("w", d, &[40, 6, 3, 3]).unwrap();
+        let conv = Conv2d {
+            strides: [1, 1],
+            pads: [1, 1, 1, 1],
+            dilations: [1, 1],
+            group: 1,
+        };
+        let y = b.op(Op::Conv(conv), &[x, w]).unwrap();
+        let y = b.relu(y).unwrap();
+        b.output("y", y).unwrap();
+        let g = b.build().unwrap();
+        let p = lower(&compile(&g, &Options::default()).unwrap().graph).unwrap();
+        assert_eq!(p.kernels[0].frags.len(), 8, "{p}");
+        check_within(&g, true, 2e-2, 2e-2).unwrap_or_else(|e| panic!("{d} conv: {e}"));
     }
 }

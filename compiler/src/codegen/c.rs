@@ -283,7 +283,7 @@ pub fn render_kernel(
         kernel: kernel.name.clone(),
         what: what.into(),
     };
-    if !kernel.shared.is_empty() {
+    if !kernel.shared.is_empty() || !kernel.frags.is_empty() {
         return Err(err("block shared memory on the CPU"));
     }
     if kernel.launch.block > 1 && Stmt::has_collective(&kernel.body) {

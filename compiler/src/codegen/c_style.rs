@@ -58,6 +58,11 @@ pub trait Target {
     fn checked_int(&self, _op: &str) -> Option<String> {
         None
     }
+    /// The namespace prefix of the warp matrix (tensor-core) functions, if the target has
+    /// them.
+    fn wmma(&self) -> Option<&'static str> {
+        None
+    }
     /// The type of one vector access of `n` elements of C type `elem`, if the target has
     /// one (else vector accesses are rendered element by element).
     fn vector_type(&self, _elem: &str, _n: usize) -> Option<String> {
@@ -166,6 +171,20 @@ impl<'a, T: Target> Ctx<'a, T> {
         }
     }
 
+    fn shared_dtype(&self, array: u32) -> Result<DType, RenderError> {
+        self.kernel
+            .shared
+            .get(array as usize)
+            .map(|a| a.dtype)
+            .ok_or_else(|| self.err(format!("no shared array s{array}")))
+    }
+
+    fn wmma(&self) -> Result<&'static str, RenderError> {
+        self.target
+            .wmma()
+            .ok_or_else(|| self.err("tensor-core fragments".into()))
+    }
+
     /// The scalar type of an expression.
     pub fn scalar(&self, e: &Expr) -> Scalar {
         match e {
@@ -226,7 +245,11 @@ impl<'a, T: Target> Ctx<'a, T> {
             Expr::I(v) => format!("{v}ll"),
             Expr::Var(v) => format!("v{v}"),
             Expr::Builtin(b) => self.target.builtin(*b).to_string(),
-            Expr::Shared { array, index } => format!("smelt_s{array}[{}]", self.expr(index)?),
+            Expr::Shared { array, index } => {
+                let d = self.shared_dtype(*array)?;
+                let raw = format!("smelt_s{array}[{}]", self.expr(index)?);
+                self.target.load_conversion(d, &raw, self.kernel.precision)
+            }
             Expr::Load { buf, index } => {
                 let d = self.program.buffers[*buf as usize].dtype;
                 let raw = format!("b{buf}[{}]", self.expr(index)?);
@@ -460,11 +483,49 @@ impl<'a, T: Target> Ctx<'a, T> {
                     index,
                     value,
                 } => {
+                    let d = self.shared_dtype(*array)?;
+                    let v = self.target.store_conversion(d, &self.expr(value)?);
+                    let _ = writeln!(out, "{pad}smelt_s{array}[{}] = {v};", self.expr(index)?);
+                }
+                Stmt::FragFill { frag, value } => {
+                    let ns = self.wmma()?;
                     let _ = writeln!(
                         out,
-                        "{pad}smelt_s{array}[{}] = {};",
-                        self.expr(index)?,
-                        self.expr(value)?
+                        "{pad}{ns}fill_fragment(smelt_f{frag}, {});",
+                        self.lit(*value)
+                    );
+                }
+                Stmt::FragLoad {
+                    frag,
+                    array,
+                    offset,
+                    ld,
+                } => {
+                    let ns = self.wmma()?;
+                    let o = self.expr(offset)?;
+                    let _ = writeln!(
+                        out,
+                        "{pad}{ns}load_matrix_sync(smelt_f{frag}, smelt_s{array} + {o}, {ld});"
+                    );
+                }
+                Stmt::FragMma { acc, a, b } => {
+                    let ns = self.wmma()?;
+                    let _ = writeln!(
+                        out,
+                        "{pad}{ns}mma_sync(smelt_f{acc}, smelt_f{a}, smelt_f{b}, smelt_f{acc});"
+                    );
+                }
+                Stmt::FragStore {
+                    array,
+                    offset,
+                    ld,
+                    frag,
+                } => {
+                    let ns = self.wmma()?;
+                    let o = self.expr(offset)?;
+                    let _ = writeln!(
+                        out,
+                        "{pad}{ns}store_matrix_sync(smelt_s{array} + {o}, smelt_f{frag}, {ld}, {ns}mem_row_major);"
                     );
                 }
                 Stmt::LoadVec { vars, buf, index } => {

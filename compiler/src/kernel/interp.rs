@@ -3,8 +3,8 @@
 //! warp-shuffle tree the GPU runs — so lowering bugs are caught without a GPU.
 
 use super::ir::{
-    Builtin, Combiner, Expr, Gemm, IndexOp, Kernel, MatrixView, Precision, Program, ReduceOp,
-    Scope, Stmt,
+    Builtin, Combiner, Expr, FragRole, Gemm, IndexOp, Kernel, MatrixView, Precision, Program,
+    ReduceOp, Scope, SharedArray, Stmt,
 };
 use crate::error::{Error, Result};
 use crate::interp::math::{binary_f, binary_i, unary_f};
@@ -46,11 +46,11 @@ struct SharedMem {
 }
 
 impl SharedMem {
-    fn new(lens: &[usize]) -> Self {
+    fn new(arrays: &[SharedArray]) -> Self {
         SharedMem {
-            arrays: lens.iter().map(|&n| vec![f64::NAN; n]).collect(),
-            written: lens.iter().map(|&n| vec![(0, 0); n]).collect(),
-            read: lens.iter().map(|&n| vec![(0, 0); n]).collect(),
+            arrays: arrays.iter().map(|a| vec![f64::NAN; a.len]).collect(),
+            written: arrays.iter().map(|a| vec![(0, 0); a.len]).collect(),
+            read: arrays.iter().map(|a| vec![(0, 0); a.len]).collect(),
             interval: 1,
         }
     }
@@ -106,6 +106,8 @@ impl SharedMem {
 
 struct Ctx<'a> {
     shared: std::cell::RefCell<SharedMem>,
+    /// Per warp, per fragment: its 16×16 values (row-major; empty until set).
+    frags: Vec<Vec<Vec<f64>>>,
     buffers: &'a mut [Vec<f64>],
     dtypes: &'a [DType],
     precision: Precision,
@@ -313,7 +315,12 @@ fn exec_thread(stmts: &[Stmt], env: &mut Env, t: i64, cx: &mut Ctx, k: &Kernel) 
                 value,
             } => {
                 let i = eval(index, env, t, cx, k)?.i();
-                let v = round(cx.precision, eval(value, env, t, cx, k)?.f());
+                let d = k
+                    .shared
+                    .get(*array as usize)
+                    .ok_or_else(|| err(k, format!("no shared array s{array}")))?
+                    .dtype;
+                let v = to_dtype(d, eval(value, env, t, cx, k)?.f());
                 cx.shared
                     .borrow_mut()
                     .store(*array, i, t, v)
@@ -363,7 +370,12 @@ fn exec_thread(stmts: &[Stmt], env: &mut Env, t: i64, cx: &mut Ctx, k: &Kernel) 
                 }
             }
             Stmt::Gemm(g) => gemm(g, cx, k)?,
-            Stmt::Reduce { .. } | Stmt::Barrier => unreachable!("collectives run in lockstep"),
+            Stmt::Reduce { .. }
+            | Stmt::Barrier
+            | Stmt::FragFill { .. }
+            | Stmt::FragLoad { .. }
+            | Stmt::FragMma { .. }
+            | Stmt::FragStore { .. } => unreachable!("collectives run in lockstep"),
         }
     }
     Ok(())
@@ -424,6 +436,14 @@ fn exec_block(stmts: &[Stmt], envs: &mut [Env], cx: &mut Ctx, k: &Kernel) -> Res
                 }
             }
             Stmt::Barrier => cx.shared.get_mut().interval += 1,
+            Stmt::FragFill { .. }
+            | Stmt::FragLoad { .. }
+            | Stmt::FragMma { .. }
+            | Stmt::FragStore { .. } => {
+                for (w, lanes) in envs.chunks(32).enumerate() {
+                    warp_matrix(s, w, lanes, cx, k)?;
+                }
+            }
             Stmt::For {
                 var,
                 start,
@@ -470,6 +490,110 @@ fn exec_block(stmts: &[Stmt], envs: &mut [Env], cx: &mut Ctx, k: &Kernel) -> Res
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// One tensor-core fragment operation of warp `w` (whose lanes' variables are `lanes`): the
+/// operands' shared offsets must agree across the lanes and be aligned as `wmma` requires.
+fn warp_matrix(s: &Stmt, w: usize, lanes: &[Env], cx: &mut Ctx, k: &Kernel) -> Result<()> {
+    let t0 = (w * 32) as i64;
+    let frag = |f: u32| {
+        k.frags
+            .get(f as usize)
+            .copied()
+            .ok_or_else(|| err(k, format!("no fragment f{f}")))
+    };
+    // The 16×16 elements of a fragment access at `offset` with row stride `ld`.
+    let place = |cx: &Ctx, array: u32, offset: &Expr, ld: usize| -> Result<(i64, usize)> {
+        let offs: Vec<i64> = lanes
+            .iter()
+            .enumerate()
+            .map(|(l, env)| Ok(eval(offset, env, t0 + l as i64, cx, k)?.i()))
+            .collect::<Result<_>>()?;
+        if offs.windows(2).any(|p| p[0] != p[1]) {
+            return Err(err(
+                k,
+                "a fragment offset that differs across the warp".into(),
+            ));
+        }
+        let a = k
+            .shared
+            .get(array as usize)
+            .ok_or_else(|| err(k, format!("no shared array s{array}")))?;
+        let size = a.dtype.size() as i64;
+        if lanes.len() != 32 || (offs[0] * size) % 32 != 0 || (ld as i64 * size) % 16 != 0 {
+            return Err(err(
+                k,
+                format!("misaligned fragment access s{array}[{} ld {ld}]", offs[0]),
+            ));
+        }
+        Ok((offs[0], ld))
+    };
+    let warp = &mut cx.frags[w];
+    match s {
+        Stmt::FragFill { frag: f, value } => {
+            frag(*f)?;
+            warp[*f as usize] = vec![*value; 256];
+        }
+        Stmt::FragLoad {
+            frag: f,
+            array,
+            offset,
+            ld,
+        } => {
+            frag(*f)?;
+            let (o, ld) = place(cx, *array, offset, *ld)?;
+            let mut m = vec![0.0; 256];
+            for (e, v) in m.iter_mut().enumerate() {
+                let i = o + ((e / 16) * ld + e % 16) as i64;
+                *v = cx
+                    .shared
+                    .borrow_mut()
+                    .load(*array, i, t0)
+                    .map_err(|m| err(k, m))?;
+            }
+            cx.frags[w][*f as usize] = m;
+        }
+        Stmt::FragMma { acc, a, b } => {
+            let roles = (frag(*acc)?.role, frag(*a)?.role, frag(*b)?.role);
+            if roles != (FragRole::Acc, FragRole::A, FragRole::B) {
+                return Err(err(k, format!("fragment roles {roles:?} in a product")));
+            }
+            let (fa, fb) = (warp[*a as usize].clone(), warp[*b as usize].clone());
+            let c = &mut warp[*acc as usize];
+            if fa.len() != 256 || fb.len() != 256 || c.len() != 256 {
+                return Err(err(k, "a product of unset fragments".into()));
+            }
+            for i in 0..16 {
+                for j in 0..16 {
+                    let dot: f64 = (0..16).map(|x| fa[i * 16 + x] * fb[x * 16 + j]).sum();
+                    c[i * 16 + j] = (c[i * 16 + j] + dot) as f32 as f64;
+                }
+            }
+        }
+        Stmt::FragStore {
+            array,
+            offset,
+            ld,
+            frag: f,
+        } => {
+            frag(*f)?;
+            let m = warp[*f as usize].clone();
+            if m.len() != 256 {
+                return Err(err(k, format!("f{f} stored before it is set")));
+            }
+            let (o, ld) = place(cx, *array, offset, *ld)?;
+            let d = k.shared[*array as usize].dtype;
+            for (e, v) in m.iter().enumerate() {
+                let i = o + ((e / 16) * ld + e % 16) as i64;
+                cx.shared
+                    .borrow_mut()
+                    .store(*array, i, t0, to_dtype(d, *v))
+                    .map_err(|m| err(k, m))?;
+            }
+        }
+        _ => unreachable!("fragment operations"),
     }
     Ok(())
 }
@@ -615,6 +739,7 @@ pub fn run(p: &Program, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String,
             let mut envs: Vec<Env> = vec![vec![None; k.vars as usize]; k.launch.block];
             let mut cx = Ctx {
                 shared: std::cell::RefCell::new(SharedMem::new(&k.shared)),
+                frags: vec![vec![Vec::new(); k.frags.len()]; k.launch.block.div_ceil(32)],
                 buffers: &mut buffers,
                 dtypes: &dtypes,
                 precision: k.precision,

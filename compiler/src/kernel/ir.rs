@@ -198,6 +198,46 @@ pub enum Stmt {
         /// Value.
         value: Expr,
     },
+    /// Every lane of the warp sets fragment `frag` to `value` everywhere.
+    FragFill {
+        /// Fragment.
+        frag: u32,
+        /// Value.
+        value: f64,
+    },
+    /// The warp loads fragment `frag` (16×16, row-major) from shared array `array` at
+    /// element `offset` (the same in every lane; 32-byte aligned) with row stride `ld`.
+    FragLoad {
+        /// Fragment.
+        frag: u32,
+        /// Shared array.
+        array: u32,
+        /// First element.
+        offset: Expr,
+        /// Row stride (elements; 16 bytes' worth a multiple).
+        ld: usize,
+    },
+    /// The warp's tensor-core product `acc += a × b` (16×16×16).
+    FragMma {
+        /// Accumulator fragment.
+        acc: u32,
+        /// Left fragment.
+        a: u32,
+        /// Right fragment.
+        b: u32,
+    },
+    /// The warp stores fragment `frag` to shared array `array` at `offset` (row-major,
+    /// row stride `ld`), as [`Stmt::FragLoad`] reads.
+    FragStore {
+        /// Shared array.
+        array: u32,
+        /// First element.
+        offset: Expr,
+        /// Row stride.
+        ld: usize,
+        /// Fragment.
+        frag: u32,
+    },
     /// `vars[l] = buf[index + l]` for every lane `l`: one vector access. `index` is a multiple
     /// of the lane count, so the access is aligned to its size (buffers start 64-byte
     /// aligned).
@@ -294,8 +334,8 @@ pub struct Gemm {
 }
 
 impl Stmt {
-    /// True when any statement is a block collective (reduction or barrier), nested ones
-    /// included.
+    /// True when any statement is a collective (reduction, barrier, fragment operation),
+    /// nested ones included.
     pub fn has_collective(stmts: &[Stmt]) -> bool {
         Stmt::any(stmts, &|s| matches!(s, Stmt::Reduce { .. } | Stmt::Barrier))
     }
@@ -349,10 +389,41 @@ pub struct Kernel {
     pub writes: Vec<u32>,
     /// Number of variables (`v0..`).
     pub vars: u32,
-    /// Lengths of the block's shared arrays (elements of the compute type).
-    pub shared: Vec<usize>,
+    /// The block's shared arrays.
+    pub shared: Vec<SharedArray>,
+    /// The warps' tensor-core fragments (each warp has its own of each).
+    pub frags: Vec<Fragment>,
     /// Statements every thread runs.
     pub body: Vec<Stmt>,
+}
+
+/// A shared array of a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SharedArray {
+    /// Element type (values are converted to it when stored).
+    pub dtype: DType,
+    /// Elements.
+    pub len: usize,
+}
+
+/// What a tensor-core fragment holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum FragRole {
+    /// A 16×16 left operand.
+    A,
+    /// A 16×16 right operand.
+    B,
+    /// A 16×16 f32 accumulator.
+    Acc,
+}
+
+/// A warp's 16×16 tensor-core fragment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Fragment {
+    /// Role.
+    pub role: FragRole,
+    /// Element type: f16 or bf16 for operands, f32 for accumulators.
+    pub dtype: DType,
 }
 
 /// A lowered program: buffers and kernels in launch order.
@@ -413,6 +484,20 @@ fn fmt_block(f: &mut fmt::Formatter<'_>, stmts: &[Stmt], depth: usize) -> fmt::R
                 index,
                 value,
             } => writeln!(f, "{pad}s{array}[{index}] = {value}")?,
+            Stmt::FragFill { frag, value } => writeln!(f, "{pad}f{frag} = fill({value:?})")?,
+            Stmt::FragLoad {
+                frag,
+                array,
+                offset,
+                ld,
+            } => writeln!(f, "{pad}f{frag} = s{array}[{offset} ld {ld}]")?,
+            Stmt::FragMma { acc, a, b } => writeln!(f, "{pad}f{acc} += f{a} x f{b}")?,
+            Stmt::FragStore {
+                array,
+                offset,
+                ld,
+                frag,
+            } => writeln!(f, "{pad}s{array}[{offset} ld {ld}] = f{frag}")?,
             Stmt::LoadVec { vars, buf, index } => {
                 let vs: Vec<String> = vars.iter().map(|v| format!("v{v}")).collect();
                 let n = vars.len();
@@ -490,8 +575,11 @@ impl fmt::Display for Kernel {
             "kernel {} <<<{}, {}>>> {:?} reads {:?} writes {:?} {{",
             self.name, self.launch.grid, self.launch.block, self.precision, self.reads, self.writes
         )?;
-        for (i, n) in self.shared.iter().enumerate() {
-            writeln!(f, "  shared s{i}[{n}]")?;
+        for (i, a) in self.shared.iter().enumerate() {
+            writeln!(f, "  shared s{i}: {}[{}]", a.dtype, a.len)?;
+        }
+        for (i, fr) in self.frags.iter().enumerate() {
+            writeln!(f, "  fragment f{i}: {:?} {}", fr.role, fr.dtype)?;
         }
         fmt_block(f, &self.body, 1)?;
         write!(f, "}}")

@@ -1358,6 +1358,7 @@ fn lower_pointwise(
         writes,
         vars: e.next_var,
         shared: Vec::new(),
+        frags: Vec::new(),
         body: e.close_root(),
     })
 }
@@ -1607,6 +1608,7 @@ fn lower_rows(
         writes,
         vars: e.next_var,
         shared: Vec::new(),
+        frags: Vec::new(),
         body: e.close_root(),
     })
 }

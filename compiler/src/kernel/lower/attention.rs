@@ -228,6 +228,7 @@ fn kernel(
         writes,
         vars: e.next_var,
         shared: Vec::new(),
+        frags: Vec::new(),
         body: e.close_root(),
     }
 }

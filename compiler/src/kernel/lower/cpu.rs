@@ -287,6 +287,7 @@ fn push_gemm(sink: &mut Sink, gemm: Gemm) {
         writes,
         vars: 0,
         shared: Vec::new(),
+        frags: Vec::new(),
         body: vec![Stmt::Gemm(Box::new(gemm))],
     });
 }
@@ -604,6 +605,7 @@ fn im2col(
         writes,
         vars: e.next_var,
         shared: Vec::new(),
+        frags: Vec::new(),
         body: e.close_root(),
     })
 }
@@ -668,6 +670,7 @@ pub(super) fn pointwise(
             writes,
             vars: e.next_var,
             shared: Vec::new(),
+            frags: Vec::new(),
             body: e.close_root(),
         });
     }
@@ -720,6 +723,7 @@ pub(super) fn pointwise(
         writes,
         vars: e.next_var,
         shared: Vec::new(),
+        frags: Vec::new(),
         body: e.close_root(),
     })
 }

@@ -15,8 +15,17 @@
 use super::rows::{hold, lt};
 use super::{add, and, broadcast_index, builtin, div, emitter, key, mul, ravel, reads_writes};
 use super::{rem, unravel, Emitter, Kernel, Launch, R};
+use crate::ir::DType;
 use crate::ir::{BinaryOp, Conv2d, Graph, NodeId, Op};
-use crate::kernel::ir::{Builtin, Expr, Precision, Stmt};
+use crate::kernel::ir::{Builtin, Expr, FragRole, Fragment, Precision, SharedArray, Stmt};
+
+/// The float type of a precision.
+fn precision_dtype(p: Precision) -> DType {
+    match p {
+        Precision::F32 => DType::F32,
+        Precision::F64 => DType::F64,
+    }
+}
 
 /// Output tile edge of a block.
 const TILE: usize = 64;
@@ -106,6 +115,15 @@ impl Operands {
         }
     }
 
+    /// Storage types of the left and right operands.
+    fn dtypes(&self, body: &Graph) -> (DType, DType) {
+        let d = |id: NodeId| body.nodes[id].ty.dtype;
+        match self {
+            Operands::MatMul { a, b, .. } => (d(*a), d(*b)),
+            Operands::Conv { w, x, .. } => (d(*w), d(*x)),
+        }
+    }
+
     /// The output's multi-index of element (i, j) of batch `batch`.
     fn out_index(&self, batch: &[Expr], i: Expr, j: Expr) -> Vec<Expr> {
         let mut idx = batch.to_vec();
@@ -190,6 +208,20 @@ pub(super) fn lower_gemm_gpu(
     let batches: usize = shape[..batch_dims].iter().product();
     if batches == 0 {
         return Ok(None);
+    }
+    let dtypes = ops.dtypes(body);
+    let halves = dtypes.0 == dtypes.1 && matches!(dtypes.0, DType::F16 | DType::BF16);
+    if halves && precision == Precision::F32 {
+        let geometry = Geometry {
+            m,
+            n,
+            k,
+            tiles_m,
+            tiles_n,
+            batch_shape: shape[..batch_dims].to_vec(),
+            out_shape: shape.clone(),
+        };
+        return tensor_core(body, inputs, out, name, &ops, mm, dtypes.0, geometry).map(Some);
     }
     let mut e = emitter(body, inputs);
     let bid = builtin(Builtin::Block);
@@ -341,7 +373,235 @@ pub(super) fn lower_gemm_gpu(
         reads,
         writes,
         vars: e.next_var,
-        shared: vec![TILE * STEP, STEP * TILE],
+        shared: vec![
+            SharedArray {
+                dtype: precision_dtype(precision),
+                len: TILE * STEP,
+            },
+            SharedArray {
+                dtype: precision_dtype(precision),
+                len: STEP * TILE,
+            },
+        ],
+        frags: Vec::new(),
         body: e.close_root(),
     }))
+}
+
+/// Sizes of a tiled product.
+struct Geometry {
+    m: usize,
+    n: usize,
+    k: usize,
+    tiles_m: usize,
+    tiles_n: usize,
+    batch_shape: Vec<usize>,
+    out_shape: Vec<usize>,
+}
+
+/// Reduction elements staged per step of the tensor-core kernel.
+const TC_STEP: usize = 16;
+/// Threads of the tensor-core kernel: 4 warps, each a 32×32 quarter of the tile.
+const TC_THREADS: usize = 128;
+/// Fragment edge.
+const FRAG: usize = 16;
+
+/// The tensor-core variant, for f16 or bf16 operands: each of 4 warps computes a 32×32
+/// quarter of the 64×64 tile as 2×2 fragments of f32 accumulators (`wmma` 16×16×16
+/// products), from slices staged in shared memory in the operands' storage type; the
+/// accumulators go through shared memory to the threads, which apply the epilogue and store
+/// coalesced.
+#[allow(clippy::too_many_arguments)]
+fn tensor_core(
+    body: &Graph,
+    inputs: &[u32],
+    out: u32,
+    name: &str,
+    ops: &Operands,
+    mm: NodeId,
+    dtype: DType,
+    g: Geometry,
+) -> R<Kernel> {
+    let root = body.outputs[0].1;
+    let mut e = emitter(body, inputs);
+    let bid = builtin(Builtin::Block);
+    let tn = e.bind(rem(bid.clone(), g.tiles_n));
+    let tm = e.bind(rem(div(bid.clone(), g.tiles_n), g.tiles_m));
+    let batch_flat = e.bind(div(bid, g.tiles_n * g.tiles_m));
+    let batch = unravel(&batch_flat, &g.batch_shape);
+    let warp = e.bind(div(builtin(Builtin::Thread), 32));
+    let (wm, wn) = (e.bind(div(warp.clone(), 2)), e.bind(rem(warp, 2)));
+    let row0 = e.bind(mul(tm, Expr::I(TILE as i64)));
+    let col0 = e.bind(mul(tn, Expr::I(TILE as i64)));
+    // Fragments: a0 a1 (A), b0 b1 (B), c00 c01 c10 c11 (accumulators).
+    let (fa, fb, fc) = ([0u32, 1], [2u32, 3], [4u32, 5, 6, 7]);
+    for &c in &fc {
+        e.push(Stmt::FragFill {
+            frag: c,
+            value: 0.0,
+        });
+    }
+    let step = e.var();
+    e.open();
+    let k0 = e.bind(mul(Expr::Var(step), Expr::I(TC_STEP as i64)));
+    for l in 0..TILE * TC_STEP / TC_THREADS {
+        let flat = add(builtin(Builtin::Thread), Expr::I((l * TC_THREADS) as i64));
+        // Left: element (row0 + i, k0 + c) at s0[i·TC_STEP + c] (row-major).
+        let (i, c) = (
+            e.bind(div(flat.clone(), TC_STEP)),
+            e.bind(rem(flat.clone(), TC_STEP)),
+        );
+        let (gi, gc) = (
+            e.bind(add(row0.clone(), i.clone())),
+            e.bind(add(k0.clone(), c.clone())),
+        );
+        let ok = and(lt(gi.clone(), g.m), lt(gc.clone(), g.k));
+        let v = ops.a(&mut e, &batch, gi, gc, ok)?;
+        e.push(Stmt::SharedStore {
+            array: 0,
+            index: add(mul(i, Expr::I(TC_STEP as i64)), c),
+            value: v,
+        });
+        // Right: element (k0 + c, col0 + j) at s1[c·TILE + j].
+        let (c, j) = (e.bind(div(flat.clone(), TILE)), e.bind(rem(flat, TILE)));
+        let (gc, gj) = (
+            e.bind(add(k0.clone(), c.clone())),
+            e.bind(add(col0.clone(), j.clone())),
+        );
+        let ok = and(lt(gc.clone(), g.k), lt(gj.clone(), g.n));
+        let v = ops.b(&mut e, &batch, gc, gj, ok)?;
+        e.push(Stmt::SharedStore {
+            array: 1,
+            index: add(mul(c, Expr::I(TILE as i64)), j),
+            value: v,
+        });
+    }
+    e.push(Stmt::Barrier);
+    for ks in 0..TC_STEP / FRAG {
+        for (x, &f) in fa.iter().enumerate() {
+            // Rows wm·32 + x·16.., columns ks·16.. of the left slice.
+            let row = add(mul(wm.clone(), Expr::I(32)), Expr::I((x * FRAG) as i64));
+            e.push(Stmt::FragLoad {
+                frag: f,
+                array: 0,
+                offset: add(
+                    mul(row, Expr::I(TC_STEP as i64)),
+                    Expr::I((ks * FRAG) as i64),
+                ),
+                ld: TC_STEP,
+            });
+        }
+        for (y, &f) in fb.iter().enumerate() {
+            // Rows ks·16.., columns wn·32 + y·16.. of the right slice.
+            let col = add(mul(wn.clone(), Expr::I(32)), Expr::I((y * FRAG) as i64));
+            e.push(Stmt::FragLoad {
+                frag: f,
+                array: 1,
+                offset: add(Expr::I((ks * FRAG * TILE) as i64), col),
+                ld: TILE,
+            });
+        }
+        for (x, &a) in fa.iter().enumerate() {
+            for (y, &b) in fb.iter().enumerate() {
+                e.push(Stmt::FragMma {
+                    acc: fc[x * 2 + y],
+                    a,
+                    b,
+                });
+            }
+        }
+    }
+    e.push(Stmt::Barrier);
+    let walk = e.close();
+    e.push(Stmt::For {
+        var: step,
+        start: Expr::I(0),
+        end: Expr::I(g.k.div_ceil(TC_STEP) as i64),
+        step: Expr::I(1),
+        uniform: true,
+        body: walk,
+    });
+    // The accumulators to s2 (the tile, row-major), then the epilogue per element.
+    for x in 0..2 {
+        for y in 0..2 {
+            let row = add(mul(wm.clone(), Expr::I(32)), Expr::I((x * FRAG) as i64));
+            let col = add(mul(wn.clone(), Expr::I(32)), Expr::I((y * FRAG) as i64));
+            e.push(Stmt::FragStore {
+                array: 2,
+                offset: add(mul(row, Expr::I(TILE as i64)), col),
+                ld: TILE,
+                frag: fc[x * 2 + y],
+            });
+        }
+    }
+    e.push(Stmt::Barrier);
+    for l in 0..TILE * TILE / TC_THREADS {
+        let flat = e.bind(add(
+            builtin(Builtin::Thread),
+            Expr::I((l * TC_THREADS) as i64),
+        ));
+        let gi = e.bind(add(row0.clone(), div(flat.clone(), TILE)));
+        let gj = e.bind(add(col0.clone(), rem(flat.clone(), TILE)));
+        let idx = ops.out_index(&batch, gi.clone(), gj.clone());
+        e.open();
+        let acc = e.bind(Expr::Shared {
+            array: 2,
+            index: Box::new(flat),
+        });
+        let v = ops.finish(&mut e, acc, &idx)?;
+        e.memo
+            .last_mut()
+            .expect("a scope is open")
+            .insert(key(mm, &idx), v);
+        let v = e.value(root, &idx)?;
+        e.push(Stmt::Store {
+            buf: out,
+            index: ravel(&idx, &g.out_shape),
+            value: v,
+        });
+        let then = e.close();
+        e.push(Stmt::If {
+            cond: and(lt(gi, g.m), lt(gj, g.n)),
+            then,
+        });
+    }
+    let (reads, writes) = reads_writes(inputs, out);
+    let frag = |role, dtype| Fragment { role, dtype };
+    Ok(Kernel {
+        name: name.to_string(),
+        node: String::new(),
+        launch: Launch {
+            grid: (g.batch_shape.iter().product::<usize>() * g.tiles_m * g.tiles_n).max(1),
+            block: TC_THREADS,
+        },
+        precision: Precision::F32,
+        reads,
+        writes,
+        vars: e.next_var,
+        shared: vec![
+            SharedArray {
+                dtype,
+                len: TILE * TC_STEP,
+            },
+            SharedArray {
+                dtype,
+                len: TC_STEP * TILE,
+            },
+            SharedArray {
+                dtype: DType::F32,
+                len: TILE * TILE,
+            },
+        ],
+        frags: vec![
+            frag(FragRole::A, dtype),
+            frag(FragRole::A, dtype),
+            frag(FragRole::B, dtype),
+            frag(FragRole::B, dtype),
+            frag(FragRole::Acc, DType::F32),
+            frag(FragRole::Acc, DType::F32),
+            frag(FragRole::Acc, DType::F32),
+            frag(FragRole::Acc, DType::F32),
+        ],
+        body: e.close_root(),
+    })
 }

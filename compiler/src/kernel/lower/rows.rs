@@ -269,6 +269,7 @@ pub(super) fn lower_rows_gpu(
         writes,
         vars: e.next_var,
         shared: Vec::new(),
+        frags: Vec::new(),
         body: e.close_root(),
     })
 }

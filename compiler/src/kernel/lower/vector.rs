@@ -327,6 +327,7 @@ pub(super) fn lower_pointwise_vector(
         writes,
         vars: e.next_var,
         shared: Vec::new(),
+        frags: Vec::new(),
         body: e.close_root(),
     }))
 }
