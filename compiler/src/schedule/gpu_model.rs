@@ -1,16 +1,22 @@
 //! A modelled GPU cost for a plan, until `scripts/gpu-check` measures one: each kernel takes
-//! `max(bytes ÷ bandwidth, flops ÷ peak) + launch`, where `peak` is the tensor-core rate for
-//! GEMM, convolution and attention kernels and the FP32 rate for the rest.
+//! `max(bytes ÷ bandwidth, flops ÷ peak) + launch`, where `peak` is the f16/bf16 tensor-core
+//! rate for products and convolutions in f16 or bf16 (smelt's wmma kernels) and the FP32
+//! CUDA-core rate for the rest (f32 products run on CUDA cores: smelt uses no TF32, which
+//! would round operands to 10-bit mantissas).
 //!
 //! The constants are stated, not measured here:
 //! - H100 SXM: 3.0 TB/s achieved copy bandwidth (the measured figure; 3.35 TB/s
-//!   peak), 67 TFLOP/s FP32, 495 TFLOP/s dense TF32 tensor cores, 3 µs per launch without
-//!   CUDA graphs (a captured graph replays launches for about 1 µs each).
-//! - A100 SXM 80 GB: 1.7 TB/s copy, 19.5 TFLOP/s FP32, 156 TFLOP/s TF32, 3 µs per launch.
+//!   peak), 67 TFLOP/s FP32, 989 TFLOP/s dense f16/bf16 tensor cores, 3 µs per launch
+//!   without CUDA graphs (a captured graph replays launches for about 1 µs each).
+//! - A100 SXM 80 GB: 1.7 TB/s copy, 19.5 TFLOP/s FP32, 312 TFLOP/s f16/bf16, 3 µs per launch.
+//!
+//! These are peaks: smelt's own tiled kernels reach a fraction of them, which only a GPU run
+//! can say.
 //!
 //! Replace them with `scripts/gpu-check`'s numbers when a GPU has run it.
 
 use super::Plan;
+use crate::ir::DType;
 use serde::Serialize;
 
 /// What the model knows about a GPU.
@@ -22,7 +28,7 @@ pub struct GpuSpec {
     pub bandwidth: f64,
     /// FP32 (CUDA core) rate, flop per second.
     pub fp32_flops: f64,
-    /// Dense tensor-core rate for f32 inputs (TF32), flop per second.
+    /// Dense tensor-core rate for f16/bf16 inputs, flop per second.
     pub tensor_flops: f64,
     /// Seconds per kernel launch.
     pub launch: f64,
@@ -34,14 +40,14 @@ pub const GPUS: &[GpuSpec] = &[
         name: "h100",
         bandwidth: 3.0e12,
         fp32_flops: 67e12,
-        tensor_flops: 495e12,
+        tensor_flops: 989e12,
         launch: 3e-6,
     },
     GpuSpec {
         name: "a100",
         bandwidth: 1.7e12,
         fp32_flops: 19.5e12,
-        tensor_flops: 156e12,
+        tensor_flops: 312e12,
         launch: 3e-6,
     },
 ];
@@ -84,8 +90,9 @@ pub fn estimate(plan: &Plan, gpu: &GpuSpec) -> Estimate {
         .iter()
         .map(|k| {
             let bytes = (k.bytes_read + k.bytes_written) as f64;
+            let halves = matches!(k.dtype, DType::F16 | DType::BF16);
             let peak = match k.kind {
-                "gemm" | "conv" | "attention" => gpu.tensor_flops,
+                "gemm" | "conv" if halves => gpu.tensor_flops,
                 _ => gpu.fp32_flops,
             };
             let memory_us = bytes / gpu.bandwidth * 1e6;

@@ -5,7 +5,7 @@
 pub mod arena;
 pub mod gpu_model;
 
-use crate::ir::{Graph, KernelKind, NodeId, Op};
+use crate::ir::{DType, Graph, KernelKind, NodeId, Op};
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -64,6 +64,8 @@ pub struct Kernel {
     pub bytes_written: usize,
     /// Floating-point operations.
     pub flops: u64,
+    /// The element type it writes.
+    pub dtype: DType,
     /// The compiled CUDA kernel's resources, when `smelt compile` built it with NVRTC.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cuda: Option<CudaResources>,
@@ -233,6 +235,7 @@ pub fn schedule(g: &Graph) -> Plan {
             bytes_read: ins.iter().map(|&i| g.nodes[i].ty.bytes()).sum(),
             bytes_written: node.ty.bytes(),
             flops: flops(&node.op, &tys, &node.ty),
+            dtype: node.ty.dtype,
             cuda: None,
         });
     }
