@@ -235,13 +235,15 @@ fn run(cli: Cli) -> Result<(), Error> {
             let graph = model.load()?;
             let mut compiled = compile(&graph, fast_math, !no_fuse)?;
             std::fs::create_dir_all(&out_dir).map_err(|e| io_error(&out_dir, e))?;
-            write_kernels(&mut compiled, &out_dir, &archs)?;
+            let target = smelt::codegen::cuda::Cuda { fast_math };
+            write_kernels(&mut compiled, &out_dir, &archs, &target)?;
             if let Some(path) = &bundle {
-                let b = smelt_runtime::cuda::bundle::Bundle::build(
+                let b = smelt_runtime::cuda::bundle::Bundle::build_for(
                     &compiled.graph,
                     &compiled.plan,
                     &archs,
                     &smelt_runtime::cache::dir(),
+                    &target,
                 )?;
                 let b = if bundle_check {
                     // gpu-check draws inputs by position in the bundle's input list.
@@ -427,11 +429,12 @@ fn write_kernels(
     compiled: &mut smelt::Compiled,
     out_dir: &Path,
     archs: &[String],
+    target: &smelt::codegen::cuda::Cuda,
 ) -> Result<(), Error> {
     use smelt::schedule::CudaResources;
     let program = smelt::kernel::lower(&compiled.graph).map_err(|e| Error::Usage(e.to_string()))?;
-    let sources =
-        smelt::codegen::cuda::render(&program).map_err(|e| Error::Usage(e.to_string()))?;
+    let sources = smelt::codegen::cuda::render_for(target, &program)
+        .map_err(|e| Error::Usage(e.to_string()))?;
     let dir = out_dir.join("kernels");
     std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
     // The C backend's translation unit, as `--device cpu` compiles it.

@@ -174,3 +174,20 @@ fn family_snapshots() {
         snap("layernorm", layernorm(d));
     }
 }
+
+/// Fast approximate intrinsics appear only when asked for (`--fast-math`), and the choice is
+/// in the source text (so in the cubin cache key).
+#[test]
+fn fast_math_intrinsics_only_when_asked() {
+    let g = softmax(DType::F32, 96);
+    let c = compile(&g, &Options::default()).unwrap();
+    let p = lower(&c.graph).unwrap();
+    let exact = cuda::render(&p).unwrap();
+    let fast = cuda::render_for(&cuda::Cuda { fast_math: true }, &p).unwrap();
+    assert!(exact
+        .iter()
+        .all(|(_, s)| !s.contains("__expf") && !s.contains("SMELT_FAST_MATH")));
+    assert!(fast
+        .iter()
+        .all(|(_, s)| s.contains("__expf(") && s.contains("#define SMELT_FAST_MATH 1")));
+}

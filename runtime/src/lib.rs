@@ -185,11 +185,15 @@ impl Session {
                 let dev = cuda::device::probe().map_err(Error::NoCudaDevice)?;
                 let compiled = smelt_compiler::compile(&graph, &opts.optimize)?;
                 let dir = opts.cache_dir.clone().unwrap_or_else(cache::dir);
-                let bundle = cuda::bundle::Bundle::build(
+                let target = smelt_compiler::codegen::cuda::Cuda {
+                    fast_math: opts.optimize.fast_math,
+                };
+                let bundle = cuda::bundle::Bundle::build_for(
                     &compiled.graph,
                     &compiled.plan,
                     &[dev.arch()],
                     &dir,
+                    &target,
                 )?;
                 Backend::Cuda(Box::new(cuda::executor::CudaModel::load(&bundle)?))
             }

@@ -6,8 +6,13 @@
 
 namespace smelt {
 
-// libdevice functions by precision.
+// libdevice functions by precision (f32 exp through the fast intrinsic in kernels compiled
+// under --fast-math, which define SMELT_FAST_MATH).
+#ifdef SMELT_FAST_MATH
+__device__ __forceinline__ float exp_(float x) { return __expf(x); }
+#else
 __device__ __forceinline__ float exp_(float x) { return expf(x); }
+#endif
 __device__ __forceinline__ double exp_(double x) { return exp(x); }
 __device__ __forceinline__ float erf_(float x) { return erff(x); }
 __device__ __forceinline__ double erf_(double x) { return erf(x); }

@@ -119,11 +119,22 @@ impl Bundle {
     /// Lowers an optimized graph for the GPU, compiles every kernel for each of `archs` (through
     /// the cubin cache in `cache_dir`), and packs it with `plan` and the weights.
     pub fn build(graph: &Graph, plan: &Plan, archs: &[String], cache_dir: &Path) -> R<Bundle> {
+        Self::build_for(graph, plan, archs, cache_dir, &cuda::Cuda::default())
+    }
+
+    /// [`Bundle::build`] with the kernels rendered for `target` (fast math or not).
+    pub fn build_for(
+        graph: &Graph,
+        plan: &Plan,
+        archs: &[String],
+        cache_dir: &Path,
+        target: &cuda::Cuda,
+    ) -> R<Bundle> {
         if archs.is_empty() {
             return Err(err("no architecture given (e.g. --arch sm_80,sm_90)"));
         }
         let program = lower(graph).map_err(|e| err(e.to_string()))?;
-        let sources = cuda::render(&program).map_err(|e| err(e.to_string()))?;
+        let sources = cuda::render_for(target, &program).map_err(|e| err(e.to_string()))?;
         let layout = arena::plan(&arena::program_lifetimes(&program));
         let mut data = Vec::new();
         let mut push = |bytes: &[u8]| {
