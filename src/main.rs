@@ -297,7 +297,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     estimate(&unfused.plan, spec),
                 );
                 outln!(
-                    "modelled on {} ({:.1} TB/s, {:.0} TFLOP/s FP32, {:.0} TFLOP/s TF32, {:.1} us/launch):",
+                    "modelled on {} ({:.1} TB/s, {:.0} TFLOP/s FP32, {:.0} TFLOP/s f16/bf16 tensor cores, {:.1} us/launch):",
                     spec.name,
                     spec.bandwidth / 1e12,
                     spec.fp32_flops / 1e12,
