@@ -1345,27 +1345,56 @@ fn lower_pointwise(
         uniform: false,
         body: loop_body,
     });
-    let (reads, writes) = reads_writes(inputs, out);
-    Ok(Kernel {
+    Ok(e.finish(
         name,
-        node: String::new(),
-        launch: Launch {
+        Launch {
             grid: n.div_ceil(POINTWISE_BLOCK).clamp(1, MAX_GRID),
             block: POINTWISE_BLOCK,
         },
         precision,
-        reads,
-        writes,
-        vars: e.next_var,
-        shared: Vec::new(),
-        frags: Vec::new(),
-        body: e.close_root(),
-    })
+        inputs,
+        out,
+    ))
 }
 
 impl Emitter<'_> {
     fn close_root(mut self) -> Vec<Stmt> {
         self.blocks.pop().expect("root block")
+    }
+
+    /// The kernel of the emitted statements, reading `inputs` and writing `out` (no shared
+    /// memory or fragments: kernels with them set those fields).
+    fn finish(
+        self,
+        name: impl Into<String>,
+        launch: Launch,
+        precision: Precision,
+        inputs: &[u32],
+        out: u32,
+    ) -> Kernel {
+        let (reads, writes) = reads_writes(inputs, out);
+        Kernel {
+            name: name.into(),
+            node: String::new(),
+            launch,
+            precision,
+            reads,
+            writes,
+            vars: self.next_var,
+            shared: Vec::new(),
+            frags: Vec::new(),
+            body: self.close_root(),
+        }
+    }
+
+    /// A new variable set to the float `v`.
+    fn start(&mut self, v: f64) -> u32 {
+        let var = self.var();
+        self.push(Stmt::Let {
+            var,
+            value: Expr::F(v),
+        });
+        var
     }
 
     /// Block-level reduction over the row: each thread folds a strided share of the
@@ -1598,17 +1627,5 @@ fn lower_rows(
         grid: rows.div_ceil(per).max(1),
         block: 1,
     };
-    let (reads, writes) = reads_writes(inputs, out);
-    Ok(Kernel {
-        name,
-        node: String::new(),
-        launch,
-        precision,
-        reads,
-        writes,
-        vars: e.next_var,
-        shared: Vec::new(),
-        frags: Vec::new(),
-        body: e.close_root(),
-    })
+    Ok(e.finish(name, launch, precision, inputs, out))
 }

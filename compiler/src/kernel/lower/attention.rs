@@ -9,10 +9,9 @@
 //! `exp(m_old - m)` when the max grows. The output is `acc / l`. Every key and value row is
 //! read once per query row (from L2 for all but the first), nothing of size S×S is stored.
 
-use super::rows::{hold, lane_groups, lt};
+use super::rows::{hold, lane_groups, lt, online_step};
 use super::{
-    add, broadcast_index, emitter, exp_sub, key, mul, reads_writes, unravel, Kernel, Launch, R,
-    ROW_BLOCK,
+    add, broadcast_index, emitter, key, mul, unravel, Emitter, Kernel, Launch, R, ROW_BLOCK,
 };
 use crate::ir::{BinaryOp, Graph, NodeId, Op};
 use crate::kernel::ir::{Combiner, Expr, Precision, ReduceOp, Scope, Stmt};
@@ -71,7 +70,7 @@ pub(super) fn lower_attention_gpu(
     let prefix = unravel(&row, &out_shape[..r - 1]);
     let (batch, i) = (&prefix[..r - 2], prefix[r - 2].clone());
     // Lane l holds elements l, l + width, … of the head dim and of the output columns.
-    let share = |e: &mut super::Emitter, n: usize, per: usize| -> Vec<(Expr, Option<Expr>)> {
+    let share = |e: &mut Emitter, n: usize, per: usize| -> Vec<(Expr, Option<Expr>)> {
         (0..per)
             .map(|k| {
                 let j = e.bind(add(lane.clone(), Expr::I((k * width) as i64)));
@@ -91,21 +90,13 @@ pub(super) fn lower_attention_gpu(
         .iter()
         .map(|(dk, valid)| hold(&mut e, q, &at(&sq, [i.clone(), dk.clone()]), valid.as_ref()))
         .collect::<R<_>>()?;
-    let start = |e: &mut super::Emitter, v: f64| {
-        let var = e.var();
-        e.push(Stmt::Let {
-            var,
-            value: Expr::F(v),
-        });
-        var
-    };
     let bin = |op, a: Expr, b: Expr| Expr::Binary(op, Box::new(a), Box::new(b));
-    let (m, l) = (start(&mut e, f64::NEG_INFINITY), start(&mut e, 0.0));
-    let accs: Vec<u32> = (0..per_e).map(|_| start(&mut e, 0.0)).collect();
+    let (m, l) = (e.start(f64::NEG_INFINITY), e.start(0.0));
+    let accs: Vec<u32> = (0..per_e).map(|_| e.start(0.0)).collect();
     let j = e.var();
     e.open();
     // The score: the lanes' partial dot products, summed across the group.
-    let s = start(&mut e, 0.0);
+    let s = e.start(0.0);
     for ((dk, valid), qk) in ds.iter().zip(&qs) {
         e.open();
         let kv = e.value(kt, &at(&sk, [dk.clone(), Expr::Var(j)]))?;
@@ -133,19 +124,7 @@ pub(super) fn lower_attention_gpu(
         .expect("a scope is open")
         .insert(key(mm1, &mi), Expr::Var(s));
     let xv = e.value(x, &xi)?;
-    // Online softmax: measured from 0 while every score seen is -inf.
-    let t = e.bind(Expr::Combine(
-        ReduceOp::Max,
-        Box::new(Expr::Var(m)),
-        Box::new(xv.clone()),
-    ));
-    let base = e.bind(Expr::Select(
-        Box::new(bin(BinaryOp::Equal, t.clone(), Expr::F(f64::NEG_INFINITY))),
-        Box::new(Expr::F(0.0)),
-        Box::new(t.clone()),
-    ));
-    let c = e.bind(exp_sub(Expr::Var(m), base.clone()));
-    let pj = e.bind(exp_sub(xv, base));
+    let (t, c, pj) = online_step(&mut e, m, xv);
     e.push(Stmt::Let {
         var: l,
         value: bin(
@@ -195,7 +174,7 @@ pub(super) fn lower_attention_gpu(
 }
 
 /// Closes the open scope and emits it under `cond` (unconditionally for `None`).
-fn guard(e: &mut super::Emitter, cond: Option<Expr>) {
+fn guard(e: &mut Emitter, cond: Option<Expr>) {
     let then = e.close();
     match cond {
         Some(cond) => e.push(Stmt::If { cond, then }),
@@ -208,27 +187,16 @@ fn guard(e: &mut super::Emitter, cond: Option<Expr>) {
 }
 
 fn kernel(
-    e: super::Emitter,
+    e: Emitter,
     inputs: &[u32],
     out: u32,
     name: &str,
     precision: Precision,
     grid: usize,
 ) -> Kernel {
-    let (reads, writes) = reads_writes(inputs, out);
-    Kernel {
-        name: name.to_string(),
-        node: String::new(),
-        launch: Launch {
-            grid,
-            block: ROW_BLOCK,
-        },
-        precision,
-        reads,
-        writes,
-        vars: e.next_var,
-        shared: Vec::new(),
-        frags: Vec::new(),
-        body: e.close_root(),
-    }
+    let launch = Launch {
+        grid,
+        block: ROW_BLOCK,
+    };
+    e.finish(name, launch, precision, inputs, out)
 }

@@ -592,22 +592,11 @@ fn im2col(
     });
     let row_body = e.close();
     e.push(chunk_loop(r, rows, per, row_body));
-    let (reads, writes) = reads_writes(inputs, cols);
-    Ok(Kernel {
-        name,
-        node: String::new(),
-        launch: Launch {
-            grid: rows.div_ceil(per).max(1),
-            block: 1,
-        },
-        precision: Precision::F32,
-        reads,
-        writes,
-        vars: e.next_var,
-        shared: Vec::new(),
-        frags: Vec::new(),
-        body: e.close_root(),
-    })
+    let launch = Launch {
+        grid: rows.div_ceil(per).max(1),
+        block: 1,
+    };
+    Ok(e.finish(name, launch, Precision::F32, inputs, cols))
 }
 
 /// A pointwise kernel for the CPU: blocks of whole rows of the last dim, each row one
@@ -657,22 +646,11 @@ pub(super) fn pointwise(
             uniform: true,
             body: body_j,
         });
-        let (reads, writes) = reads_writes(inputs, out);
-        return Ok(Kernel {
-            name,
-            node: String::new(),
-            launch: Launch {
-                grid: (rows * per_row).max(1),
-                block: 1,
-            },
-            precision,
-            reads,
-            writes,
-            vars: e.next_var,
-            shared: Vec::new(),
-            frags: Vec::new(),
-            body: e.close_root(),
-        });
+        let launch = Launch {
+            grid: (rows * per_row).max(1),
+            block: 1,
+        };
+        return Ok(e.finish(name, launch, precision, inputs, out));
     }
     let (grid, outer, per) = if inner >= 8 {
         let rows = n / inner;
@@ -713,19 +691,7 @@ pub(super) fn pointwise(
     };
     let (var, total, loop_body) = outer;
     e.push(chunk_loop(var, total, per, loop_body));
-    let (reads, writes) = reads_writes(inputs, out);
-    Ok(Kernel {
-        name,
-        node: String::new(),
-        launch: Launch { grid, block: 1 },
-        precision,
-        reads,
-        writes,
-        vars: e.next_var,
-        shared: Vec::new(),
-        frags: Vec::new(),
-        body: e.close_root(),
-    })
+    Ok(e.finish(name, Launch { grid, block: 1 }, precision, inputs, out))
 }
 
 /// `for var in block·per .. min(total, block·per + per)`: block `b`'s contiguous share.

@@ -13,7 +13,7 @@
 //! epilogue to its outputs and stores them.
 
 use super::rows::{hold, lt};
-use super::{add, and, broadcast_index, builtin, div, emitter, key, mul, ravel, reads_writes};
+use super::{add, and, broadcast_index, builtin, div, emitter, key, mul, ravel};
 use super::{rem, unravel, Emitter, Kernel, Launch, R};
 use crate::ir::DType;
 use crate::ir::{BinaryOp, Conv2d, Graph, NodeId, Op};
@@ -205,79 +205,33 @@ pub(super) fn lower_gemm_gpu(
         return Ok(None);
     }
     let (tiles_m, tiles_n) = (m.div_ceil(TILE), n.div_ceil(TILE));
-    let batches: usize = shape[..batch_dims].iter().product();
-    if batches == 0 {
+    let batch_shape = shape[..batch_dims].to_vec();
+    if batch_shape.iter().product::<usize>() == 0 {
         return Ok(None);
     }
+    let g = Geometry {
+        m,
+        n,
+        k,
+        tiles_m,
+        tiles_n,
+        batch_shape,
+        out_shape: shape.clone(),
+    };
     let dtypes = ops.dtypes(body);
     let halves = dtypes.0 == dtypes.1 && matches!(dtypes.0, DType::F16 | DType::BF16);
     if halves && precision == Precision::F32 {
-        let geometry = Geometry {
-            m,
-            n,
-            k,
-            tiles_m,
-            tiles_n,
-            batch_shape: shape[..batch_dims].to_vec(),
-            out_shape: shape.clone(),
-        };
-        return tensor_core(body, inputs, out, name, &ops, mm, dtypes.0, geometry).map(Some);
+        return tensor_core(body, inputs, out, name, &ops, mm, dtypes.0, g).map(Some);
     }
     let mut e = emitter(body, inputs);
-    let bid = builtin(Builtin::Block);
-    let tn = e.bind(rem(bid.clone(), tiles_n));
-    let tm = e.bind(rem(div(bid.clone(), tiles_n), tiles_m));
-    let batch_flat = e.bind(div(bid, tiles_n * tiles_m));
-    let batch = unravel(&batch_flat, &shape[..batch_dims]);
+    let t = Tiles::origin(&mut e, &ops, mm, g);
     let tx = e.bind(rem(builtin(Builtin::Thread), TILE / MICRO));
     let ty = e.bind(div(builtin(Builtin::Thread), TILE / MICRO));
-    let row0 = e.bind(mul(tm, Expr::I(TILE as i64)));
-    let col0 = e.bind(mul(tn, Expr::I(TILE as i64)));
-    let zero = |e: &mut super::Emitter| {
-        let v = e.var();
-        e.push(Stmt::Let {
-            var: v,
-            value: Expr::F(0.0),
-        });
-        v
-    };
-    let acc: Vec<u32> = (0..MICRO * MICRO).map(|_| zero(&mut e)).collect();
+    let acc: Vec<u32> = (0..MICRO * MICRO).map(|_| e.start(0.0)).collect();
     let step = e.var();
     e.open();
     let k0 = e.bind(mul(Expr::Var(step), Expr::I(STEP as i64)));
-    // Stage the slices: each thread loads TILE·STEP / THREADS elements of each.
-    for l in 0..TILE * STEP / THREADS {
-        let flat = add(builtin(Builtin::Thread), Expr::I((l * THREADS) as i64));
-        // Left: element (row0 + i, k0 + c) at s0[c·TILE + i].
-        let (i, c) = (
-            e.bind(div(flat.clone(), STEP)),
-            e.bind(rem(flat.clone(), STEP)),
-        );
-        let (gi, gc) = (
-            e.bind(add(row0.clone(), i.clone())),
-            e.bind(add(k0.clone(), c.clone())),
-        );
-        let ok = and(lt(gi.clone(), m), lt(gc.clone(), k));
-        let v = ops.a(&mut e, &batch, gi, gc, ok)?;
-        e.push(Stmt::SharedStore {
-            array: 0,
-            index: add(mul(c, Expr::I(TILE as i64)), i),
-            value: v,
-        });
-        // Right: element (k0 + c, col0 + j) at s1[c·TILE + j].
-        let (c, j) = (e.bind(div(flat.clone(), TILE)), e.bind(rem(flat, TILE)));
-        let (gc, gj) = (
-            e.bind(add(k0.clone(), c.clone())),
-            e.bind(add(col0.clone(), j.clone())),
-        );
-        let ok = and(lt(gc.clone(), k), lt(gj.clone(), n));
-        let v = ops.b(&mut e, &batch, gc, gj, ok)?;
-        e.push(Stmt::SharedStore {
-            array: 1,
-            index: add(mul(c, Expr::I(TILE as i64)), j),
-            value: v,
-        });
-    }
+    t.stage(&mut e, &k0, STEP, THREADS, true)?;
     e.push(Stmt::Barrier);
     // Multiply: rows ty·4.., columns tx·4.. of the tile.
     let kk = e.var();
@@ -321,71 +275,159 @@ pub(super) fn lower_gemm_gpu(
         body: inner,
     });
     e.push(Stmt::Barrier);
-    let walk = e.close();
-    e.push(Stmt::For {
-        var: step,
-        start: Expr::I(0),
-        end: Expr::I(k.div_ceil(STEP) as i64),
-        step: Expr::I(1),
-        uniform: true,
-        body: walk,
-    });
+    t.walk(&mut e, step, STEP);
     // Epilogue: each output through the fused ops, stored where it exists.
     for i in 0..MICRO {
         for j in 0..MICRO {
-            let gi = e.bind(add(
-                row0.clone(),
-                add(mul(ty.clone(), Expr::I(MICRO as i64)), Expr::I(i as i64)),
-            ));
-            let gj = e.bind(add(
-                col0.clone(),
-                add(mul(tx.clone(), Expr::I(MICRO as i64)), Expr::I(j as i64)),
-            ));
-            let idx = ops.out_index(&batch, gi.clone(), gj.clone());
-            e.open();
-            let v = ops.finish(&mut e, Expr::Var(acc[i * MICRO + j]), &idx)?;
-            e.memo
-                .last_mut()
-                .expect("a scope is open")
-                .insert(key(mm, &idx), v);
-            let v = e.value(root, &idx)?;
-            e.push(Stmt::Store {
-                buf: out,
-                index: ravel(&idx, &shape),
-                value: v,
-            });
-            let then = e.close();
-            e.push(Stmt::If {
-                cond: and(lt(gi, m), lt(gj, n)),
-                then,
-            });
+            let gi = add(mul(ty.clone(), Expr::I(MICRO as i64)), Expr::I(i as i64));
+            let gj = add(mul(tx.clone(), Expr::I(MICRO as i64)), Expr::I(j as i64));
+            t.store(&mut e, gi, gj, Expr::Var(acc[i * MICRO + j]), out)?;
         }
     }
-    let (reads, writes) = reads_writes(inputs, out);
+    let launch = t.launch(THREADS);
+    let array = |len| SharedArray {
+        dtype: precision_dtype(precision),
+        len,
+    };
     Ok(Some(Kernel {
-        name: name.to_string(),
-        node: String::new(),
-        launch: Launch {
-            grid: (batches * tiles_m * tiles_n).max(1),
-            block: THREADS,
-        },
-        precision,
-        reads,
-        writes,
-        vars: e.next_var,
-        shared: vec![
-            SharedArray {
-                dtype: precision_dtype(precision),
-                len: TILE * STEP,
-            },
-            SharedArray {
-                dtype: precision_dtype(precision),
-                len: STEP * TILE,
-            },
-        ],
-        frags: Vec::new(),
-        body: e.close_root(),
+        shared: vec![array(TILE * STEP), array(STEP * TILE)],
+        ..e.finish(name, launch, precision, inputs, out)
     }))
+}
+
+/// A block's tile of the output and how it reaches the operands.
+struct Tiles<'o> {
+    ops: &'o Operands,
+    /// The product node (its value is what the epilogue reads).
+    mm: NodeId,
+    g: Geometry,
+    /// The tile's batch index, first row and first column.
+    batch: Vec<Expr>,
+    row0: Expr,
+    col0: Expr,
+}
+
+impl<'o> Tiles<'o> {
+    /// The tile of this block: blocks run over (batch, tile row, tile column).
+    fn origin(e: &mut Emitter, ops: &'o Operands, mm: NodeId, g: Geometry) -> Self {
+        let bid = builtin(Builtin::Block);
+        let tn = e.bind(rem(bid.clone(), g.tiles_n));
+        let tm = e.bind(rem(div(bid.clone(), g.tiles_n), g.tiles_m));
+        let batch_flat = e.bind(div(bid, g.tiles_n * g.tiles_m));
+        let batch = unravel(&batch_flat, &g.batch_shape);
+        let row0 = e.bind(mul(tm, Expr::I(TILE as i64)));
+        let col0 = e.bind(mul(tn, Expr::I(TILE as i64)));
+        Tiles {
+            ops,
+            mm,
+            g,
+            batch,
+            row0,
+            col0,
+        }
+    }
+
+    /// Stages the `depth`-deep slices from `k0` of both operands in shared memory (0 past
+    /// the edges), `threads` threads sharing the loads: the left one in s0 (`TILE × depth`,
+    /// stored transposed as `depth × TILE` when `transposed`), the right one in s1
+    /// (`depth × TILE`).
+    fn stage(
+        &self,
+        e: &mut Emitter,
+        k0: &Expr,
+        depth: usize,
+        threads: usize,
+        transposed: bool,
+    ) -> R<()> {
+        let g = &self.g;
+        for l in 0..TILE * depth / threads {
+            let flat = add(builtin(Builtin::Thread), Expr::I((l * threads) as i64));
+            // Left: element (row0 + i, k0 + c).
+            let (i, c) = (
+                e.bind(div(flat.clone(), depth)),
+                e.bind(rem(flat.clone(), depth)),
+            );
+            let (gi, gc) = (
+                e.bind(add(self.row0.clone(), i.clone())),
+                e.bind(add(k0.clone(), c.clone())),
+            );
+            let ok = and(lt(gi.clone(), g.m), lt(gc.clone(), g.k));
+            let v = self.ops.a(e, &self.batch, gi, gc, ok)?;
+            let index = match transposed {
+                true => add(mul(c, Expr::I(TILE as i64)), i),
+                false => add(mul(i, Expr::I(depth as i64)), c),
+            };
+            e.push(Stmt::SharedStore {
+                array: 0,
+                index,
+                value: v,
+            });
+            // Right: element (k0 + c, col0 + j) at s1[c·TILE + j].
+            let (c, j) = (e.bind(div(flat.clone(), TILE)), e.bind(rem(flat, TILE)));
+            let (gc, gj) = (
+                e.bind(add(k0.clone(), c.clone())),
+                e.bind(add(self.col0.clone(), j.clone())),
+            );
+            let ok = and(lt(gc.clone(), g.k), lt(gj.clone(), g.n));
+            let v = self.ops.b(e, &self.batch, gc, gj, ok)?;
+            e.push(Stmt::SharedStore {
+                array: 1,
+                index: add(mul(c, Expr::I(TILE as i64)), j),
+                value: v,
+            });
+        }
+        Ok(())
+    }
+
+    /// Closes the open step body into the block-uniform loop over the reduction dim.
+    fn walk(&self, e: &mut Emitter, step: u32, depth: usize) {
+        let body = e.close();
+        e.push(Stmt::For {
+            var: step,
+            start: Expr::I(0),
+            end: Expr::I(self.g.k.div_ceil(depth) as i64),
+            step: Expr::I(1),
+            uniform: true,
+            body,
+        });
+    }
+
+    /// Output (i, j) of the tile, whose product value is `acc`, through the fused epilogue
+    /// into `out` where it exists.
+    fn store(&self, e: &mut Emitter, i: Expr, j: Expr, acc: Expr, out: u32) -> R<()> {
+        let gi = e.bind(add(self.row0.clone(), i));
+        let gj = e.bind(add(self.col0.clone(), j));
+        let idx = self.ops.out_index(&self.batch, gi.clone(), gj.clone());
+        e.open();
+        let acc = e.bind(acc);
+        let v = self.ops.finish(e, acc, &idx)?;
+        e.memo
+            .last_mut()
+            .expect("a scope is open")
+            .insert(key(self.mm, &idx), v);
+        let root = e.body.outputs[0].1;
+        let v = e.value(root, &idx)?;
+        e.push(Stmt::Store {
+            buf: out,
+            index: ravel(&idx, &self.g.out_shape),
+            value: v,
+        });
+        let then = e.close();
+        e.push(Stmt::If {
+            cond: and(lt(gi, self.g.m), lt(gj, self.g.n)),
+            then,
+        });
+        Ok(())
+    }
+
+    /// One block per tile.
+    fn launch(&self, threads: usize) -> Launch {
+        let g = &self.g;
+        Launch {
+            grid: (g.batch_shape.iter().product::<usize>() * g.tiles_m * g.tiles_n).max(1),
+            block: threads,
+        }
+    }
 }
 
 /// Sizes of a tiled product.
@@ -422,17 +464,10 @@ fn tensor_core(
     dtype: DType,
     g: Geometry,
 ) -> R<Kernel> {
-    let root = body.outputs[0].1;
     let mut e = emitter(body, inputs);
-    let bid = builtin(Builtin::Block);
-    let tn = e.bind(rem(bid.clone(), g.tiles_n));
-    let tm = e.bind(rem(div(bid.clone(), g.tiles_n), g.tiles_m));
-    let batch_flat = e.bind(div(bid, g.tiles_n * g.tiles_m));
-    let batch = unravel(&batch_flat, &g.batch_shape);
+    let t = Tiles::origin(&mut e, ops, mm, g);
     let warp = e.bind(div(builtin(Builtin::Thread), 32));
     let (wm, wn) = (e.bind(div(warp.clone(), 2)), e.bind(rem(warp, 2)));
-    let row0 = e.bind(mul(tm, Expr::I(TILE as i64)));
-    let col0 = e.bind(mul(tn, Expr::I(TILE as i64)));
     // Fragments: a0 a1 (A), b0 b1 (B), c00 c01 c10 c11 (accumulators).
     let (fa, fb, fc) = ([0u32, 1], [2u32, 3], [4u32, 5, 6, 7]);
     for &c in &fc {
@@ -444,38 +479,7 @@ fn tensor_core(
     let step = e.var();
     e.open();
     let k0 = e.bind(mul(Expr::Var(step), Expr::I(TC_STEP as i64)));
-    for l in 0..TILE * TC_STEP / TC_THREADS {
-        let flat = add(builtin(Builtin::Thread), Expr::I((l * TC_THREADS) as i64));
-        // Left: element (row0 + i, k0 + c) at s0[i·TC_STEP + c] (row-major).
-        let (i, c) = (
-            e.bind(div(flat.clone(), TC_STEP)),
-            e.bind(rem(flat.clone(), TC_STEP)),
-        );
-        let (gi, gc) = (
-            e.bind(add(row0.clone(), i.clone())),
-            e.bind(add(k0.clone(), c.clone())),
-        );
-        let ok = and(lt(gi.clone(), g.m), lt(gc.clone(), g.k));
-        let v = ops.a(&mut e, &batch, gi, gc, ok)?;
-        e.push(Stmt::SharedStore {
-            array: 0,
-            index: add(mul(i, Expr::I(TC_STEP as i64)), c),
-            value: v,
-        });
-        // Right: element (k0 + c, col0 + j) at s1[c·TILE + j].
-        let (c, j) = (e.bind(div(flat.clone(), TILE)), e.bind(rem(flat, TILE)));
-        let (gc, gj) = (
-            e.bind(add(k0.clone(), c.clone())),
-            e.bind(add(col0.clone(), j.clone())),
-        );
-        let ok = and(lt(gc.clone(), g.k), lt(gj.clone(), g.n));
-        let v = ops.b(&mut e, &batch, gc, gj, ok)?;
-        e.push(Stmt::SharedStore {
-            array: 1,
-            index: add(mul(c, Expr::I(TILE as i64)), j),
-            value: v,
-        });
-    }
+    t.stage(&mut e, &k0, TC_STEP, TC_THREADS, false)?;
     e.push(Stmt::Barrier);
     for ks in 0..TC_STEP / FRAG {
         for (x, &f) in fa.iter().enumerate() {
@@ -512,15 +516,7 @@ fn tensor_core(
         }
     }
     e.push(Stmt::Barrier);
-    let walk = e.close();
-    e.push(Stmt::For {
-        var: step,
-        start: Expr::I(0),
-        end: Expr::I(g.k.div_ceil(TC_STEP) as i64),
-        step: Expr::I(1),
-        uniform: true,
-        body: walk,
-    });
+    t.walk(&mut e, step, TC_STEP);
     // The accumulators to s2 (the tile, row-major), then the epilogue per element.
     for x in 0..2 {
         for y in 0..2 {
@@ -540,57 +536,20 @@ fn tensor_core(
             builtin(Builtin::Thread),
             Expr::I((l * TC_THREADS) as i64),
         ));
-        let gi = e.bind(add(row0.clone(), div(flat.clone(), TILE)));
-        let gj = e.bind(add(col0.clone(), rem(flat.clone(), TILE)));
-        let idx = ops.out_index(&batch, gi.clone(), gj.clone());
-        e.open();
-        let acc = e.bind(Expr::Shared {
+        let acc = Expr::Shared {
             array: 2,
-            index: Box::new(flat),
-        });
-        let v = ops.finish(&mut e, acc, &idx)?;
-        e.memo
-            .last_mut()
-            .expect("a scope is open")
-            .insert(key(mm, &idx), v);
-        let v = e.value(root, &idx)?;
-        e.push(Stmt::Store {
-            buf: out,
-            index: ravel(&idx, &g.out_shape),
-            value: v,
-        });
-        let then = e.close();
-        e.push(Stmt::If {
-            cond: and(lt(gi, g.m), lt(gj, g.n)),
-            then,
-        });
+            index: Box::new(flat.clone()),
+        };
+        t.store(&mut e, div(flat.clone(), TILE), rem(flat, TILE), acc, out)?;
     }
-    let (reads, writes) = reads_writes(inputs, out);
+    let launch = t.launch(TC_THREADS);
+    let array = |dtype, len| SharedArray { dtype, len };
     let frag = |role, dtype| Fragment { role, dtype };
     Ok(Kernel {
-        name: name.to_string(),
-        node: String::new(),
-        launch: Launch {
-            grid: (g.batch_shape.iter().product::<usize>() * g.tiles_m * g.tiles_n).max(1),
-            block: TC_THREADS,
-        },
-        precision: Precision::F32,
-        reads,
-        writes,
-        vars: e.next_var,
         shared: vec![
-            SharedArray {
-                dtype,
-                len: TILE * TC_STEP,
-            },
-            SharedArray {
-                dtype,
-                len: TC_STEP * TILE,
-            },
-            SharedArray {
-                dtype: DType::F32,
-                len: TILE * TILE,
-            },
+            array(dtype, TILE * TC_STEP),
+            array(dtype, TC_STEP * TILE),
+            array(DType::F32, TILE * TILE),
         ],
         frags: vec![
             frag(FragRole::A, dtype),
@@ -602,6 +561,6 @@ fn tensor_core(
             frag(FragRole::Acc, DType::F32),
             frag(FragRole::Acc, DType::F32),
         ],
-        body: e.close_root(),
+        ..e.finish(name, launch, Precision::F32, inputs, out)
     })
 }

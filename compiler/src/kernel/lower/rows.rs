@@ -17,8 +17,8 @@
 
 use super::{
     add, and, broadcast_shapes, builtin, div, div_f, emitter, exp_sub, finish_reduce, inv_std, key,
-    mul, reads_writes, reduce_op, rem, single_row_axis, square, unravel, zero_of, Emitter,
-    LowerError, MAX_GRID, R, ROW_BLOCK,
+    mul, reduce_op, rem, single_row_axis, square, unravel, zero_of, Emitter, LowerError, MAX_GRID,
+    R, ROW_BLOCK,
 };
 use crate::ir::{BinaryOp, Graph, NodeId, Op};
 use crate::kernel::ir::{
@@ -160,6 +160,30 @@ pub(super) fn lane_groups(
     (row, lane, live)
 }
 
+/// One step of online softmax at a new value `x` with running max `m`: (the new max `t`,
+/// the factor `exp(m - t)` rescaling what was summed so far, and `x`'s term `exp(x - t)`),
+/// measured from 0 while every value seen is -inf (so an empty or all -inf prefix sums 0).
+/// The caller updates its sums, then sets `m = t`.
+pub(super) fn online_step(e: &mut Emitter, m: u32, x: Expr) -> (Expr, Expr, Expr) {
+    let t = e.bind(Expr::Combine(
+        ReduceOp::Max,
+        Box::new(Expr::Var(m)),
+        Box::new(x.clone()),
+    ));
+    let base = e.bind(Expr::Select(
+        Box::new(Expr::Binary(
+            BinaryOp::Equal,
+            Box::new(t.clone()),
+            Box::new(Expr::F(f64::NEG_INFINITY)),
+        )),
+        Box::new(Expr::F(0.0)),
+        Box::new(t.clone()),
+    ));
+    let c = e.bind(exp_sub(Expr::Var(m), base.clone()));
+    let p = e.bind(exp_sub(x, base));
+    (t, c, p)
+}
+
 /// Lowers a row kernel along `axis` for the GPU.
 pub(super) fn lower_rows_gpu(
     body: &Graph,
@@ -259,19 +283,7 @@ pub(super) fn lower_rows_gpu(
             }
         }
     };
-    let (reads, writes) = reads_writes(inputs, out);
-    Ok(Kernel {
-        name,
-        node: String::new(),
-        launch,
-        precision,
-        reads,
-        writes,
-        vars: e.next_var,
-        shared: Vec::new(),
-        frags: Vec::new(),
-        body: e.close_root(),
-    })
+    Ok(e.finish(name, launch, precision, inputs, out))
 }
 
 impl Rows<'_> {
@@ -477,20 +489,12 @@ impl Rows<'_> {
             Ok::<_, LowerError>(())
         };
         let bin = |op, a: Expr, b: Expr| Expr::Binary(op, Box::new(a), Box::new(b));
-        let start = |e: &mut Emitter, v: f64| {
-            let var = e.var();
-            e.push(Stmt::Let {
-                var,
-                value: Expr::F(v),
-            });
-            var
-        };
         for &id in &self.ops {
             let x = self.body.nodes[id].inputs[0];
             match &self.body.nodes[id].op {
                 Op::Reduce { kind, .. } => {
                     let op = reduce_op(*kind);
-                    let acc = start(e, op.identity());
+                    let acc = e.start(op.identity());
                     pass(e, &mut |e, _, idx| {
                         let v = e.value(x, idx)?;
                         e.push(Stmt::Let {
@@ -509,29 +513,14 @@ impl Rows<'_> {
                     e.stats.insert((id, "reduce"), v);
                 }
                 Op::Softmax { .. } | Op::LogSoftmax { .. } => {
-                    // s ← s·exp(m - t) + exp(x - t) with t = max(m, x), measured from 0
-                    // while every value seen is -inf.
-                    let (m, s) = (start(e, f64::NEG_INFINITY), start(e, 0.0));
+                    let (m, s) = (e.start(f64::NEG_INFINITY), e.start(0.0));
                     pass(e, &mut |e, _, idx| {
                         let v = e.value(x, idx)?;
-                        let t = e.bind(Expr::Combine(
-                            ReduceOp::Max,
-                            Box::new(Expr::Var(m)),
-                            Box::new(v.clone()),
-                        ));
-                        let base = e.bind(Expr::Select(
-                            Box::new(bin(BinaryOp::Equal, t.clone(), Expr::F(f64::NEG_INFINITY))),
-                            Box::new(Expr::F(0.0)),
-                            Box::new(t.clone()),
-                        ));
-                        let old = bin(
-                            BinaryOp::Mul,
-                            Expr::Var(s),
-                            exp_sub(Expr::Var(m), base.clone()),
-                        );
+                        let (t, c, p) = online_step(e, m, v);
+                        let old = bin(BinaryOp::Mul, Expr::Var(s), c);
                         e.push(Stmt::Let {
                             var: s,
-                            value: bin(BinaryOp::Add, old, exp_sub(v, base)),
+                            value: bin(BinaryOp::Add, old, p),
                         });
                         e.push(Stmt::Let { var: m, value: t });
                         Ok(())
@@ -545,7 +534,7 @@ impl Rows<'_> {
                     e.stats.insert((id, "sum"), Expr::Var(s));
                 }
                 Op::LayerNorm { epsilon, .. } => {
-                    let (c, mean, m2) = (start(e, 0.0), start(e, 0.0), start(e, 0.0));
+                    let (c, mean, m2) = (e.start(0.0), e.start(0.0), e.start(0.0));
                     pass(e, &mut |e, _, idx| {
                         let v = e.value(x, idx)?;
                         e.push(Stmt::Let {

@@ -10,7 +10,7 @@
 //! Bodies with loops (reductions, convolutions, matrix products) are not vectorized.
 
 use super::{
-    add, builtin, div, emitter, mul, reads_writes, rem, unravel, Emitter, Kernel, Launch, MAX_GRID,
+    add, builtin, div, emitter, mul, rem, unravel, Emitter, Kernel, Launch, MAX_GRID,
     POINTWISE_BLOCK, R,
 };
 use crate::ir::{DType, Graph};
@@ -314,20 +314,9 @@ pub(super) fn lower_pointwise_vector(
         uniform: false,
         body: loop_body,
     });
-    let (reads, writes) = reads_writes(inputs, out);
-    Ok(Some(Kernel {
-        name: name.to_string(),
-        node: String::new(),
-        launch: Launch {
-            grid: threads.div_ceil(POINTWISE_BLOCK).clamp(1, MAX_GRID),
-            block: POINTWISE_BLOCK,
-        },
-        precision,
-        reads,
-        writes,
-        vars: e.next_var,
-        shared: Vec::new(),
-        frags: Vec::new(),
-        body: e.close_root(),
-    }))
+    let launch = Launch {
+        grid: threads.div_ceil(POINTWISE_BLOCK).clamp(1, MAX_GRID),
+        block: POINTWISE_BLOCK,
+    };
+    Ok(Some(e.finish(name, launch, precision, inputs, out)))
 }
