@@ -74,6 +74,10 @@ fn bundles_round_trip_and_reject_bad_files() {
         "not a smelt bundle",
     );
     assert_eq!(&bytes[..8], MAGIC);
+    // A launch outside CUDA's limits (a well-formed, checksummed file).
+    let mut huge = b.clone();
+    huge.manifest.launches[0].grid = 1 << 31;
+    expect(&huge.to_bytes(), "outside CUDA's limits");
     // The path is in the error of a file read.
     std::fs::write(dir.join("bad.smelt"), b"garbage").unwrap();
     let e = Bundle::read(&dir.join("bad.smelt"))

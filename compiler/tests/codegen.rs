@@ -191,3 +191,42 @@ fn fast_math_intrinsics_only_when_asked() {
         .iter()
         .all(|(_, s)| s.contains("__expf(") && s.contains("#define SMELT_FAST_MATH 1")));
 }
+
+/// Integer row elements held in registers keep their integer type (a variable's first
+/// assignment types it: a float zero would round values past 2^24): every copy `va = vb;`
+/// is between variables of one type.
+#[test]
+fn held_integers_stay_integers() {
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", DType::I64, &[8, 100]).unwrap();
+    let s = b.reduce(ReduceKind::Sum, x, &[1], true).unwrap();
+    let y = b.sub(x, s).unwrap();
+    b.output("y", y).unwrap();
+    let src = cuda_of(&b.build().unwrap());
+    let ty = |v: &str| {
+        src.lines()
+            .map(str::trim)
+            .find_map(|l| {
+                l.strip_suffix(&format!(" {v};"))
+                    .filter(|t| !t.contains('='))
+            })
+            .unwrap_or_else(|| panic!("{v} undeclared:\n{src}"))
+            .to_string()
+    };
+    let mut copies = 0;
+    for line in src.lines() {
+        let Some((a, b)) = line
+            .trim()
+            .strip_suffix(';')
+            .and_then(|l| l.split_once(" = "))
+        else {
+            continue;
+        };
+        let is_var = |v: &str| v.starts_with('v') && v[1..].chars().all(|c| c.is_ascii_digit());
+        if is_var(a) && is_var(b) {
+            copies += 1;
+            assert_eq!(ty(a), ty(b), "{a} = {b}:\n{src}");
+        }
+    }
+    assert!(copies >= 1, "{src}");
+}

@@ -298,3 +298,23 @@ fn every_codegen_snapshot_compiles_without_spills() {
         }
     }
 }
+
+/// Row kernels over integer tensors (max, min, sum, and an elementwise max of a tensor with
+/// its row sum) in every row layout: the typed helpers see one argument type.
+#[test]
+fn integer_row_kernels_compile() {
+    use smelt_compiler::ir::{BinaryOp, ReduceKind};
+    for (d, len) in [(DType::I64, 100), (DType::I64, 3000), (DType::I32, 100_000)] {
+        let mut b = GraphBuilder::new();
+        let x = b.input("x", d, &[8, len]).unwrap();
+        let mx = b.reduce(ReduceKind::Max, x, &[1], false).unwrap();
+        b.output("max", mx).unwrap();
+        let mn = b.reduce(ReduceKind::Min, x, &[1], false).unwrap();
+        b.output("min", mn).unwrap();
+        let s = b.reduce(ReduceKind::Sum, x, &[1], true).unwrap();
+        let y = b.binary(BinaryOp::Max, x, s).unwrap();
+        let y = b.sub(y, s).unwrap();
+        b.output("y", y).unwrap();
+        compile_all(&format!("integer rows {d} {len}"), &b.build().unwrap());
+    }
+}

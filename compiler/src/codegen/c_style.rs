@@ -147,6 +147,16 @@ impl<'a, T: Target> Ctx<'a, T> {
         }
     }
 
+    /// An expression as the kernel's float type: integer ones converted (so typed helpers
+    /// see one argument type).
+    fn float_expr(&self, e: &Expr) -> Result<String, RenderError> {
+        let x = self.expr(e)?;
+        Ok(match self.scalar(e) {
+            Scalar::Int => format!("({})({x})", self.float()),
+            Scalar::Float => x,
+        })
+    }
+
     fn lit(&self, v: f64) -> String {
         let f32 = self.kernel.precision == Precision::F32;
         if v.is_nan() {
@@ -272,7 +282,11 @@ impl<'a, T: Target> Ctx<'a, T> {
             }
             Expr::Binary(b, x, y) => {
                 let int = self.scalar(x) == Scalar::Int && self.scalar(y) == Scalar::Int;
-                let (a, c) = (self.expr(x)?, self.expr(y)?);
+                let (a, c) = if int {
+                    (self.expr(x)?, self.expr(y)?)
+                } else {
+                    (self.float_expr(x)?, self.float_expr(y)?)
+                };
                 self.binary(*b, &a, &c, int, &fun)?
             }
             Expr::Select(c, a, b) => format!(
@@ -295,7 +309,7 @@ impl<'a, T: Target> Ctx<'a, T> {
                 }
             }
             Expr::Combine(op, a, b) => {
-                let (x, y) = (self.expr(a)?, self.expr(b)?);
+                let (x, y) = (self.float_expr(a)?, self.float_expr(b)?);
                 match op {
                     ReduceOp::Sum => format!("({x} + {y})"),
                     ReduceOp::Prod => format!("({x} * {y})"),

@@ -498,6 +498,9 @@ fn exec_block(stmts: &[Stmt], envs: &mut [Env], cx: &mut Ctx, k: &Kernel) -> Res
 /// operands' shared offsets must agree across the lanes and be aligned as `wmma` requires.
 fn warp_matrix(s: &Stmt, w: usize, lanes: &[Env], cx: &mut Ctx, k: &Kernel) -> Result<()> {
     let t0 = (w * 32) as i64;
+    // The warp's lanes together access shared memory: an accessor distinct from every
+    // single thread (a lane's own access to the same elements needs a barrier between).
+    let who = -2 - w as i64;
     let frag = |f: u32| {
         k.frags
             .get(f as usize)
@@ -589,7 +592,7 @@ fn warp_matrix(s: &Stmt, w: usize, lanes: &[Env], cx: &mut Ctx, k: &Kernel) -> R
                 let i = o + ((e / 16) * ld + e % 16) as i64;
                 cx.shared
                     .borrow_mut()
-                    .store(*array, i, t0, to_dtype(d, *v))
+                    .store(*array, i, who, to_dtype(d, *v))
                     .map_err(|m| err(k, m))?;
             }
         }
@@ -662,6 +665,8 @@ fn reduce(
                 .collect()
         })
         .collect::<Result<_>>()?;
+    // The merges of MaxSum and Welford are not symmetric in their operands, so lanes can end
+    // an ulp apart: the group's lane 0 result is broadcast, as `reduce.cuh` does.
     let butterfly = |v: &mut [Vec<f64>], width: usize| {
         for group in v.chunks_mut(width) {
             let mut offset = width / 2;
@@ -672,6 +677,12 @@ fn reduce(
                     group[lane] = merge(c, p, &prev[lane], &other);
                 }
                 offset >>= 1;
+            }
+            if !matches!(c, Combiner::Op(_)) {
+                let first = group[0].clone();
+                for lane in group.iter_mut() {
+                    lane.clone_from(&first);
+                }
             }
         }
     };

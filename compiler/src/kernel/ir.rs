@@ -337,7 +337,17 @@ impl Stmt {
     /// True when any statement is a collective (reduction, barrier, fragment operation),
     /// nested ones included.
     pub fn has_collective(stmts: &[Stmt]) -> bool {
-        Stmt::any(stmts, &|s| matches!(s, Stmt::Reduce { .. } | Stmt::Barrier))
+        Stmt::any(stmts, &|s| {
+            matches!(
+                s,
+                Stmt::Reduce { .. }
+                    | Stmt::Barrier
+                    | Stmt::FragFill { .. }
+                    | Stmt::FragLoad { .. }
+                    | Stmt::FragMma { .. }
+                    | Stmt::FragStore { .. }
+            )
+        })
     }
 
     /// True when `pred` holds for any statement, nested loop and branch bodies included.

@@ -1023,8 +1023,14 @@ fn wrap_negative(i: Expr, n: usize) -> Expr {
     )
 }
 
-fn zero_of(_d: DType) -> Expr {
-    Expr::F(0.0)
+/// Zero of a dtype's compute type: an integer for integer dtypes (a variable's first
+/// assignment decides its type in the rendered code).
+fn zero_of(d: DType) -> Expr {
+    if d.is_int() {
+        Expr::I(0)
+    } else {
+        Expr::F(0.0)
+    }
 }
 
 fn div_f(a: Expr, n: f64) -> Expr {
@@ -1269,6 +1275,15 @@ pub fn lower_for(g: &Graph, target: Target) -> R<Program> {
                 }
             }
         };
+        if kernel.launch.grid > i32::MAX as usize {
+            return Err(LowerError::Unsupported {
+                node: node.name.clone(),
+                op: format!(
+                    "a launch of {} blocks (CUDA allows 2^31 - 1)",
+                    kernel.launch.grid
+                ),
+            });
+        }
         kernels.push(Kernel {
             node: node.name.clone(),
             ..kernel

@@ -1,7 +1,7 @@
 // smelt device library: scalar functions that generated kernels call by name, so the
 // renderer's op table maps each IR op to one call. Each is a template over float and double
-// (the kernel's precision). Exact (libdevice) versions; fast-math kernels are compiled with
-// --use_fast_math instead.
+// (the kernel's precision). Exact (libdevice) versions, except that kernels rendered under
+// --fast-math define SMELT_FAST_MATH and get the fast exp.
 #pragma once
 
 namespace smelt {

@@ -1,7 +1,10 @@
 // smelt device library: warp and block reductions, for one value with an operation and for
-// the partials of the one-pass row algorithms (online softmax, Welford mean/variance). Every
-// function rounds and orders its operations exactly as the kernel-IR interpreter's `merge`
-// does (compiler/src/kernel/interp.rs), in f32 or f64.
+// the partials of the one-pass row algorithms (online softmax, Welford mean/variance), in f32
+// or f64. Every function orders its operations as the kernel-IR interpreter's `merge` does
+// (compiler/src/kernel/interp.rs); results may differ from it by rounding (NVRTC contracts
+// a·b + c into fused multiply-adds; libdevice's expf is within 2 ulp), so GPU results are
+// compared with tolerances. The asymmetric merges end by broadcasting the group's lane 0, so
+// every lane holds the same statistics.
 #pragma once
 #include "smelt/types.cuh"
 #include "smelt/math.cuh"
@@ -62,6 +65,8 @@ template <int W = 32, typename T> __device__ __forceinline__ void warp_reduce_ma
         const T m2 = __shfl_xor_sync(0xffffffffu, m, offset), s2 = __shfl_xor_sync(0xffffffffu, s, offset);
         merge_max_sum(m, s, m2, s2);
     }
+    m = __shfl_sync(0xffffffffu, m, 0, W);
+    s = __shfl_sync(0xffffffffu, s, 0, W);
 }
 
 // Block-wide online-softmax merge over 64 values of shared memory.
@@ -96,6 +101,9 @@ template <int W = 32, typename T> __device__ __forceinline__ void warp_reduce_we
         const T m22 = __shfl_xor_sync(0xffffffffu, m2, offset);
         merge_welford(n, mean, m2, n2, mean2, m22);
     }
+    n = __shfl_sync(0xffffffffu, n, 0, W);
+    mean = __shfl_sync(0xffffffffu, mean, 0, W);
+    m2 = __shfl_sync(0xffffffffu, m2, 0, W);
 }
 
 // Block-wide Welford merge over 96 values of shared memory.

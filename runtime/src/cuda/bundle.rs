@@ -111,6 +111,9 @@ pub struct Bundle {
 
 type R<T> = Result<T, crate::Error>;
 
+/// CUDA's limit on blocks in a grid's x dimension.
+pub const MAX_BLOCKS: usize = i32::MAX as usize;
+
 fn err(what: impl Into<String>) -> crate::Error {
     crate::Error::Bundle(what.into())
 }
@@ -320,6 +323,16 @@ impl Bundle {
             .all(|&b| (b as usize) < n);
         if !buffers_fit || !indices_fit {
             return Err(err("a buffer lies outside the arena or is not declared"));
+        }
+        if let Some(l) = manifest
+            .launches
+            .iter()
+            .find(|l| !(1..=MAX_BLOCKS).contains(&l.grid) || !(1..=1024).contains(&l.block))
+        {
+            return Err(err(format!(
+                "launch {} of {} blocks of {} threads is outside CUDA's limits",
+                l.kernel, l.grid, l.block
+            )));
         }
         Ok(Bundle { manifest, data })
     }
