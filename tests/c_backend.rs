@@ -329,3 +329,71 @@ fn reduced_precision_storage() {
         }
     }
 }
+
+/// Integer graph with values far past 2^24 (where f32 accumulation would round) and sums
+/// under 2^53 (the kernel-IR interpreter keeps buffers in f64): row and column sums, max,
+/// min, a cumulative sum and an integer matrix product.
+fn big_integers() -> (Graph, HashMap<String, Tensor>) {
+    use smelt::ir::{Op, ReduceKind};
+    use smelt::DType;
+    let mut b = smelt::GraphBuilder::new();
+    let x = b.input("x", DType::I64, &[4, 300]).unwrap();
+    let w = b.input("w", DType::I64, &[300, 3]).unwrap();
+    for (name, kind, axis) in [
+        ("row_sum", ReduceKind::Sum, 1),
+        ("col_sum", ReduceKind::Sum, 0),
+        ("row_max", ReduceKind::Max, 1),
+        ("row_min", ReduceKind::Min, 1),
+    ] {
+        let r = b.reduce(kind, x, &[axis], false).unwrap();
+        b.output(name, r).unwrap();
+    }
+    let c = b
+        .op(
+            Op::CumSum {
+                axis: 1,
+                exclusive: false,
+                reverse: false,
+            },
+            &[x],
+        )
+        .unwrap();
+    b.output("cumsum", c).unwrap();
+    let p = b.matmul(x, w).unwrap();
+    b.output("product", p).unwrap();
+    let g = b.build().unwrap();
+    let xs: Vec<i64> = (0..1200i64)
+        .map(|i| (i - 600) * (1 << 30) + 12345 * i)
+        .collect();
+    let ws: Vec<i64> = (0..900i64).map(|i| (i % 7) - 3).collect();
+    let inputs = HashMap::from([
+        ("x".to_string(), Tensor::i64([4, 300], xs)),
+        ("w".to_string(), Tensor::i64([300, 3], ws)),
+    ]);
+    (g, inputs)
+}
+
+/// Integer reductions, cumulative sums and products are exact (they accumulate in i64, not
+/// in the float type) on the C backend and in the GPU lowering, fused and unfused.
+#[test]
+fn integer_accumulation_is_exact() {
+    let (g, inputs) = big_integers();
+    let want = interp::run(&g, &inputs).unwrap();
+    for fuse in [true, false] {
+        let got = session(&g, fuse).run(&inputs).unwrap();
+        let c = smelt::compile(
+            &g,
+            &Options {
+                fuse,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        let program = smelt::kernel::lower(&c.graph).unwrap();
+        let lowered = smelt::kernel::interp::run(&program, &inputs).unwrap();
+        for (((n, w), (_, v)), (_, l)) in want.iter().zip(&got).zip(&lowered) {
+            assert_eq!(v.to_i64(), w.to_i64(), "C backend {n} (fuse {fuse})");
+            assert_eq!(l.to_i64(), w.to_i64(), "GPU lowering {n} (fuse {fuse})");
+        }
+    }
+}

@@ -53,7 +53,14 @@ impl Target for C {
         }
     }
 
-    fn reduce(&self, _scope: Scope, _c: Combiner, vars: &[String], _identity: &str) -> String {
+    fn reduce(
+        &self,
+        _scope: Scope,
+        _c: Combiner,
+        vars: &[String],
+        _identity: &str,
+        _int: bool,
+    ) -> String {
         format!(
             "/* {}: the block's one thread holds the block's value */",
             vars.join(", ")
@@ -104,7 +111,7 @@ impl Target for C {
     /// other loop when its iterations share no variable (each one it sets is set before it
     /// is read). Iterations never share memory: a kernel reads a buffer it writes only at
     /// the index it writes.
-    fn loop_pragma(&self, body: &[Stmt]) -> Option<String> {
+    fn loop_pragma(&self, body: &[Stmt], int_var: &dyn Fn(u32) -> bool) -> Option<String> {
         let mut private: Vec<u32> = Vec::new();
         let fold = match body.last() {
             Some(Stmt::Let {
@@ -149,9 +156,12 @@ impl Target for C {
         };
         Some(match fold {
             Some((acc, op)) => {
+                let int = int_var(acc);
                 let id = match op {
                     ReduceOp::Sum => "+",
                     ReduceOp::Prod => "*",
+                    ReduceOp::Max if int => "max",
+                    ReduceOp::Min if int => "min",
                     ReduceOp::Max => "smelt_max",
                     ReduceOp::Min => "smelt_min",
                 };

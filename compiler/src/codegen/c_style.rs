@@ -16,8 +16,16 @@ pub trait Target {
     /// A built-in index.
     fn builtin(&self, b: Builtin) -> &'static str;
     /// The statement combining the partials held in `vars` across `scope`, in place
-    /// (`identity` is the combiner's identity for one-value operations).
-    fn reduce(&self, scope: Scope, combiner: Combiner, vars: &[String], identity: &str) -> String;
+    /// (`identity` is the combiner's identity for one-value operations; `int`: the values are
+    /// 64-bit integers).
+    fn reduce(
+        &self,
+        scope: Scope,
+        combiner: Combiner,
+        vars: &[String],
+        identity: &str,
+        int: bool,
+    ) -> String;
     /// A barrier statement.
     fn barrier(&self) -> &'static str;
     /// The functions converting a 16-bit float storage type (f16, bf16) to f32 and back.
@@ -69,7 +77,7 @@ pub trait Target {
         None
     }
     /// A line to put before a loop with this body (a vectorization pragma), if any.
-    fn loop_pragma(&self, _body: &[Stmt]) -> Option<String> {
+    fn loop_pragma(&self, _body: &[Stmt], _int_var: &dyn Fn(u32) -> bool) -> Option<String> {
         None
     }
     /// The C math function `name` (exp, tanh, …) at a precision: libm's by default.
@@ -181,6 +189,11 @@ impl<'a, T: Target> Ctx<'a, T> {
         }
     }
 
+    /// True when variable `v` is a 64-bit integer.
+    pub fn is_int(&self, v: u32) -> bool {
+        self.vars.get(v as usize).copied().flatten() == Some(Scalar::Int)
+    }
+
     fn shared_dtype(&self, array: u32) -> Result<DType, RenderError> {
         self.kernel
             .shared
@@ -252,6 +265,8 @@ impl<'a, T: Target> Ctx<'a, T> {
         let fun = |name: &str| self.target.math_fn(name, self.kernel.precision);
         Ok(match e {
             Expr::F(v) => self.lit(*v),
+            // The most negative i64 has no literal: its magnitude overflows.
+            Expr::I(i64::MIN) => "(-9223372036854775807ll - 1)".into(),
             Expr::I(v) => format!("{v}ll"),
             Expr::Var(v) => format!("v{v}"),
             Expr::Builtin(b) => self.target.builtin(*b).to_string(),
@@ -306,6 +321,17 @@ impl<'a, T: Target> Ctx<'a, T> {
                     let stored = self.target.store_conversion(*d, &x);
                     self.target
                         .load_conversion(*d, &stored, self.kernel.precision)
+                }
+            }
+            Expr::Combine(op, a, b)
+                if self.scalar(a) == Scalar::Int && self.scalar(b) == Scalar::Int =>
+            {
+                let (x, y) = (self.expr(a)?, self.expr(b)?);
+                match op {
+                    ReduceOp::Sum => format!("({x} + {y})"),
+                    ReduceOp::Prod => format!("({x} * {y})"),
+                    ReduceOp::Max => format!("{}({x}, {y})", self.target.int_fn("max")),
+                    ReduceOp::Min => format!("{}({x}, {y})", self.target.int_fn("min")),
                 }
             }
             Expr::Combine(op, a, b) => {
@@ -605,7 +631,7 @@ impl<'a, T: Target> Ctx<'a, T> {
                     body,
                     ..
                 } => {
-                    if let Some(p) = self.target.loop_pragma(body) {
+                    if let Some(p) = self.target.loop_pragma(body, &|v| self.is_int(v)) {
                         let _ = writeln!(out, "{pad}{p}");
                     }
                     let _ = writeln!(
@@ -628,12 +654,14 @@ impl<'a, T: Target> Ctx<'a, T> {
                     combiner,
                     vars,
                 } => {
+                    let int = vars.iter().all(|&v| self.is_int(v));
                     let id = match combiner {
+                        Combiner::Op(op) if int => self.expr(&identity_int(*op))?,
                         Combiner::Op(op) => self.lit(op.identity()),
                         _ => String::new(),
                     };
                     let vars: Vec<String> = vars.iter().map(|v| format!("v{v}")).collect();
-                    let text = self.target.reduce(*scope, *combiner, &vars, &id);
+                    let text = self.target.reduce(*scope, *combiner, &vars, &id, int);
                     let _ = writeln!(out, "{pad}{text}");
                 }
                 Stmt::Barrier => {
@@ -652,6 +680,16 @@ impl<'a, T: Target> Ctx<'a, T> {
         }
         Ok(())
     }
+}
+
+/// The identity of an integer reduction.
+fn identity_int(op: ReduceOp) -> Expr {
+    Expr::I(match op {
+        ReduceOp::Sum => 0,
+        ReduceOp::Prod => 1,
+        ReduceOp::Max => i64::MIN,
+        ReduceOp::Min => i64::MAX,
+    })
 }
 
 /// The type of each variable: from its first assignment (loop variables are indices).

@@ -43,11 +43,23 @@ impl Target for Cuda {
         }
     }
 
-    fn reduce(&self, scope: Scope, combiner: Combiner, vars: &[String], identity: &str) -> String {
+    fn reduce(
+        &self,
+        scope: Scope,
+        combiner: Combiner,
+        vars: &[String],
+        identity: &str,
+        int: bool,
+    ) -> String {
         let all = vars.join(", ");
+        let scratch = if int {
+            "smelt_shared_i"
+        } else {
+            "smelt_shared"
+        };
         match (combiner, scope) {
             (Combiner::Op(op), Scope::Block) => format!(
-                "{all} = smelt::block_reduce({all}, smelt::{}(), {identity}, smelt_shared);",
+                "{all} = smelt::block_reduce({all}, smelt::{}(), {identity}, {scratch});",
                 functor(op)
             ),
             (Combiner::Op(op), Scope::Warp(w)) => {
@@ -137,18 +149,29 @@ fn functor(op: ReduceOp) -> &'static str {
     }
 }
 
+/// True when a block reduction of the kernel combines 64-bit integers (their scratch is
+/// `smelt_shared_i`).
+fn int_block_reduce(ctx: &Ctx<Cuda>, stmts: &[Stmt]) -> bool {
+    Stmt::any(
+        stmts,
+        &|s| matches!(s, Stmt::Reduce { scope: Scope::Block, vars, .. } if vars.iter().all(|&v| ctx.is_int(v))),
+    )
+}
+
 /// Shared memory the block reductions of a kernel need: 32 values per component of the
 /// widest one, or none.
-fn shared_values(stmts: &[Stmt]) -> usize {
+fn shared_values(ctx: &Ctx<Cuda>, stmts: &[Stmt]) -> usize {
     let most = std::cell::Cell::new(0);
     Stmt::any(stmts, &|s| {
         if let Stmt::Reduce {
             scope: Scope::Block,
             combiner,
-            ..
+            vars,
         } = s
         {
-            most.set(most.get().max(32 * combiner.arity()));
+            if !vars.iter().all(|&v| ctx.is_int(v)) {
+                most.set(most.get().max(32 * combiner.arity()));
+            }
         }
         false
     });
@@ -203,9 +226,12 @@ pub fn render_kernel_for(
         Precision::F32 => "float",
         Precision::F64 => "double",
     };
-    let shared = shared_values(&kernel.body);
+    let shared = shared_values(&ctx, &kernel.body);
     if shared > 0 {
         let _ = writeln!(out, "    __shared__ {t} smelt_shared[{shared}];");
+    }
+    if int_block_reduce(&ctx, &kernel.body) {
+        let _ = writeln!(out, "    __shared__ long long smelt_shared_i[32];");
     }
     for (i, a) in kernel.shared.iter().enumerate() {
         let elem = target.elem_type(a.dtype);

@@ -200,10 +200,10 @@ fn eval(e: &Expr, env: &Env, t: i64, cx: &Ctx, k: &Kernel) -> Result<Val> {
                 Val::F(to_dtype(*d, v.f()))
             }
         }
-        Expr::Combine(op, a, b) => {
-            let (x, y) = (eval(a, env, t, cx, k)?.f(), eval(b, env, t, cx, k)?.f());
-            Val::F(round(p, combine(*op, x, y)))
-        }
+        Expr::Combine(op, a, b) => match (eval(a, env, t, cx, k)?, eval(b, env, t, cx, k)?) {
+            (Val::I(x), Val::I(y)) => Val::I(combine_int(*op, x, y)),
+            (x, y) => Val::F(round(p, combine(*op, x.f(), y.f()))),
+        },
         Expr::Index(op, a, b) => {
             let (x, y) = (eval(a, env, t, cx, k)?.i(), eval(b, env, t, cx, k)?.i());
             Val::I(match op {
@@ -273,6 +273,16 @@ fn vector_start(
         ));
     }
     Ok(i)
+}
+
+/// An integer reduction step (wrapping, as the C and CUDA arithmetic).
+fn combine_int(op: ReduceOp, x: i64, y: i64) -> i64 {
+    match op {
+        ReduceOp::Sum => x.wrapping_add(y),
+        ReduceOp::Prod => x.wrapping_mul(y),
+        ReduceOp::Max => x.max(y),
+        ReduceOp::Min => x.min(y),
+    }
 }
 
 fn combine(op: ReduceOp, x: f64, y: f64) -> f64 {
@@ -637,6 +647,51 @@ fn identity(c: Combiner) -> Vec<f64> {
     }
 }
 
+/// The reduction trees of [`reduce`] over 64-bit integers (exact).
+fn reduce_int(v: &[i64], scope: Scope, op: ReduceOp) -> std::result::Result<Vec<i64>, String> {
+    let identity = match op {
+        ReduceOp::Sum => 0,
+        ReduceOp::Prod => 1,
+        ReduceOp::Max => i64::MIN,
+        ReduceOp::Min => i64::MAX,
+    };
+    let butterfly = |v: &mut [i64], width: usize| {
+        for group in v.chunks_mut(width) {
+            let mut offset = width / 2;
+            while offset > 0 {
+                let prev = group.to_vec();
+                for lane in 0..group.len() {
+                    let other = prev.get(lane ^ offset).copied().unwrap_or(identity);
+                    group[lane] = combine_int(op, prev[lane], other);
+                }
+                offset >>= 1;
+            }
+        }
+    };
+    let mut v = v.to_vec();
+    match scope {
+        Scope::Warp(w) => {
+            if !(w.is_power_of_two() && w <= 32 && v.len().is_multiple_of(w)) {
+                return Err(format!(
+                    "warp reduction over {w} lanes in a block of {}",
+                    v.len()
+                ));
+            }
+            butterfly(&mut v, w);
+        }
+        Scope::Block => {
+            butterfly(&mut v, 32);
+            let warps = v.len().div_ceil(32);
+            let shared: Vec<i64> = (0..warps).map(|w| v[w * 32]).collect();
+            for (t, x) in v.iter_mut().enumerate() {
+                *x = shared.get(t % 32).copied().unwrap_or(identity);
+            }
+            butterfly(&mut v, 32);
+        }
+    }
+    Ok(v)
+}
+
 /// The GPU's reduction trees. A warp scope of width `w`: a butterfly over each group of `w`
 /// lanes (offsets w/2, …, 1). The block scope: a butterfly over each warp's 32 lanes, warp
 /// results through shared memory, and a butterfly over those in every warp.
@@ -650,6 +705,22 @@ fn reduce(
 ) -> Result<()> {
     if vars.len() != c.arity() {
         return Err(err(k, format!("{c:?} reduces {} variables", c.arity())));
+    }
+    if let Combiner::Op(op) = c {
+        let ints: Option<Vec<i64>> = envs
+            .iter()
+            .map(|e| match e.get(vars[0] as usize).copied().flatten() {
+                Some(Val::I(i)) => Some(i),
+                _ => None,
+            })
+            .collect();
+        if let Some(v) = ints {
+            let r = reduce_int(&v, scope, op).map_err(|m| err(k, m))?;
+            for (env, x) in envs.iter_mut().zip(r) {
+                env[vars[0] as usize] = Some(Val::I(x));
+            }
+            return Ok(());
+        }
     }
     let mut v: Vec<Vec<f64>> = envs
         .iter()

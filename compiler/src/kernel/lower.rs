@@ -255,19 +255,19 @@ impl<'a> Emitter<'a> {
     }
 
     /// `acc = identity; for j in (start..len(tail)).step_by(step) { acc = op(acc, f(prefix ⊕
-    /// unravel(j))) }`; returns the accumulator variable.
+    /// unravel(j))) }` over values of `dtype`; returns the accumulator variable.
     fn fold(
         &mut self,
         prefix: &[Expr],
         tail: &[usize],
-        op: ReduceOp,
+        (op, dtype): (ReduceOp, DType),
         (start, step): (Expr, Expr),
         f: &mut dyn FnMut(&mut Self, &[Expr]) -> R<Expr>,
     ) -> R<u32> {
         let acc = self.var();
         self.push(Stmt::Let {
             var: acc,
-            value: Expr::F(op.identity()),
+            value: identity_of(op, dtype),
         });
         let j = self.var();
         self.open();
@@ -297,7 +297,7 @@ impl<'a> Emitter<'a> {
         &mut self,
         prefix: &[Expr],
         tail: &[usize],
-        op: ReduceOp,
+        op: (ReduceOp, DType),
         f: &mut dyn FnMut(&mut Self, &[Expr]) -> R<Expr>,
     ) -> R<Expr> {
         let acc = self.fold(prefix, tail, op, (Expr::I(0), Expr::I(1)), f)?;
@@ -464,7 +464,8 @@ impl<'a> Emitter<'a> {
                 let i = idx[*axis].clone();
                 let (excl, rev) = (*exclusive, *reverse);
                 let idx = idx.to_vec();
-                self.serial_reduce(&[], &[n], ReduceOp::Sum, &mut |me, j| {
+                let dtype = node.ty.dtype;
+                self.serial_reduce(&[], &[n], (ReduceOp::Sum, dtype), &mut |me, j| {
                     let j = j[0].clone();
                     // Included: j <= i (j < i exclusive), or j >= i (j > i) in reverse.
                     let take = match (rev, excl) {
@@ -487,7 +488,7 @@ impl<'a> Emitter<'a> {
                     Ok(Expr::Select(
                         Box::new(take),
                         Box::new(v),
-                        Box::new(Expr::F(0.0)),
+                        Box::new(zero_of(dtype)),
                     ))
                 })?
             }
@@ -561,40 +562,45 @@ impl<'a> Emitter<'a> {
         let group = div(idx[1].clone(), cog);
         let idx = idx.to_vec();
         let c = c.clone();
-        let acc = self.serial_reduce(&[], &[cig, kh, kw], ReduceOp::Sum, &mut |me, j| {
-            let ic = add(mul(group.clone(), Expr::I(cig as i64)), j[0].clone());
-            let (iy, in_y) = Self::window_pos(
-                &idx[2],
-                &j[1],
-                c.strides[0],
-                c.dilations[0],
-                c.pads[0],
-                xs[2],
-            );
-            let (ix, in_x) = Self::window_pos(
-                &idx[3],
-                &j[2],
-                c.strides[1],
-                c.dilations[1],
-                c.pads[1],
-                xs[3],
-            );
-            let xv = me.guarded(
-                and(in_y, in_x),
-                x,
-                &[idx[0].clone(), ic, iy, ix],
-                Expr::F(0.0),
-            )?;
-            let wv = me.value(
-                w,
-                &[idx[1].clone(), j[0].clone(), j[1].clone(), j[2].clone()],
-            )?;
-            Ok(Expr::Binary(
-                crate::ir::BinaryOp::Mul,
-                Box::new(xv),
-                Box::new(wv),
-            ))
-        })?;
+        let acc = self.serial_reduce(
+            &[],
+            &[cig, kh, kw],
+            (ReduceOp::Sum, DType::F32),
+            &mut |me, j| {
+                let ic = add(mul(group.clone(), Expr::I(cig as i64)), j[0].clone());
+                let (iy, in_y) = Self::window_pos(
+                    &idx[2],
+                    &j[1],
+                    c.strides[0],
+                    c.dilations[0],
+                    c.pads[0],
+                    xs[2],
+                );
+                let (ix, in_x) = Self::window_pos(
+                    &idx[3],
+                    &j[2],
+                    c.strides[1],
+                    c.dilations[1],
+                    c.pads[1],
+                    xs[3],
+                );
+                let xv = me.guarded(
+                    and(in_y, in_x),
+                    x,
+                    &[idx[0].clone(), ic, iy, ix],
+                    Expr::F(0.0),
+                )?;
+                let wv = me.value(
+                    w,
+                    &[idx[1].clone(), j[0].clone(), j[1].clone(), j[2].clone()],
+                )?;
+                Ok(Expr::Binary(
+                    crate::ir::BinaryOp::Mul,
+                    Box::new(xv),
+                    Box::new(wv),
+                ))
+            },
+        )?;
         Ok(match bias {
             Some(b) => {
                 let bv = self.value(b, &[idx[1].clone()])?;
@@ -630,41 +636,53 @@ impl<'a> Emitter<'a> {
             (vec![idx[0].clone(), idx[1].clone(), iy, ix], in_y, in_x)
         };
         Ok(match p.kind {
-            PoolKind::Max => self.serial_reduce(&[], &p.kernel, ReduceOp::Max, &mut |me, j| {
-                let (i, in_y, in_x) = at(j);
-                me.guarded(and(in_y, in_x), x, &i, Expr::F(f64::NEG_INFINITY))
-            })?,
-            PoolKind::Avg { count_include_pad } => {
-                let sum = self.serial_reduce(&[], &p.kernel, ReduceOp::Sum, &mut |me, j| {
+            PoolKind::Max => {
+                self.serial_reduce(&[], &p.kernel, (ReduceOp::Max, DType::F32), &mut |me, j| {
                     let (i, in_y, in_x) = at(j);
-                    me.guarded(and(in_y, in_x), x, &i, Expr::F(0.0))
-                })?;
+                    me.guarded(and(in_y, in_x), x, &i, Expr::F(f64::NEG_INFINITY))
+                })?
+            }
+            PoolKind::Avg { count_include_pad } => {
+                let sum = self.serial_reduce(
+                    &[],
+                    &p.kernel,
+                    (ReduceOp::Sum, DType::F32),
+                    &mut |me, j| {
+                        let (i, in_y, in_x) = at(j);
+                        me.guarded(and(in_y, in_x), x, &i, Expr::F(0.0))
+                    },
+                )?;
                 // Positions counted: inside the input, or (count_include_pad) inside the
                 // explicit padding, never the ceil-mode overhang.
-                let count = self.serial_reduce(&[], &p.kernel, ReduceOp::Sum, &mut |_, j| {
-                    let (i, in_y, in_x) = at(j);
-                    let cond = if count_include_pad {
-                        and(
-                            Expr::Index(
-                                IndexOp::Lt,
-                                Box::new(i[2].clone()),
-                                Box::new(Expr::I((xs[2] + p.pads[2]) as i64)),
-                            ),
-                            Expr::Index(
-                                IndexOp::Lt,
-                                Box::new(i[3].clone()),
-                                Box::new(Expr::I((xs[3] + p.pads[3]) as i64)),
-                            ),
-                        )
-                    } else {
-                        and(in_y, in_x)
-                    };
-                    Ok(Expr::Select(
-                        Box::new(cond),
-                        Box::new(Expr::F(1.0)),
-                        Box::new(Expr::F(0.0)),
-                    ))
-                })?;
+                let count = self.serial_reduce(
+                    &[],
+                    &p.kernel,
+                    (ReduceOp::Sum, DType::F32),
+                    &mut |_, j| {
+                        let (i, in_y, in_x) = at(j);
+                        let cond = if count_include_pad {
+                            and(
+                                Expr::Index(
+                                    IndexOp::Lt,
+                                    Box::new(i[2].clone()),
+                                    Box::new(Expr::I((xs[2] + p.pads[2]) as i64)),
+                                ),
+                                Expr::Index(
+                                    IndexOp::Lt,
+                                    Box::new(i[3].clone()),
+                                    Box::new(Expr::I((xs[3] + p.pads[3]) as i64)),
+                                ),
+                            )
+                        } else {
+                            and(in_y, in_x)
+                        };
+                        Ok(Expr::Select(
+                            Box::new(cond),
+                            Box::new(Expr::F(1.0)),
+                            Box::new(Expr::F(0.0)),
+                        ))
+                    },
+                )?;
                 Expr::Binary(crate::ir::BinaryOp::Div, Box::new(sum), Box::new(count))
             }
         })
@@ -887,7 +905,7 @@ impl<'a> Emitter<'a> {
         }
         let reduced: Vec<usize> = axes.iter().map(|&a| xs[a]).collect();
         let count: usize = reduced.iter().product();
-        let op = reduce_op(kind);
+        let op = (reduce_op(kind), self.node(x).ty.dtype);
         let acc = self.serial_reduce(&[], &reduced, op, &mut |me, j| {
             let mut jt = j.iter();
             let full: Vec<Expr> = kept
@@ -914,8 +932,10 @@ impl<'a> Emitter<'a> {
             i[axis] = j[0].clone();
             i
         };
-        let m = self.serial_reduce(&[], &[n], ReduceOp::Max, &mut |me, j| me.value(x, &at(j)))?;
-        let s = self.serial_reduce(&[], &[n], ReduceOp::Sum, &mut |me, j| {
+        let m = self.serial_reduce(&[], &[n], (ReduceOp::Max, DType::F32), &mut |me, j| {
+            me.value(x, &at(j))
+        })?;
+        let s = self.serial_reduce(&[], &[n], (ReduceOp::Sum, DType::F32), &mut |me, j| {
             let v = me.value(x, &at(j))?;
             Ok(exp_sub(v, m.clone()))
         })?;
@@ -934,16 +954,20 @@ impl<'a> Emitter<'a> {
         let prefix = Self::row_prefix(idx, axis);
         let tail = shape[axis..].to_vec();
         let n = tail.iter().product::<usize>() as f64;
-        let sum = self.serial_reduce(&prefix, &tail, ReduceOp::Sum, &mut |me, i| me.value(x, i))?;
+        let sum =
+            self.serial_reduce(&prefix, &tail, (ReduceOp::Sum, DType::F32), &mut |me, i| {
+                me.value(x, i)
+            })?;
         let mean = self.bind(div_f(sum, n));
-        let sq = self.serial_reduce(&prefix, &tail, ReduceOp::Sum, &mut |me, i| {
-            let v = me.value(x, i)?;
-            Ok(square(Expr::Binary(
-                crate::ir::BinaryOp::Sub,
-                Box::new(v),
-                Box::new(mean.clone()),
-            )))
-        })?;
+        let sq =
+            self.serial_reduce(&prefix, &tail, (ReduceOp::Sum, DType::F32), &mut |me, i| {
+                let v = me.value(x, i)?;
+                Ok(square(Expr::Binary(
+                    crate::ir::BinaryOp::Sub,
+                    Box::new(v),
+                    Box::new(mean.clone()),
+                )))
+            })?;
         let inv = self.bind(inv_std(div_f(sq, n), epsilon.0));
         Ok((mean, inv))
     }
@@ -963,7 +987,8 @@ impl<'a> Emitter<'a> {
         let batch_len = r - m_i.is_some() as usize - n_i.is_some() as usize;
         let batch = &idx[..batch_len];
         let k = sa[sa.len() - 1];
-        let acc = self.serial_reduce(&[], &[k], ReduceOp::Sum, &mut |me, kk| {
+        let op = (ReduceOp::Sum, self.node(a).ty.dtype);
+        let acc = self.serial_reduce(&[], &[k], op, &mut |me, kk| {
             let kk = kk[0].clone();
             let ia: Vec<Expr> = if sa.len() == 1 {
                 vec![kk.clone()]
@@ -1076,6 +1101,20 @@ fn finish_reduce(kind: ReduceKind, acc: Expr, count: usize, dtype: DType) -> Exp
         }
         _ => acc,
     }
+}
+
+/// The identity of `op` over values of `dtype`, in their compute type: integer reductions
+/// accumulate exactly in i64, float ones in the kernel's float type.
+fn identity_of(op: ReduceOp, dtype: DType) -> Expr {
+    if !dtype.is_int() {
+        return Expr::F(op.identity());
+    }
+    Expr::I(match op {
+        ReduceOp::Sum => 0,
+        ReduceOp::Prod => 1,
+        ReduceOp::Max => i64::MIN,
+        ReduceOp::Min => i64::MAX,
+    })
 }
 
 fn reduce_op(kind: ReduceKind) -> ReduceOp {
@@ -1418,14 +1457,14 @@ impl Emitter<'_> {
         &mut self,
         prefix: &[Expr],
         tail: &[usize],
-        op: ReduceOp,
+        op: (ReduceOp, DType),
         f: &mut dyn FnMut(&mut Self, &[Expr]) -> R<Expr>,
     ) -> R<Expr> {
         let strided = (builtin(Builtin::Thread), builtin(Builtin::BlockDim));
         let acc = self.fold(prefix, tail, op, strided, f)?;
         self.push(Stmt::Reduce {
             scope: Scope::Block,
-            combiner: Combiner::Op(op),
+            combiner: Combiner::Op(op.0),
             vars: vec![acc],
         });
         Ok(Expr::Var(acc))
@@ -1444,36 +1483,53 @@ impl Emitter<'_> {
             match &node.op {
                 Op::Reduce { kind, .. } => {
                     let kind = *kind;
-                    let acc = self.block_reduce(prefix, &tail, reduce_op(kind), &mut |me, i| {
-                        me.value(x, i)
-                    })?;
+                    let op = (reduce_op(kind), self.node(x).ty.dtype);
+                    let acc = self.block_reduce(prefix, &tail, op, &mut |me, i| me.value(x, i))?;
                     let dtype = self.node(x).ty.dtype;
                     let v = self.bind(finish_reduce(kind, acc, n as usize, dtype));
                     self.stats.insert((id, "reduce"), v);
                 }
                 Op::Softmax { .. } | Op::LogSoftmax { .. } => {
-                    let m = self
-                        .block_reduce(prefix, &tail, ReduceOp::Max, &mut |me, i| me.value(x, i))?;
-                    let s = self.block_reduce(prefix, &tail, ReduceOp::Sum, &mut |me, i| {
-                        let v = me.value(x, i)?;
-                        Ok(exp_sub(v, m.clone()))
-                    })?;
+                    let m = self.block_reduce(
+                        prefix,
+                        &tail,
+                        (ReduceOp::Max, DType::F32),
+                        &mut |me, i| me.value(x, i),
+                    )?;
+                    let s = self.block_reduce(
+                        prefix,
+                        &tail,
+                        (ReduceOp::Sum, DType::F32),
+                        &mut |me, i| {
+                            let v = me.value(x, i)?;
+                            Ok(exp_sub(v, m.clone()))
+                        },
+                    )?;
                     self.stats.insert((id, "max"), m);
                     self.stats.insert((id, "sum"), s);
                 }
                 Op::LayerNorm { epsilon, .. } => {
                     let eps = epsilon.0;
-                    let sum = self
-                        .block_reduce(prefix, &tail, ReduceOp::Sum, &mut |me, i| me.value(x, i))?;
+                    let sum = self.block_reduce(
+                        prefix,
+                        &tail,
+                        (ReduceOp::Sum, DType::F32),
+                        &mut |me, i| me.value(x, i),
+                    )?;
                     let mean = self.bind(div_f(sum, n));
-                    let sq = self.block_reduce(prefix, &tail, ReduceOp::Sum, &mut |me, i| {
-                        let v = me.value(x, i)?;
-                        Ok(square(Expr::Binary(
-                            crate::ir::BinaryOp::Sub,
-                            Box::new(v),
-                            Box::new(mean.clone()),
-                        )))
-                    })?;
+                    let sq = self.block_reduce(
+                        prefix,
+                        &tail,
+                        (ReduceOp::Sum, DType::F32),
+                        &mut |me, i| {
+                            let v = me.value(x, i)?;
+                            Ok(square(Expr::Binary(
+                                crate::ir::BinaryOp::Sub,
+                                Box::new(v),
+                                Box::new(mean.clone()),
+                            )))
+                        },
+                    )?;
                     let inv = self.bind(inv_std(div_f(sq, n), eps));
                     self.stats.insert((id, "mean"), mean);
                     self.stats.insert((id, "inv"), inv);
@@ -1542,9 +1598,11 @@ fn lower_rows(
         // the max; pass 2 stores exp(x - max) and sums it; pass 3 divides in place.
         let x = body.nodes[root].inputs[0];
         let tail = [len];
-        let m = e.block_reduce(&prefix, &tail, ReduceOp::Max, &mut |me, i| me.value(x, i))?;
+        let m = e.block_reduce(&prefix, &tail, (ReduceOp::Max, DType::F32), &mut |me, i| {
+            me.value(x, i)
+        })?;
         let base = mul(Expr::Var(row), Expr::I(len as i64));
-        let sum = e.block_reduce(&prefix, &tail, ReduceOp::Sum, &mut |me, i| {
+        let sum = e.block_reduce(&prefix, &tail, (ReduceOp::Sum, DType::F32), &mut |me, i| {
             let v = me.value(x, i)?;
             let ex = me.bind(exp_sub(v, m.clone()));
             me.push(Stmt::Store {

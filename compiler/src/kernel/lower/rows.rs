@@ -16,9 +16,9 @@
 //! once, and variance is the exact two-pass `Σ (x - mean)²` over registers.
 
 use super::{
-    add, and, broadcast_shapes, builtin, div, div_f, emitter, exp_sub, finish_reduce, inv_std, key,
-    mul, reduce_op, rem, single_row_axis, square, unravel, zero_of, Emitter, LowerError, MAX_GRID,
-    R, ROW_BLOCK,
+    add, and, broadcast_shapes, builtin, div, div_f, emitter, exp_sub, finish_reduce, identity_of,
+    inv_std, key, mul, reduce_op, rem, single_row_axis, square, unravel, zero_of, Emitter,
+    LowerError, MAX_GRID, R, ROW_BLOCK,
 };
 use crate::ir::{BinaryOp, Graph, NodeId, Op};
 use crate::kernel::ir::{
@@ -340,11 +340,19 @@ impl Rows<'_> {
                 .iter()
                 .map(|s| hold(e, x, &s.idx, s.valid.as_ref()))
                 .collect::<R<_>>()?;
+            // Softmax and LayerNorm statistics are float; a reduction keeps its input's type.
+            let dtype = self.body.nodes[x].ty.dtype;
             let reduce = |e: &mut Emitter, op: ReduceOp, f: &dyn Fn(&Expr) -> Expr| {
                 let acc = e.var();
+                let identity = match op {
+                    _ if matches!(self.body.nodes[id].op, Op::Reduce { .. }) => {
+                        identity_of(op, dtype)
+                    }
+                    _ => Expr::F(op.identity()),
+                };
                 e.push(Stmt::Let {
                     var: acc,
-                    value: Expr::F(op.identity()),
+                    value: identity.clone(),
                 });
                 for (s, x) in slots.iter().zip(&xs) {
                     let v = f(x);
@@ -352,7 +360,7 @@ impl Rows<'_> {
                         Some(c) => Expr::Select(
                             Box::new(c.clone()),
                             Box::new(v),
-                            Box::new(Expr::F(op.identity())),
+                            Box::new(identity.clone()),
                         ),
                         None => v,
                     };
@@ -494,7 +502,11 @@ impl Rows<'_> {
             match &self.body.nodes[id].op {
                 Op::Reduce { kind, .. } => {
                     let op = reduce_op(*kind);
-                    let acc = e.start(op.identity());
+                    let acc = e.var();
+                    e.push(Stmt::Let {
+                        var: acc,
+                        value: identity_of(op, self.body.nodes[x].ty.dtype),
+                    });
                     pass(e, &mut |e, _, idx| {
                         let v = e.value(x, idx)?;
                         e.push(Stmt::Let {
