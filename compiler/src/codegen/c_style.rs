@@ -656,7 +656,7 @@ impl<'a, T: Target> Ctx<'a, T> {
                 } => {
                     let int = vars.iter().all(|&v| self.is_int(v));
                     let id = match combiner {
-                        Combiner::Op(op) if int => self.expr(&identity_int(*op))?,
+                        Combiner::Op(op) if int => self.expr(&Expr::I(op.identity_int()))?,
                         Combiner::Op(op) => self.lit(op.identity()),
                         _ => String::new(),
                     };
@@ -680,16 +680,6 @@ impl<'a, T: Target> Ctx<'a, T> {
         }
         Ok(())
     }
-}
-
-/// The identity of an integer reduction.
-fn identity_int(op: ReduceOp) -> Expr {
-    Expr::I(match op {
-        ReduceOp::Sum => 0,
-        ReduceOp::Prod => 1,
-        ReduceOp::Max => i64::MIN,
-        ReduceOp::Min => i64::MAX,
-    })
 }
 
 /// The type of each variable: from its first assignment (loop variables are indices).

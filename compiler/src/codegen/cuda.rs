@@ -222,12 +222,9 @@ pub fn render_kernel_for(
         kernel.name,
         params.join(", ")
     );
-    let t = match kernel.precision {
-        Precision::F32 => "float",
-        Precision::F64 => "double",
-    };
     let shared = shared_values(&ctx, &kernel.body);
     if shared > 0 {
+        let t = ctx.float();
         let _ = writeln!(out, "    __shared__ {t} smelt_shared[{shared}];");
     }
     if int_block_reduce(&ctx, &kernel.body) {

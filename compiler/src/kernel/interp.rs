@@ -647,28 +647,37 @@ fn identity(c: Combiner) -> Vec<f64> {
     }
 }
 
-/// The reduction trees of [`reduce`] over 64-bit integers (exact).
-fn reduce_int(v: &[i64], scope: Scope, op: ReduceOp) -> std::result::Result<Vec<i64>, String> {
-    let identity = match op {
-        ReduceOp::Sum => 0,
-        ReduceOp::Prod => 1,
-        ReduceOp::Max => i64::MIN,
-        ReduceOp::Min => i64::MAX,
-    };
-    let butterfly = |v: &mut [i64], width: usize| {
+/// The GPU's reduction trees over the block's values `v` (one per thread). A warp scope of
+/// width `w`: a butterfly over each group of `w` lanes (offsets w/2, …, 1). The block scope:
+/// a butterfly over each warp's 32 lanes, warp results through shared memory, and a
+/// butterfly over those in every warp. With `broadcast`, each group ends with its lane 0's
+/// result everywhere (as `reduce.cuh` does after merges that are not symmetric).
+fn tree<T: Clone>(
+    v: &mut [T],
+    scope: Scope,
+    identity: &T,
+    merge: &dyn Fn(&T, &T) -> T,
+    broadcast: bool,
+) -> std::result::Result<(), String> {
+    let butterfly = |v: &mut [T], width: usize| {
         for group in v.chunks_mut(width) {
             let mut offset = width / 2;
             while offset > 0 {
                 let prev = group.to_vec();
                 for lane in 0..group.len() {
-                    let other = prev.get(lane ^ offset).copied().unwrap_or(identity);
-                    group[lane] = combine_int(op, prev[lane], other);
+                    let other = prev.get(lane ^ offset).unwrap_or(identity);
+                    group[lane] = merge(&prev[lane], other);
                 }
                 offset >>= 1;
             }
+            if broadcast {
+                let first = group[0].clone();
+                for lane in group.iter_mut() {
+                    lane.clone_from(&first);
+                }
+            }
         }
     };
-    let mut v = v.to_vec();
     match scope {
         Scope::Warp(w) => {
             if !(w.is_power_of_two() && w <= 32 && v.len().is_multiple_of(w)) {
@@ -677,24 +686,23 @@ fn reduce_int(v: &[i64], scope: Scope, op: ReduceOp) -> std::result::Result<Vec<
                     v.len()
                 ));
             }
-            butterfly(&mut v, w);
+            butterfly(v, w);
         }
         Scope::Block => {
-            butterfly(&mut v, 32);
+            butterfly(v, 32);
             let warps = v.len().div_ceil(32);
-            let shared: Vec<i64> = (0..warps).map(|w| v[w * 32]).collect();
+            let shared: Vec<T> = (0..warps).map(|w| v[w * 32].clone()).collect();
             for (t, x) in v.iter_mut().enumerate() {
-                *x = shared.get(t % 32).copied().unwrap_or(identity);
+                *x = shared.get(t % 32).unwrap_or(identity).clone();
             }
-            butterfly(&mut v, 32);
+            butterfly(v, 32);
         }
     }
-    Ok(v)
+    Ok(())
 }
 
-/// The GPU's reduction trees. A warp scope of width `w`: a butterfly over each group of `w`
-/// lanes (offsets w/2, …, 1). The block scope: a butterfly over each warp's 32 lanes, warp
-/// results through shared memory, and a butterfly over those in every warp.
+/// A [`Stmt::Reduce`]: the block's threads combine the partials in `vars` by [`tree`];
+/// integer values (one-value combiners only) exactly, floats rounded as the kernel computes.
 fn reduce(
     envs: &mut [Env],
     scope: Scope,
@@ -714,9 +722,10 @@ fn reduce(
                 _ => None,
             })
             .collect();
-        if let Some(v) = ints {
-            let r = reduce_int(&v, scope, op).map_err(|m| err(k, m))?;
-            for (env, x) in envs.iter_mut().zip(r) {
+        if let Some(mut v) = ints {
+            let merge = |a: &i64, b: &i64| combine_int(op, *a, *b);
+            tree(&mut v, scope, &op.identity_int(), &merge, false).map_err(|m| err(k, m))?;
+            for (env, x) in envs.iter_mut().zip(v) {
                 env[vars[0] as usize] = Some(Val::I(x));
             }
             return Ok(());
@@ -736,52 +745,9 @@ fn reduce(
                 .collect()
         })
         .collect::<Result<_>>()?;
-    // The merges of MaxSum and Welford are not symmetric in their operands, so lanes can end
-    // an ulp apart: the group's lane 0 result is broadcast, as `reduce.cuh` does.
-    let butterfly = |v: &mut [Vec<f64>], width: usize| {
-        for group in v.chunks_mut(width) {
-            let mut offset = width / 2;
-            while offset > 0 {
-                let prev = group.to_vec();
-                for lane in 0..group.len() {
-                    let other = prev.get(lane ^ offset).cloned().unwrap_or(identity(c));
-                    group[lane] = merge(c, p, &prev[lane], &other);
-                }
-                offset >>= 1;
-            }
-            if !matches!(c, Combiner::Op(_)) {
-                let first = group[0].clone();
-                for lane in group.iter_mut() {
-                    lane.clone_from(&first);
-                }
-            }
-        }
-    };
-    match scope {
-        Scope::Warp(w) => {
-            if !(w.is_power_of_two() && w <= 32 && v.len().is_multiple_of(w)) {
-                return Err(err(
-                    k,
-                    format!("warp reduction over {w} lanes in a block of {}", v.len()),
-                ));
-            }
-            butterfly(&mut v, w);
-        }
-        Scope::Block => {
-            butterfly(&mut v, 32);
-            let warps = v.len().div_ceil(32);
-            let shared: Vec<Vec<f64>> = (0..warps).map(|w| v[w * 32].clone()).collect();
-            for (t, x) in v.iter_mut().enumerate() {
-                let lane = t % 32;
-                *x = if lane < warps {
-                    shared[lane].clone()
-                } else {
-                    identity(c)
-                };
-            }
-            butterfly(&mut v, 32);
-        }
-    }
+    let merge = |a: &Vec<f64>, b: &Vec<f64>| merge(c, p, a, b);
+    let symmetric = matches!(c, Combiner::Op(_));
+    tree(&mut v, scope, &identity(c), &merge, !symmetric).map_err(|m| err(k, m))?;
     for (env, x) in envs.iter_mut().zip(v) {
         for (&var, x) in vars.iter().zip(x) {
             env[var as usize] = Some(Val::F(x));

@@ -94,6 +94,16 @@ impl ReduceOp {
             ReduceOp::Min => f64::INFINITY,
         }
     }
+
+    /// The identity over 64-bit integers.
+    pub fn identity_int(self) -> i64 {
+        match self {
+            ReduceOp::Sum => 0,
+            ReduceOp::Prod => 1,
+            ReduceOp::Max => i64::MIN,
+            ReduceOp::Min => i64::MAX,
+        }
+    }
 }
 
 /// Which threads combine their values in a [`Stmt::Reduce`].
@@ -371,6 +381,16 @@ pub enum Precision {
     F32,
     /// f64 (f64 storage).
     F64,
+}
+
+impl Precision {
+    /// The float dtype of this precision.
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F64 => DType::F64,
+        }
+    }
 }
 
 /// Blocks and threads of a launch.

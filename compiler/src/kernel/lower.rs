@@ -304,18 +304,42 @@ impl<'a> Emitter<'a> {
         Ok(Expr::Var(acc))
     }
 
-    /// The value of body node `id` at multi-index `idx` (of that node's shape).
-    fn value(&mut self, id: NodeId, idx: &[Expr]) -> R<Expr> {
+    /// The value of body node `id` at `idx` if this scope or an enclosing one has it.
+    fn recall(&self, id: NodeId, idx: &[Expr]) -> Option<Expr> {
         let k = key(id, idx);
-        if let Some(e) = self.memo.iter().rev().find_map(|m| m.get(&k)) {
-            return Ok(e.clone());
-        }
-        let e = self.compute(id, idx)?;
-        let e = self.bind(e);
+        self.memo.iter().rev().find_map(|m| m.get(&k)).cloned()
+    }
+
+    /// Remembers `value` as body node `id`'s value at `idx` for the rest of this scope.
+    fn remember(&mut self, id: NodeId, idx: &[Expr], value: Expr) {
         self.memo
             .last_mut()
             .expect("a scope is open")
-            .insert(k, e.clone());
+            .insert(key(id, idx), value);
+    }
+
+    /// Closes the open scope and emits its statements under `cond` (as they are for
+    /// `None`).
+    fn close_under(&mut self, cond: Option<Expr>) {
+        let then = self.close();
+        match cond {
+            Some(cond) => self.push(Stmt::If { cond, then }),
+            None => {
+                for s in then {
+                    self.push(s);
+                }
+            }
+        }
+    }
+
+    /// The value of body node `id` at multi-index `idx` (of that node's shape).
+    fn value(&mut self, id: NodeId, idx: &[Expr]) -> R<Expr> {
+        if let Some(e) = self.recall(id, idx) {
+            return Ok(e);
+        }
+        let e = self.compute(id, idx)?;
+        let e = self.bind(e);
+        self.remember(id, idx, e.clone());
         Ok(e)
     }
 
@@ -1106,15 +1130,11 @@ fn finish_reduce(kind: ReduceKind, acc: Expr, count: usize, dtype: DType) -> Exp
 /// The identity of `op` over values of `dtype`, in their compute type: integer reductions
 /// accumulate exactly in i64, float ones in the kernel's float type.
 fn identity_of(op: ReduceOp, dtype: DType) -> Expr {
-    if !dtype.is_int() {
-        return Expr::F(op.identity());
+    if dtype.is_int() {
+        Expr::I(op.identity_int())
+    } else {
+        Expr::F(op.identity())
     }
-    Expr::I(match op {
-        ReduceOp::Sum => 0,
-        ReduceOp::Prod => 1,
-        ReduceOp::Max => i64::MIN,
-        ReduceOp::Min => i64::MAX,
-    })
 }
 
 fn reduce_op(kind: ReduceKind) -> ReduceOp {
@@ -1541,6 +1561,26 @@ impl Emitter<'_> {
     }
 }
 
+/// The row ops of a body (reductions and normalizations along trailing dims), in order.
+fn row_ops(body: &Graph) -> Vec<NodeId> {
+    (0..body.nodes.len())
+        .filter(|&id| {
+            let n = &body.nodes[id];
+            let rank = n.inputs.first().map(|&a| body.nodes[a].ty.rank());
+            rank.and_then(|r| single_row_axis(&n.op, r)).is_some()
+        })
+        .collect()
+}
+
+/// A row kernel's iteration space: the input shape of its first row op.
+fn row_space(body: &Graph, ops: &[NodeId], name: &str) -> R<Vec<usize>> {
+    let first = *ops.first().ok_or_else(|| LowerError::Unsupported {
+        node: name.to_string(),
+        op: "row kernel without a row op".into(),
+    })?;
+    Ok(body.nodes[body.nodes[first].inputs[0]].ty.shape.clone())
+}
+
 /// A CPU row kernel: each block a contiguous run of whole rows (one thread), statistics by
 /// serial passes over the row, then the row's outputs. (GPU row kernels: [`rows`].)
 fn lower_rows(
@@ -1552,25 +1592,8 @@ fn lower_rows(
     precision: Precision,
 ) -> R<Kernel> {
     let root = body.outputs[0].1;
-    // The iteration space: the input of the first row op.
-    let first = body
-        .nodes
-        .iter()
-        .find(|n| {
-            single_row_axis(
-                &n.op,
-                n.inputs
-                    .first()
-                    .map(|&a| body.nodes[a].ty.rank())
-                    .unwrap_or(0),
-            )
-            .is_some()
-        })
-        .ok_or_else(|| LowerError::Unsupported {
-            node: name.clone(),
-            op: "row kernel without a row op".into(),
-        })?;
-    let space = body.nodes[first.inputs[0]].ty.shape.clone();
+    let ops = row_ops(body);
+    let space = row_space(body, &ops, &name)?;
     let rows: usize = space[..axis].iter().product();
     let len: usize = space[axis..].iter().product();
     let out_shape = body.nodes[root].ty.shape.clone();
@@ -1579,20 +1602,12 @@ fn lower_rows(
     let row = e.var();
     e.open();
     let prefix = unravel(&Expr::Var(row), &space[..axis]);
-    let row_ops = body
-        .nodes
-        .iter()
-        .filter(|n| {
-            let rank = n.inputs.first().map(|&a| body.nodes[a].ty.rank());
-            rank.and_then(|r| single_row_axis(&n.op, r)).is_some()
-        })
-        .count();
     // (Stored exp values are rounded to the output's dtype: only exact for f32 and f64.)
     let softmax_root = matches!(body.nodes[root].op, Op::Softmax { axis: a } if a == axis)
         && matches!(body.nodes[root].ty.dtype, DType::F32 | DType::F64)
         && axis + 1 == space.len()
         && out_shape == space
-        && row_ops == 1;
+        && ops.len() == 1;
     if softmax_root {
         // Softmax is the kernel's one row op and its output: exp once per element. Pass 1
         // the max; pass 2 stores exp(x - max) and sums it; pass 3 divides in place.

@@ -9,10 +9,8 @@
 //! `exp(m_old - m)` when the max grows. The output is `acc / l`. Every key and value row is
 //! read once per query row (from L2 for all but the first), nothing of size S×S is stored.
 
-use super::rows::{hold, lane_groups, lt, online_step};
-use super::{
-    add, broadcast_index, emitter, key, mul, unravel, Emitter, Kernel, Launch, R, ROW_BLOCK,
-};
+use super::rows::{both, hold, lane_groups, lt, online_step};
+use super::{add, broadcast_index, emitter, mul, unravel, Emitter, Kernel, Launch, R, ROW_BLOCK};
 use crate::ir::{BinaryOp, Graph, NodeId, Op};
 use crate::kernel::ir::{Combiner, Expr, Precision, ReduceOp, Scope, Stmt};
 
@@ -108,7 +106,7 @@ pub(super) fn lower_attention_gpu(
                 bin(BinaryOp::Mul, qk.clone(), kv),
             ),
         });
-        guard(&mut e, valid.clone());
+        e.close_under(valid.clone());
     }
     e.push(Stmt::Reduce {
         scope: Scope::Warp(width),
@@ -118,11 +116,11 @@ pub(super) fn lower_attention_gpu(
     // Through the elementwise chain to the softmax input.
     let mut xi = batch.to_vec();
     xi.extend([i.clone(), Expr::Var(j)]);
-    let mi = broadcast_index(&xi, &node(mm1).ty.shape);
-    e.memo
-        .last_mut()
-        .expect("a scope is open")
-        .insert(key(mm1, &mi), Expr::Var(s));
+    e.remember(
+        mm1,
+        &broadcast_index(&xi, &node(mm1).ty.shape),
+        Expr::Var(s),
+    );
     let xv = e.value(x, &xi)?;
     let (t, c, pj) = online_step(&mut e, m, xv);
     e.push(Stmt::Let {
@@ -144,7 +142,7 @@ pub(super) fn lower_attention_gpu(
                 bin(BinaryOp::Mul, pj.clone(), vv),
             ),
         });
-        guard(&mut e, valid.clone());
+        e.close_under(valid.clone());
     }
     e.push(Stmt::Let { var: m, value: t });
     let walk = e.close();
@@ -163,27 +161,10 @@ pub(super) fn lower_attention_gpu(
             index: add(mul(row.clone(), Expr::I(cols as i64)), ek.clone()),
             value: bin(BinaryOp::Div, Expr::Var(acc), Expr::Var(l)),
         });
-        let cond = match (valid.clone(), live.clone()) {
-            (Some(a), Some(b)) => Some(super::and(a, b)),
-            (a, b) => a.or(b),
-        };
-        guard(&mut e, cond);
+        e.close_under(both(valid.clone(), live.clone()));
     }
     let grid = rows.div_ceil(ROW_BLOCK / width).max(1);
     Ok(Some(kernel(e, inputs, out, name, precision, grid)))
-}
-
-/// Closes the open scope and emits it under `cond` (unconditionally for `None`).
-fn guard(e: &mut Emitter, cond: Option<Expr>) {
-    let then = e.close();
-    match cond {
-        Some(cond) => e.push(Stmt::If { cond, then }),
-        None => {
-            for s in then {
-                e.push(s);
-            }
-        }
-    }
 }
 
 fn kernel(

@@ -13,19 +13,11 @@
 //! epilogue to its outputs and stores them.
 
 use super::rows::{hold, lt};
-use super::{add, and, broadcast_index, builtin, div, emitter, key, mul, ravel};
+use super::{add, and, broadcast_index, builtin, div, emitter, mul, ravel};
 use super::{rem, unravel, Emitter, Kernel, Launch, R};
 use crate::ir::DType;
 use crate::ir::{BinaryOp, Conv2d, Graph, NodeId, Op};
 use crate::kernel::ir::{Builtin, Expr, FragRole, Fragment, Precision, SharedArray, Stmt};
-
-/// The float type of a precision.
-fn precision_dtype(p: Precision) -> DType {
-    match p {
-        Precision::F32 => DType::F32,
-        Precision::F64 => DType::F64,
-    }
-}
 
 /// Output tile edge of a block.
 const TILE: usize = 64;
@@ -286,7 +278,7 @@ pub(super) fn lower_gemm_gpu(
     }
     let launch = t.launch(THREADS);
     let array = |len| SharedArray {
-        dtype: precision_dtype(precision),
+        dtype: precision.dtype(),
         len,
     };
     Ok(Some(Kernel {
@@ -401,10 +393,7 @@ impl<'o> Tiles<'o> {
         e.open();
         let acc = e.bind(acc);
         let v = self.ops.finish(e, acc, &idx)?;
-        e.memo
-            .last_mut()
-            .expect("a scope is open")
-            .insert(key(self.mm, &idx), v);
+        e.remember(self.mm, &idx, v);
         let root = e.body.outputs[0].1;
         let v = e.value(root, &idx)?;
         e.push(Stmt::Store {
@@ -412,11 +401,7 @@ impl<'o> Tiles<'o> {
             index: ravel(&idx, &self.g.out_shape),
             value: v,
         });
-        let then = e.close();
-        e.push(Stmt::If {
-            cond: and(lt(gi, self.g.m), lt(gj, self.g.n)),
-            then,
-        });
+        e.close_under(Some(and(lt(gi, self.g.m), lt(gj, self.g.n))));
         Ok(())
     }
 

@@ -17,7 +17,7 @@
 
 use super::{
     add, and, broadcast_shapes, builtin, div, div_f, emitter, exp_sub, finish_reduce, identity_of,
-    inv_std, key, mul, reduce_op, rem, single_row_axis, square, unravel, zero_of, Emitter,
+    inv_std, mul, reduce_op, rem, row_ops, row_space, square, unravel, zero_of, Emitter,
     LowerError, MAX_GRID, R, ROW_BLOCK,
 };
 use crate::ir::{BinaryOp, Graph, NodeId, Op};
@@ -100,7 +100,7 @@ pub(super) fn lt(a: Expr, n: usize) -> Expr {
     Expr::Index(IndexOp::Lt, Box::new(a), Box::new(Expr::I(n as i64)))
 }
 
-fn both(a: Option<Expr>, b: Option<Expr>) -> Option<Expr> {
+pub(super) fn both(a: Option<Expr>, b: Option<Expr>) -> Option<Expr> {
     match (a, b) {
         (Some(a), Some(b)) => Some(and(a, b)),
         (a, b) => a.or(b),
@@ -113,9 +113,8 @@ pub(super) fn hold(e: &mut Emitter, x: NodeId, idx: &[Expr], valid: Option<&Expr
     let Some(valid) = valid else {
         return e.value(x, idx);
     };
-    let k = key(x, idx);
-    if let Some(v) = e.memo.iter().rev().find_map(|m| m.get(&k)) {
-        return Ok(v.clone());
+    if let Some(v) = e.recall(x, idx) {
+        return Ok(v);
     }
     let var = e.var();
     e.push(Stmt::Let {
@@ -125,15 +124,8 @@ pub(super) fn hold(e: &mut Emitter, x: NodeId, idx: &[Expr], valid: Option<&Expr
     e.open();
     let v = e.value(x, idx)?;
     e.push(Stmt::Let { var, value: v });
-    let then = e.close();
-    e.push(Stmt::If {
-        cond: valid.clone(),
-        then,
-    });
-    e.memo
-        .last_mut()
-        .expect("a scope is open")
-        .insert(k, Expr::Var(var));
+    e.close_under(Some(valid.clone()));
+    e.remember(x, idx, Expr::Var(var));
     Ok(Expr::Var(var))
 }
 
@@ -194,18 +186,8 @@ pub(super) fn lower_rows_gpu(
     precision: Precision,
 ) -> R<Kernel> {
     let root = body.outputs[0].1;
-    let ops: Vec<NodeId> = (0..body.nodes.len())
-        .filter(|&id| {
-            let n = &body.nodes[id];
-            let rank = n.inputs.first().map(|&a| body.nodes[a].ty.rank());
-            rank.and_then(|r| single_row_axis(&n.op, r)).is_some()
-        })
-        .collect();
-    let first = *ops.first().ok_or_else(|| LowerError::Unsupported {
-        node: name.clone(),
-        op: "row kernel without a row op".into(),
-    })?;
-    let space = body.nodes[body.nodes[first].inputs[0]].ty.shape.clone();
+    let ops = row_ops(body);
+    let space = row_space(body, &ops, &name)?;
     let rows: usize = space[..axis].iter().product();
     let len: usize = space[axis..].iter().product();
     let out_shape = &body.nodes[root].ty.shape;
@@ -340,16 +322,11 @@ impl Rows<'_> {
                 .iter()
                 .map(|s| hold(e, x, &s.idx, s.valid.as_ref()))
                 .collect::<R<_>>()?;
-            // Softmax and LayerNorm statistics are float; a reduction keeps its input's type.
+            // Integer reductions accumulate in i64 (softmax and layernorm inputs are floats).
             let dtype = self.body.nodes[x].ty.dtype;
             let reduce = |e: &mut Emitter, op: ReduceOp, f: &dyn Fn(&Expr) -> Expr| {
                 let acc = e.var();
-                let identity = match op {
-                    _ if matches!(self.body.nodes[id].op, Op::Reduce { .. }) => {
-                        identity_of(op, dtype)
-                    }
-                    _ => Expr::F(op.identity()),
-                };
+                let identity = identity_of(op, dtype);
                 e.push(Stmt::Let {
                     var: acc,
                     value: identity.clone(),
@@ -413,12 +390,11 @@ impl Rows<'_> {
             }
         } else {
             let first = lt(lane, 1);
-            self.store_row(
-                e,
-                &row,
-                &prefix,
-                Some(both(Some(first), live).expect("set")),
-            )?;
+            let cond = match live {
+                Some(live) => and(first, live),
+                None => first,
+            };
+            self.store_row(e, &row, &prefix, cond)?;
         }
         Ok(())
     }
@@ -439,20 +415,12 @@ impl Rows<'_> {
             index: add(mul(row.clone(), Expr::I(self.len as i64)), j),
             value: v,
         });
-        let then = e.close();
-        match cond {
-            Some(cond) => e.push(Stmt::If { cond, then }),
-            None => {
-                for s in then {
-                    e.push(s);
-                }
-            }
-        }
+        e.close_under(cond);
         Ok(())
     }
 
     /// Stores the root's one value of the row, under `cond`.
-    fn store_row(&self, e: &mut Emitter, row: &Expr, prefix: &[Expr], cond: Option<Expr>) -> R<()> {
+    fn store_row(&self, e: &mut Emitter, row: &Expr, prefix: &[Expr], cond: Expr) -> R<()> {
         let rank = self.body.nodes[self.root].ty.rank();
         let mut idx: Vec<Expr> = prefix.to_vec();
         idx.extend(std::iter::repeat_n(
@@ -467,11 +435,7 @@ impl Rows<'_> {
             index: row.clone(),
             value: v,
         });
-        let then = e.close();
-        e.push(Stmt::If {
-            cond: cond.unwrap_or(Expr::I(1)),
-            then,
-        });
+        e.close_under(Some(cond));
         Ok(())
     }
 
@@ -595,7 +559,7 @@ impl Rows<'_> {
                 Ok(())
             })?;
         } else {
-            self.store_row(e, &row, &prefix, Some(lt(builtin(Builtin::Thread), 1)))?;
+            self.store_row(e, &row, &prefix, lt(builtin(Builtin::Thread), 1))?;
         }
         Ok(())
     }
