@@ -29,7 +29,7 @@ SMELT_FN float smelt_bits_f32(uint32_t u) { union { uint32_t u; float f; } v; v.
 SMELT_FN uint32_t smelt_f32_bits(float f) { union { uint32_t u; float f; } v; v.f = f; return v.u; }
 
 // f32 exp, tanh and erf written branch-free so that loops calling them vectorize (libm's are
-// opaque calls). exp: Cody–Waite reduction and a degree-7 polynomial, within 2 ulp, with
+// opaque calls). exp: Cody–Waite reduction and a degree-5 polynomial, within 2 ulp, with
 // overflow to inf and gradual underflow to 0. tanh: a rational function (below). erf: series below 0.5, else Abramowitz–Stegun 7.1.26 (|error| ≤ 1.5e-7).
 // NaN propagates through each. Polynomials use explicit fmaf (the C is built with
 // -ffp-contract=off, so nothing else is contracted).
@@ -38,15 +38,15 @@ SMELT_FN float smelt_expf(float x) {
     const float xs = x != x ? 0.0f : xc;
     const float n = rintf(xs * 1.44269504088896341f);
     const float r = fmaf(-n, 1.428606765330187e-6f, fmaf(-n, 0.693145751953125f, xc));
-    float p = 1.0f / 5040.0f;
-    p = fmaf(p, r, 1.0f / 720.0f);
-    p = fmaf(p, r, 1.0f / 120.0f);
-    p = fmaf(p, r, 1.0f / 24.0f);
-    p = fmaf(p, r, 1.0f / 6.0f);
-    p = fmaf(p, r, 0.5f);
-    p = fmaf(p, r, 1.0f);
-    p = fmaf(p, r, 1.0f);
-    const int32_t ni = (int32_t)n, h = ni / 2;
+    // Cephes' degree-5 minimax polynomial for (exp(r) - 1 - r) / r² on |r| ≤ ln2/2.
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    p = fmaf(p, r * r, r) + 1.0f;
+    const int32_t ni = (int32_t)n, h = ni >> 1;
     const float s1 = smelt_bits_f32((uint32_t)(h + 127) << 23);
     const float s2 = smelt_bits_f32((uint32_t)(ni - h + 127) << 23);
     return p * s1 * s2;
