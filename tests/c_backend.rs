@@ -397,3 +397,63 @@ fn integer_accumulation_is_exact() {
         }
     }
 }
+
+/// Float max/min folds vectorize with OpenMP's plain max/min and keep NaN in a flag beside
+/// them: a row with a NaN anywhere (first, middle, last) reduces to NaN and softmaxes to
+/// NaN, in f32 and f64, like the reference; rows of infinities stay exact.
+#[test]
+fn max_and_min_folds_propagate_nan() {
+    let cols = 37;
+    let nan = f32::NAN;
+    let mut rows: Vec<Vec<f32>> = Vec::new();
+    for at in [0, 18, cols - 1] {
+        let mut r: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
+        r[at] = nan;
+        rows.push(r);
+    }
+    rows.push(vec![f32::NEG_INFINITY; cols]);
+    rows.push(
+        (0..cols)
+            .map(|i| if i == 5 { f32::INFINITY } else { -(i as f32) })
+            .collect(),
+    );
+    rows.push((0..cols).map(|i| (i as f32 * 1.3).cos() * 3.0).collect());
+    let n = rows.len();
+    let x: Vec<f32> = rows.concat();
+    for dtype in [smelt::DType::F32, smelt::DType::F64] {
+        let mut b = smelt::GraphBuilder::new();
+        let x0 = b.input("x", smelt::DType::F32, &[n, cols]).unwrap();
+        let xv = if dtype == smelt::DType::F64 {
+            b.cast(x0, dtype).unwrap()
+        } else {
+            x0
+        };
+        for (name, kind) in [
+            ("max", smelt::ir::ReduceKind::Max),
+            ("min", smelt::ir::ReduceKind::Min),
+        ] {
+            let r = b.reduce(kind, xv, &[-1], false).unwrap();
+            b.output(name, r).unwrap();
+        }
+        let s = b.softmax(xv, -1).unwrap();
+        b.output("softmax", s).unwrap();
+        let g = b.build().unwrap();
+        let inputs = HashMap::from([("x".to_string(), Tensor::f32([n, cols], x.clone()))]);
+        let want = interp::run(&g, &inputs).unwrap();
+        for fuse in [true, false] {
+            let got = session(&g, fuse).run(&inputs).unwrap();
+            for ((name, w), (_, v)) in want.iter().zip(&got) {
+                let (w, v) = (w.to_f64(), v.to_f64());
+                for (i, (w, v)) in w.iter().zip(&v).enumerate() {
+                    let ok = if w.is_nan() {
+                        v.is_nan()
+                    } else {
+                        v == w || (v - w).abs() <= 1e-6 + 1e-5 * w.abs()
+                    };
+                    assert!(ok, "{dtype:?} {name}[{i}] (fuse {fuse}) = {v}, want {w}");
+                }
+                assert!(w.iter().any(|w| w.is_nan()), "{name}: no NaN tested");
+            }
+        }
+    }
+}

@@ -76,8 +76,9 @@ pub trait Target {
     fn vector_type(&self, _elem: &str, _n: usize) -> Option<String> {
         None
     }
-    /// A line to put before a loop with this body (a vectorization pragma), if any.
-    fn loop_pragma(&self, _body: &[Stmt], _int_var: &dyn Fn(u32) -> bool) -> Option<String> {
+    /// How to vectorize a loop with this body, if the target does: the pragma line, and
+    /// whether its float max/min fold keeps NaN in a separate flag.
+    fn loop_pragma(&self, _body: &[Stmt], _int_var: &dyn Fn(u32) -> bool) -> Option<LoopPragma> {
         None
     }
     /// The C math function `name` (exp, tanh, …) at a precision: libm's by default.
@@ -87,6 +88,18 @@ pub trait Target {
             Precision::F64 => name.to_string(),
         }
     }
+}
+
+/// A vectorized loop as a target renders it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoopPragma {
+    /// The line before the loop.
+    pub line: String,
+    /// The loop folds float max/min into this variable with the target's plain (vectorizing)
+    /// max/min reduction, which may drop NaN: the body also ORs each element's NaN-ness into
+    /// a flag (`nan_v{acc}`, seeded with the accumulator's own), and after the loop a set
+    /// flag makes the result NaN, as the NaN-propagating combine would.
+    pub nan_flag: Option<u32>,
 }
 
 /// The scalar type of a variable or expression.
@@ -631,8 +644,13 @@ impl<'a, T: Target> Ctx<'a, T> {
                     body,
                     ..
                 } => {
-                    if let Some(p) = self.target.loop_pragma(body, &|v| self.is_int(v)) {
-                        let _ = writeln!(out, "{pad}{p}");
+                    let pragma = self.target.loop_pragma(body, &|v| self.is_int(v));
+                    let nan_flag = pragma.as_ref().and_then(|p| p.nan_flag);
+                    if let Some(acc) = nan_flag {
+                        let _ = writeln!(out, "{pad}int nan_v{acc} = v{acc} != v{acc};");
+                    }
+                    if let Some(p) = &pragma {
+                        let _ = writeln!(out, "{pad}{}", p.line);
                     }
                     let _ = writeln!(
                         out,
@@ -641,8 +659,29 @@ impl<'a, T: Target> Ctx<'a, T> {
                         self.expr(end)?,
                         self.expr(step)?
                     );
-                    self.stmts(out, body, depth + 1)?;
+                    match (nan_flag, body.last()) {
+                        (
+                            Some(acc),
+                            Some(Stmt::Let {
+                                value: Expr::Combine(op, _, e),
+                                ..
+                            }),
+                        ) => {
+                            self.stmts(out, &body[..body.len() - 1], depth + 1)?;
+                            let e = self.float_expr(e)?;
+                            let cmp = if *op == ReduceOp::Min { "<" } else { ">" };
+                            let inner = "    ".repeat(depth + 1);
+                            let _ =
+                                writeln!(out, "{inner}v{acc} = v{acc} {cmp} {e} ? v{acc} : {e};");
+                            let _ = writeln!(out, "{inner}nan_v{acc} |= {e} != {e};");
+                        }
+                        _ => self.stmts(out, body, depth + 1)?,
+                    }
                     let _ = writeln!(out, "{pad}}}");
+                    if let Some(acc) = nan_flag {
+                        let nan = self.lit(f64::NAN);
+                        let _ = writeln!(out, "{pad}if (nan_v{acc}) v{acc} = {nan};");
+                    }
                 }
                 Stmt::If { cond, then } => {
                     let _ = writeln!(out, "{pad}if ({}) {{", self.expr(cond)?);

@@ -273,22 +273,10 @@ pub fn reduce(
             *a = match kind {
                 ReduceKind::Sum | ReduceKind::Mean => *a + v,
                 ReduceKind::Prod => *a * v,
-                ReduceKind::Max if v.is_nan() || *a > v => {
-                    if v.is_nan() {
-                        v
-                    } else {
-                        *a
-                    }
-                }
-                ReduceKind::Max => v,
-                ReduceKind::Min if v.is_nan() || *a < v => {
-                    if v.is_nan() {
-                        v
-                    } else {
-                        *a
-                    }
-                }
-                ReduceKind::Min => v,
+                // NaN anywhere makes the result NaN (once the accumulator is NaN it stays).
+                ReduceKind::Max | ReduceKind::Min if a.is_nan() || v.is_nan() => f64::NAN,
+                ReduceKind::Max => a.max(v),
+                ReduceKind::Min => a.min(v),
             };
         }
         if kind == ReduceKind::Mean {

@@ -120,12 +120,6 @@ SMELT_FN float smelt_min_nanf(float a, float b) { return ((a != a) | (b != b)) ?
 SMELT_FN double smelt_max_nan(double a, double b) { return ((a != a) | (b != b)) ? (double)NAN : (a > b ? a : b); }
 SMELT_FN double smelt_min_nan(double a, double b) { return ((a != a) | (b != b)) ? (double)NAN : (a < b ? a : b); }
 
-// Reductions that `omp simd` may vectorize, keeping NaN propagation.
-#pragma omp declare reduction(smelt_max : float : omp_out = smelt_max_nanf(omp_out, omp_in)) initializer(omp_priv = -INFINITY)
-#pragma omp declare reduction(smelt_min : float : omp_out = smelt_min_nanf(omp_out, omp_in)) initializer(omp_priv = INFINITY)
-#pragma omp declare reduction(smelt_max : double : omp_out = smelt_max_nan(omp_out, omp_in)) initializer(omp_priv = -(double)INFINITY)
-#pragma omp declare reduction(smelt_min : double : omp_out = smelt_min_nan(omp_out, omp_in)) initializer(omp_priv = (double)INFINITY)
-
 // Remainder with the sign of the divisor (Python's %, ONNX Mod with fmod=0).
 SMELT_FN float smelt_mod_floorf(float a, float b) {
     const float r = fmodf(a, b);
@@ -216,6 +210,13 @@ static void smelt_gemm_f32(const smelt_ctx* ctx, int nb, const long long* batch,
     long long panels = batches >= threads ? 1 : (threads + batches - 1) / batches;
     const int split_n = n >= m;
     const long long len = split_n ? n : m;
+    // Column panels at most 512 wide: the library packs each call's panel of b, and a
+    // panel of 512 columns keeps that packing in the core's L2 (measured ~10% faster on a
+    // 64×1024×4096 product than one half-width call per thread).
+    if (split_n && m * k >= 65536 && (n + 511) / 512 > panels) {
+        panels = (n + 511) / 512;
+        panels = (panels + threads - 1) / threads * threads;
+    }
     if (panels > len) panels = len;
     const long long tasks = batches * panels;
 #pragma omp parallel for schedule(static) num_threads(threads) if (tasks > 1 && m * n * k >= 32768)
