@@ -212,19 +212,41 @@ fn vectorized_pointwise_kernels_match_reference() {
 
 /// `softmax(q·kᵀ·scale + mask)·v` over [2, 3, s, d] heads, with v shared by the heads.
 fn attention(s: usize, d: usize, e: usize, mask: &[f32]) -> Graph {
-    use smelt::DType;
+    attention_in(smelt::DType::F32, s, d, e, mask, false)
+}
+
+/// [`attention`] with `dtype` inputs (and mask), the heads merged back (transpose and
+/// reshape to [2, s, 3·e], as a transformer does) when `merge`.
+fn attention_in(
+    dtype: smelt::DType,
+    s: usize,
+    d: usize,
+    e: usize,
+    mask: &[f32],
+    merge: bool,
+) -> Graph {
     let mut b = smelt::GraphBuilder::new();
-    let q = b.input("q", DType::F32, &[2, 3, s, d]).unwrap();
-    let k = b.input("k", DType::F32, &[2, 3, s, d]).unwrap();
-    let v = b.input("v", DType::F32, &[2, 3, s, e]).unwrap();
+    let q = b.input("q", dtype, &[2, 3, s, d]).unwrap();
+    let k = b.input("k", dtype, &[2, 3, s, d]).unwrap();
+    let v = b.input("v", dtype, &[2, s, e]).unwrap();
+    let v = b.reshape(v, &[2, 1, s, e]).unwrap();
     let kt = b.transpose(k, &[0, 1, 3, 2]).unwrap();
     let scores = b.matmul(q, kt).unwrap();
-    let scale = b.scalar(DType::F32, 1.0 / (d as f64).sqrt());
+    let scale = b.scalar(dtype, 1.0 / (d as f64).sqrt());
     let scores = b.mul(scores, scale).unwrap();
     let m = b.constant(Tensor::f32([s, s], mask.to_vec()));
+    let m = if dtype == smelt::DType::F32 {
+        m
+    } else {
+        b.cast(m, dtype).unwrap()
+    };
     let scores = b.add(scores, m).unwrap();
     let p = b.softmax(scores, -1).unwrap();
-    let o = b.matmul(p, v).unwrap();
+    let mut o = b.matmul(p, v).unwrap();
+    if merge {
+        o = b.transpose(o, &[0, 2, 1, 3]).unwrap();
+        o = b.reshape(o, &[2, s, 3 * e]).unwrap();
+    }
     b.output("o", o).unwrap();
     b.build().unwrap()
 }
@@ -283,6 +305,21 @@ fn attention_lowers_to_one_pass_kernel() {
             check(&g, true).unwrap_or_else(|err| panic!("{what} {s}x{d}x{e}: {err}"));
         }
     }
+    // Heads merged back by the output's transpose and reshape: fused into the kernel's
+    // stores (the one-pass kernel, not the pointwise fallback).
+    let s = 7;
+    let additive: Vec<f32> = (0..s * s)
+        .map(|i| ((i * 7) % 5) as f32 * 0.3 - 0.6)
+        .collect();
+    let g = attention_in(smelt::DType::F32, s, 48, 20, &additive, true);
+    let p = lower(&compile(&g, &Options::default()).unwrap().graph).unwrap();
+    let k = p
+        .kernels
+        .iter()
+        .find(|k| k.name.contains("attention"))
+        .unwrap_or_else(|| panic!("no attention kernel\n{p}"));
+    assert!(k.to_string().contains("_reduce_Sum"), "{k}");
+    check(&g, true).unwrap();
     let g = common::graphs::gpt2_block(2, 16, 64, 2).unwrap();
     let c = compile(&g, &Options::default()).unwrap();
     let p = lower(&c.graph).unwrap();
@@ -292,6 +329,74 @@ fn attention_lowers_to_one_pass_kernel() {
         .find(|k| k.name.contains("attention"))
         .unwrap();
     assert!(k.to_string().contains("warp32_reduce_Sum"), "{k}");
+}
+
+/// f16 and bf16 attention lowers to the flash-style tensor-core kernel: query fragments
+/// held per warp, K/V tiles of 32 keys staged in shared memory, scores and P·V as `wmma`
+/// products, the online softmax between them. The interpreter runs every fragment
+/// operation with its alignment rules and checks every shared access for races. Shapes
+/// cover partial query and key tiles, padded head dims and output widths, both block sizes
+/// (4 warps up to 64 columns, 2 above), causal, additive and fully masked rows.
+/// Tolerance: f16/bf16 rounding (probabilities are rounded to the storage type before the
+/// second product, as in FlashAttention).
+#[test]
+fn tensor_core_attention_matches_reference() {
+    use smelt::DType;
+    for d in [DType::F16, DType::BF16] {
+        for (s, hd, e, merge) in [
+            (40, 64, 64, false),
+            (33, 40, 20, true),
+            (16, 128, 128, false),
+            (70, 96, 72, true),
+        ] {
+            let causal: Vec<f32> = (0..s * s)
+                .map(|i| {
+                    if i % s > i / s {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let mut masked: Vec<f32> = (0..s * s)
+                .map(|i| ((i * 7) % 5) as f32 * 0.3 - 0.6)
+                .collect();
+            masked[s..2 * s].fill(f32::NEG_INFINITY);
+            for (what, mask) in [("causal", causal), ("masked row", masked)] {
+                let g = attention_in(d, s, hd, e, &mask, merge);
+                let c = compile(&g, &Options::default()).unwrap();
+                let p = lower(&c.graph).unwrap();
+                let k = p
+                    .kernels
+                    .iter()
+                    .find(|k| k.name.contains("attention"))
+                    .unwrap_or_else(|| panic!("{what} {s}x{hd}x{e}: no attention kernel\n{p}"));
+                assert!(!k.frags.is_empty() && k.shared.len() == 6, "{k}");
+                let inputs = feeds(&g, 5);
+                let got = kinterp::run(&p, &inputs)
+                    .unwrap_or_else(|err| panic!("{d} {what} {s}x{hd}x{e}: {err}"))[0]
+                    .1
+                    .to_f64();
+                let want = interp::run(&g, &inputs).unwrap()[0].1.to_f64();
+                for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                    if what == "masked row" {
+                        // Query row 1 of every head ([2, s, 3·e] when merged).
+                        let row = if merge {
+                            (i / (3 * e)) % s
+                        } else {
+                            (i / e) % s
+                        };
+                        assert_eq!(a.is_nan(), row == 1, "reference [{i}] = {a}");
+                    }
+                    let same = (a.is_nan() && b.is_nan()) || (a - b).abs() <= 2e-2 + 2e-2 * a.abs();
+                    assert!(
+                        same,
+                        "{d} {what} {s}x{hd}x{e} [{i}]: reference {a}, lowered {b}"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// Products big enough for tiles lower to the shared-memory tiled kernel (two barriers per

@@ -88,10 +88,10 @@ fn gelu_mlp(dtype: DType) -> Graph {
     b.build().unwrap()
 }
 
-/// `softmax(q·kᵀ/4 + mask)·v` over [1, 2, 8, 16], the mask causal (-inf above the diagonal)
+/// `softmax(q·kᵀ/4 + mask)·v` over [1, 2, 32, 16], the mask causal (-inf above the diagonal)
 /// or additive.
 fn attention(dtype: DType, causal: bool) -> Graph {
-    let s = 8;
+    let s = 32;
     let mut b = GraphBuilder::new();
     let q = b.input("q", dtype, &[1, 2, s, 16]).unwrap();
     let k = b.input("k", dtype, &[1, 2, s, 16]).unwrap();

@@ -176,8 +176,8 @@ fn vectorized_pointwise_kernels_compile_without_spills() {
     }
 }
 
-/// The one-pass attention kernel (causal mask, scale) at head dims up to 128, in f32, f16
-/// and bf16.
+/// The attention kernels (causal mask, scale) at head dims up to 128: the one-pass kernel
+/// in f32, the tiled tensor-core kernel in f16 and bf16.
 #[test]
 fn attention_kernels_compile_without_spills() {
     use smelt_compiler::ir::Tensor;
@@ -208,10 +208,13 @@ fn attention_kernels_compile_without_spills() {
             let g = b.build().unwrap();
             let c = compile(&g, &Options::default()).unwrap();
             let program = lower(&c.graph).unwrap();
-            assert!(
-                program.kernels.iter().any(|k| k.name.contains("attention")),
-                "{d} {s}x{h}: {program}"
-            );
+            let k = program
+                .kernels
+                .iter()
+                .find(|k| k.name.contains("attention"))
+                .unwrap_or_else(|| panic!("{d} {s}x{h}: {program}"));
+            // f16/bf16 with at least a fragment of rows and keys: the tensor-core kernel.
+            assert_eq!(!k.frags.is_empty(), d != DType::F32 && s >= 16, "{k}");
             compile_all(&format!("attention {d} {s}x{h}"), &g);
         }
     }

@@ -5,7 +5,8 @@
 use super::RenderError;
 use crate::ir::{BinaryOp, DType, UnaryOp};
 use crate::kernel::ir::{
-    Builtin, Combiner, Expr, Gemm, IndexOp, Kernel, Precision, Program, ReduceOp, Scope, Stmt,
+    Builtin, Combiner, Expr, FragRole, Gemm, IndexOp, Kernel, Precision, Program, ReduceOp, Scope,
+    Stmt,
 };
 use std::fmt::Write;
 
@@ -556,9 +557,14 @@ impl<'a, T: Target> Ctx<'a, T> {
                 } => {
                     let ns = self.wmma()?;
                     let o = self.expr(offset)?;
+                    // An accumulator's load names its memory layout; operands' is in their type.
+                    let layout = match self.kernel.frags.get(*frag as usize).map(|f| f.role) {
+                        Some(FragRole::Acc) => format!(", {ns}mem_row_major"),
+                        _ => String::new(),
+                    };
                     let _ = writeln!(
                         out,
-                        "{pad}{ns}load_matrix_sync(smelt_f{frag}, smelt_s{array} + {o}, {ld});"
+                        "{pad}{ns}load_matrix_sync(smelt_f{frag}, smelt_s{array} + {o}, {ld}{layout});"
                     );
                 }
                 Stmt::FragMma { acc, a, b } => {

@@ -563,7 +563,7 @@ fn warp_matrix(s: &Stmt, w: usize, lanes: &[Env], cx: &mut Ctx, k: &Kernel) -> R
                 *v = cx
                     .shared
                     .borrow_mut()
-                    .load(*array, i, t0)
+                    .load(*array, i, who)
                     .map_err(|m| err(k, m))?;
             }
             cx.frags[w][*f as usize] = m;

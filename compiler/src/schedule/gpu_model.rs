@@ -1,6 +1,7 @@
 //! A modelled GPU cost for a plan, until `scripts/gpu-check` measures one: each kernel takes
 //! `max(bytes ÷ bandwidth, flops ÷ peak) + launch`, where `peak` is the f16/bf16 tensor-core
-//! rate for products and convolutions in f16 or bf16 (smelt's wmma kernels) and the FP32
+//! rate for products, convolutions and attention in f16 or bf16 (smelt's wmma kernels;
+//! attention's softmax runs on CUDA cores, which this ignores) and the FP32
 //! CUDA-core rate for the rest (f32 products run on CUDA cores: smelt uses no TF32, which
 //! would round operands to 10-bit mantissas).
 //!
@@ -92,7 +93,7 @@ pub fn estimate(plan: &Plan, gpu: &GpuSpec) -> Estimate {
             let bytes = (k.bytes_read + k.bytes_written) as f64;
             let halves = matches!(k.dtype, DType::F16 | DType::BF16);
             let peak = match k.kind {
-                "gemm" | "conv" if halves => gpu.tensor_flops,
+                "gemm" | "conv" | "attention" if halves => gpu.tensor_flops,
                 _ => gpu.fp32_flops,
             };
             let memory_us = bytes / gpu.bandwidth * 1e6;

@@ -10,16 +10,21 @@
 //! read once per query row (from L2 for all but the first), nothing of size S×S is stored.
 
 use super::rows::{both, hold, lane_groups, lt, online_step};
-use super::{add, broadcast_index, emitter, mul, unravel, Emitter, Kernel, Launch, R, ROW_BLOCK};
-use crate::ir::{BinaryOp, Graph, NodeId, Op};
-use crate::kernel::ir::{Combiner, Expr, Precision, ReduceOp, Scope, Stmt};
+use super::unravel;
+use super::{add, and, broadcast_index, builtin, div, emitter, exp_sub, mul, ravel, rem};
+use super::{Emitter, Kernel, Launch, R, ROW_BLOCK};
+use crate::ir::{BinaryOp, DType, Graph, NodeId, Op};
+use crate::kernel::ir::{
+    Builtin, Combiner, Expr, FragRole, Fragment, Precision, ReduceOp, Scope, SharedArray, Stmt,
+};
 
 /// Registers a lane may spend on query elements and accumulators.
 const MAX_HELD: usize = 32;
 
 /// The attention kernel of a fused body `softmax(f(mm1)) · V` whose output is the second
-/// product, or `None` when the body has another shape (it then lowers as a pointwise
-/// kernel).
+/// product, possibly through layout ops (the heads' transpose and reshape back to the model
+/// dim, which then cost nothing: each output is stored at its place in the final layout),
+/// or `None` when the body has another shape (it then lowers as a pointwise kernel).
 pub(super) fn lower_attention_gpu(
     body: &Graph,
     inputs: &[u32],
@@ -27,8 +32,15 @@ pub(super) fn lower_attention_gpu(
     name: &str,
     precision: Precision,
 ) -> R<Option<Kernel>> {
-    let root = body.outputs[0].1;
     let node = |id: NodeId| &body.nodes[id];
+    // The second product, under the layout ops from it to the output.
+    let mut root = body.outputs[0].1;
+    let mut layout = Vec::new();
+    while let Op::Reshape(_) | Op::Transpose(_) = node(root).op {
+        layout.push(root);
+        root = node(root).inputs[0];
+    }
+    layout.reverse();
     if node(root).op != Op::MatMul {
         return Ok(None);
     }
@@ -60,6 +72,28 @@ pub(super) fn lower_attention_gpu(
         return Ok(None);
     }
     let rows: usize = out_shape[..r - 1].iter().product();
+    let dtypes = [q, kt, v].map(|id| node(id).ty.dtype);
+    let tc =
+        dtypes.iter().all(|&t| t == dtypes[0]) && matches!(dtypes[0], DType::F16 | DType::BF16);
+    let (dp, ep) = (d.next_multiple_of(FRAG), cols.next_multiple_of(FRAG));
+    if tc && dp <= 128 && ep <= 128 && out_shape[r - 2] >= FRAG && keys >= FRAG {
+        let a = Attention {
+            layout,
+            q,
+            kt,
+            v,
+            x,
+            mm1,
+            sq,
+            sk,
+            sv,
+            out_shape,
+            d,
+            keys,
+            cols,
+        };
+        return tensor_core(body, inputs, out, name, &a, dtypes[0]).map(Some);
+    }
     let mut e = emitter(body, inputs);
     if rows == 0 {
         return Ok(Some(kernel(e, inputs, out, name, precision, 1)));
@@ -156,9 +190,11 @@ pub(super) fn lower_attention_gpu(
     });
     for ((ek, valid), &acc) in es.iter().zip(&accs) {
         e.open();
+        let mut idx = prefix.clone();
+        idx.push(ek.clone());
         e.push(Stmt::Store {
             buf: out,
-            index: add(mul(row.clone(), Expr::I(cols as i64)), ek.clone()),
+            index: place(body, &layout, &out_shape, idx),
             value: bin(BinaryOp::Div, Expr::Var(acc), Expr::Var(l)),
         });
         e.close_under(both(valid.clone(), live.clone()));
@@ -180,4 +216,421 @@ fn kernel(
         block: ROW_BLOCK,
     };
     e.finish(name, launch, precision, inputs, out)
+}
+
+/// Fragment edge (`wmma` 16×16×16).
+const FRAG: usize = 16;
+/// Keys per tile of the tensor-core kernel.
+const KEYS: usize = 32;
+
+/// The nodes and sizes of a fused attention body.
+struct Attention {
+    /// The layout ops from the second product to the output, in order.
+    layout: Vec<NodeId>,
+    q: NodeId,
+    kt: NodeId,
+    v: NodeId,
+    /// The softmax input (the scores through the fused chain).
+    x: NodeId,
+    /// The first product (the scores).
+    mm1: NodeId,
+    sq: Vec<usize>,
+    sk: Vec<usize>,
+    sv: Vec<usize>,
+    out_shape: Vec<usize>,
+    /// Head dim, keys, output columns.
+    d: usize,
+    keys: usize,
+    cols: usize,
+}
+
+/// The flash-style tiled kernel for f16/bf16 operands (head dim and output width ≤ 128).
+///
+/// A block of `W` warps owns `16·W` query rows of one batch; each warp owns 16 of them and
+/// keeps their query as tensor-core fragments (staged once through shared memory) and
+/// their output accumulators (f32) in shared memory. The keys are walked in tiles of
+/// [`KEYS`]: the block stages the tile of Kᵀ and of V in shared memory (in the storage
+/// type, 0 past the edges), then each warp
+/// 1. computes its 16×KEYS scores with `wmma` (f32 accumulators) into shared memory;
+/// 2. applies the fused chain (scale, mask) and the online softmax: two lanes per query
+///    row, each with half of the tile's keys, merge the tile max and sum with one shuffle,
+///    rescale their half of the row's accumulators by `exp(m_old − m)`, and write the
+///    probabilities (in the storage type) to shared memory;
+/// 3. adds their product with the V tile to the accumulators (`wmma`: the accumulators
+///    are loaded as fragments, multiplied into and stored back).
+///
+/// Four barriers per tile, each one needed (the interpreter's race check fails without
+/// any of them). Nothing of size S×S exists; K and V are read once per block of queries.
+/// The output is `acc / l` (NaN for a row whose keys are all masked, as the reference).
+/// `W` is 4 when the head dim and output width are at most 64, else 2, so the shared
+/// memory stays under 48 KB.
+fn tensor_core(
+    body: &Graph,
+    inputs: &[u32],
+    out: u32,
+    name: &str,
+    a: &Attention,
+    dtype: DType,
+) -> R<Kernel> {
+    let (dp, ep) = (a.d.next_multiple_of(FRAG), a.cols.next_multiple_of(FRAG));
+    let warps = if dp.max(ep) <= 64 { 4 } else { 2 };
+    let threads = 32 * warps;
+    let block_rows = FRAG * warps;
+    let r = a.out_shape.len();
+    let s_len = a.out_shape[r - 2];
+    let q_tiles = s_len.div_ceil(block_rows);
+    let batches: usize = a.out_shape[..r - 2].iter().product();
+    let mut e = emitter(body, inputs);
+    let i = |n: usize| Expr::I(n as i64);
+    let bin = |op, x: Expr, y: Expr| Expr::Binary(op, Box::new(x), Box::new(y));
+    let bid = builtin(Builtin::Block);
+    let tid = builtin(Builtin::Thread);
+    let q0 = e.bind(mul(rem(bid.clone(), q_tiles), i(block_rows)));
+    let bflat = e.bind(div(bid, q_tiles));
+    let batch = unravel(&bflat, &a.out_shape[..r - 2]);
+    let warp = e.bind(div(tid.clone(), 32));
+    let lane = e.bind(rem(tid.clone(), 32));
+    // This lane's query row (of the warp's 16) and half of the row's keys and columns.
+    let row = e.bind(div(lane.clone(), 2));
+    let half = e.bind(rem(lane, 2));
+    let gi = e.bind(add(
+        add(q0.clone(), mul(warp.clone(), i(FRAG))),
+        row.clone(),
+    ));
+    let at = |shape: &[usize], tail: [Expr; 2]| {
+        let mut idx = broadcast_index(&batch, &shape[..shape.len() - 2]);
+        idx.extend(tail);
+        idx
+    };
+    // Shared arrays: s0 queries, s1 a Kᵀ tile, s2 a V tile, s3 f32 scores, s4
+    // probabilities, s5 f32 output accumulators.
+    let (s_q, s_kt, s_v, s_s, s_p, s_o) = (0u32, 1u32, 2u32, 3u32, 4u32, 5u32);
+    // Fragments: the query's (A), then a Kᵀ (B), scores (acc), probabilities (A), V (B),
+    // output (acc).
+    let nq = dp / FRAG;
+    let fq: Vec<u32> = (0..nq as u32).collect();
+    let (fk, fs, fp, fv, fo) = (
+        nq as u32,
+        nq as u32 + 1,
+        nq as u32 + 2,
+        nq as u32 + 3,
+        nq as u32 + 4,
+    );
+    // Stage the block's queries (0 past the last row and the head dim), then load the
+    // warp's query fragments.
+    stage(&mut e, s_q, block_rows * dp, threads, &mut |e, flat| {
+        let (qi, dk) = (e.bind(div(flat.clone(), dp)), e.bind(rem(flat, dp)));
+        let gq = e.bind(add(q0.clone(), qi));
+        let ok = and(lt(gq.clone(), s_len), lt(dk.clone(), a.d));
+        hold(e, a.q, &at(&a.sq, [gq, dk]), Some(&ok))
+    })?;
+    // This lane's half of its row's accumulators, zeroed.
+    let warp_rows = e.bind(mul(warp.clone(), i(FRAG)));
+    let my_acc = e.bind(add(
+        mul(add(warp_rows.clone(), row.clone()), i(ep)),
+        mul(half.clone(), i(ep / 2)),
+    ));
+    for c in 0..ep / 2 {
+        e.push(Stmt::SharedStore {
+            array: s_o,
+            index: add(my_acc.clone(), i(c)),
+            value: Expr::F(0.0),
+        });
+    }
+    e.push(Stmt::Barrier);
+    for (kd, &f) in fq.iter().enumerate() {
+        e.push(Stmt::FragLoad {
+            frag: f,
+            array: s_q,
+            offset: add(mul(warp_rows.clone(), i(dp)), i(kd * FRAG)),
+            ld: dp,
+        });
+    }
+    let (m, l) = (e.start(f64::NEG_INFINITY), e.start(0.0));
+    let scores = e.bind(mul(warp.clone(), i(FRAG * KEYS)));
+    let my_scores = e.bind(add(scores.clone(), mul(row.clone(), i(KEYS))));
+    let tile = e.var();
+    e.open();
+    let j0 = e.bind(mul(Expr::Var(tile), i(KEYS)));
+    // Stage Kᵀ (dp × KEYS) and V (KEYS × ep) of this tile.
+    stage(&mut e, s_kt, dp * KEYS, threads, &mut |e, flat| {
+        let (dk, jj) = (e.bind(div(flat.clone(), KEYS)), e.bind(rem(flat, KEYS)));
+        let gj = e.bind(add(j0.clone(), jj));
+        let ok = and(lt(dk.clone(), a.d), lt(gj.clone(), a.keys));
+        hold(e, a.kt, &at(&a.sk, [dk, gj]), Some(&ok))
+    })?;
+    stage(&mut e, s_v, KEYS * ep, threads, &mut |e, flat| {
+        let (jj, c) = (e.bind(div(flat.clone(), ep)), e.bind(rem(flat, ep)));
+        let gj = e.bind(add(j0.clone(), jj));
+        let ok = and(lt(gj.clone(), a.keys), lt(c.clone(), a.cols));
+        hold(e, a.v, &at(&a.sv, [gj, c]), Some(&ok))
+    })?;
+    e.push(Stmt::Barrier);
+    // 1. Scores: the warp's 16 queries × the tile's keys.
+    for nb in 0..KEYS / FRAG {
+        e.push(Stmt::FragFill {
+            frag: fs,
+            value: 0.0,
+        });
+        for (kd, &f) in fq.iter().enumerate() {
+            e.push(Stmt::FragLoad {
+                frag: fk,
+                array: s_kt,
+                offset: i(kd * FRAG * KEYS + nb * FRAG),
+                ld: KEYS,
+            });
+            e.push(Stmt::FragMma {
+                acc: fs,
+                a: f,
+                b: fk,
+            });
+        }
+        e.push(Stmt::FragStore {
+            array: s_s,
+            offset: add(scores.clone(), i(nb * FRAG)),
+            ld: KEYS,
+            frag: fs,
+        });
+    }
+    e.push(Stmt::Barrier);
+    // 2. The fused chain and the online softmax, half a tile row per lane.
+    let per = KEYS / 2;
+    let first = e.bind(mul(half.clone(), i(per)));
+    let mut xs = Vec::with_capacity(per);
+    for c in 0..per {
+        let jj = e.bind(add(first.clone(), i(c)));
+        let gj = e.bind(add(j0.clone(), jj.clone()));
+        let score = e.bind(Expr::Shared {
+            array: s_s,
+            index: Box::new(add(my_scores.clone(), jj)),
+        });
+        let xv = e.start(f64::NEG_INFINITY);
+        e.open();
+        let mut xi = batch.clone();
+        xi.extend([gi.clone(), gj.clone()]);
+        e.remember(
+            a.mm1,
+            &broadcast_index(&xi, &body.nodes[a.mm1].ty.shape),
+            score,
+        );
+        let val = e.value(a.x, &xi)?;
+        e.push(Stmt::Let {
+            var: xv,
+            value: val,
+        });
+        e.close_under(Some(and(lt(gi.clone(), s_len), lt(gj, a.keys))));
+        xs.push(xv);
+    }
+    let tmax = e.var();
+    let fold = |op, vars: &[u32]| {
+        vars[1..].iter().fold(Expr::Var(vars[0]), |acc, &x| {
+            Expr::Combine(op, Box::new(acc), Box::new(Expr::Var(x)))
+        })
+    };
+    e.push(Stmt::Let {
+        var: tmax,
+        value: fold(ReduceOp::Max, &xs),
+    });
+    e.push(Stmt::Reduce {
+        scope: Scope::Warp(2),
+        combiner: Combiner::Op(ReduceOp::Max),
+        vars: vec![tmax],
+    });
+    // The new max `t`; `base` is 0 while every key so far is masked (so no -inf - -inf).
+    let t = e.bind(Expr::Combine(
+        ReduceOp::Max,
+        Box::new(Expr::Var(m)),
+        Box::new(Expr::Var(tmax)),
+    ));
+    let base = e.bind(Expr::Select(
+        Box::new(bin(BinaryOp::Equal, t.clone(), Expr::F(f64::NEG_INFINITY))),
+        Box::new(Expr::F(0.0)),
+        Box::new(t.clone()),
+    ));
+    let c = e.bind(exp_sub(Expr::Var(m), base.clone()));
+    let mut ps = Vec::with_capacity(per);
+    for (k, &xv) in xs.iter().enumerate() {
+        let p = e.var();
+        e.push(Stmt::Let {
+            var: p,
+            value: exp_sub(Expr::Var(xv), base.clone()),
+        });
+        e.push(Stmt::SharedStore {
+            array: s_p,
+            index: add(
+                add(mul(warp_rows.clone(), i(KEYS)), mul(row.clone(), i(KEYS))),
+                add(first.clone(), i(k)),
+            ),
+            value: Expr::Var(p),
+        });
+        ps.push(p);
+    }
+    let tsum = e.var();
+    e.push(Stmt::Let {
+        var: tsum,
+        value: fold(ReduceOp::Sum, &ps),
+    });
+    e.push(Stmt::Reduce {
+        scope: Scope::Warp(2),
+        combiner: Combiner::Op(ReduceOp::Sum),
+        vars: vec![tsum],
+    });
+    e.push(Stmt::Let {
+        var: l,
+        value: bin(
+            BinaryOp::Add,
+            bin(BinaryOp::Mul, Expr::Var(l), c.clone()),
+            Expr::Var(tsum),
+        ),
+    });
+    e.push(Stmt::Let { var: m, value: t });
+    for cc in 0..ep / 2 {
+        let index = add(my_acc.clone(), i(cc));
+        let old = Expr::Shared {
+            array: s_o,
+            index: Box::new(index.clone()),
+        };
+        e.push(Stmt::SharedStore {
+            array: s_o,
+            index,
+            value: bin(BinaryOp::Mul, old, c.clone()),
+        });
+    }
+    e.push(Stmt::Barrier);
+    // 3. The accumulators += the probabilities × the V tile.
+    let warp_acc = e.bind(mul(warp_rows.clone(), i(ep)));
+    for nb in 0..ep / FRAG {
+        let offset = add(warp_acc.clone(), i(nb * FRAG));
+        e.push(Stmt::FragLoad {
+            frag: fo,
+            array: s_o,
+            offset: offset.clone(),
+            ld: ep,
+        });
+        for kk in 0..KEYS / FRAG {
+            e.push(Stmt::FragLoad {
+                frag: fp,
+                array: s_p,
+                offset: add(mul(warp_rows.clone(), i(KEYS)), i(kk * FRAG)),
+                ld: KEYS,
+            });
+            e.push(Stmt::FragLoad {
+                frag: fv,
+                array: s_v,
+                offset: i(kk * FRAG * ep + nb * FRAG),
+                ld: ep,
+            });
+            e.push(Stmt::FragMma {
+                acc: fo,
+                a: fp,
+                b: fv,
+            });
+        }
+        e.push(Stmt::FragStore {
+            array: s_o,
+            offset,
+            ld: ep,
+            frag: fo,
+        });
+    }
+    // The next tile's staging overwrites the K and V tiles just read.
+    e.push(Stmt::Barrier);
+    let walk = e.close();
+    e.push(Stmt::For {
+        var: tile,
+        start: Expr::I(0),
+        end: i(a.keys.div_ceil(KEYS)),
+        step: Expr::I(1),
+        uniform: true,
+        body: walk,
+    });
+    for cc in 0..ep / 2 {
+        let col = e.bind(add(mul(half.clone(), i(ep / 2)), i(cc)));
+        let acc = Expr::Shared {
+            array: s_o,
+            index: Box::new(add(my_acc.clone(), i(cc))),
+        };
+        e.open();
+        let mut idx = batch.clone();
+        idx.extend([gi.clone(), col.clone()]);
+        e.push(Stmt::Store {
+            buf: out,
+            index: place(body, &a.layout, &a.out_shape, idx),
+            value: bin(BinaryOp::Div, acc, Expr::Var(l)),
+        });
+        e.close_under(Some(and(lt(gi.clone(), s_len), lt(col, a.cols))));
+    }
+    let launch = Launch {
+        grid: (batches * q_tiles).max(1),
+        block: threads,
+    };
+    let array = |dtype, len| SharedArray { dtype, len };
+    let mut frags: Vec<Fragment> = (0..nq)
+        .map(|_| Fragment {
+            role: FragRole::A,
+            dtype,
+        })
+        .collect();
+    for (role, dt) in [
+        (FragRole::B, dtype),
+        (FragRole::Acc, DType::F32),
+        (FragRole::A, dtype),
+        (FragRole::B, dtype),
+        (FragRole::Acc, DType::F32),
+    ] {
+        frags.push(Fragment { role, dtype: dt });
+    }
+    Ok(Kernel {
+        shared: vec![
+            array(dtype, block_rows * dp),
+            array(dtype, dp * KEYS),
+            array(dtype, KEYS * ep),
+            array(DType::F32, warps * FRAG * KEYS),
+            array(dtype, warps * FRAG * KEYS),
+            array(DType::F32, warps * FRAG * ep),
+        ],
+        frags,
+        ..e.finish(name, launch, Precision::F32, inputs, out)
+    })
+}
+
+/// Stages `len` elements (a multiple of `threads`) into shared `array` at their flat
+/// index, the threads taking turns in a loop (unrolled, the loads' addresses would be
+/// held across the key walk: 255 registers and spills at head dim 128); `value` gives
+/// element `flat`.
+fn stage(
+    e: &mut Emitter,
+    array: u32,
+    len: usize,
+    threads: usize,
+    value: &mut dyn FnMut(&mut Emitter, Expr) -> R<Expr>,
+) -> R<()> {
+    e.serial_loop(len / threads, &mut |e, l| {
+        let flat = e.bind(add(
+            builtin(Builtin::Thread),
+            mul(l, Expr::I(threads as i64)),
+        ));
+        let v = value(e, flat.clone())?;
+        e.push(Stmt::SharedStore {
+            array,
+            index: flat,
+            value: v,
+        });
+        Ok(())
+    })
+}
+
+/// The flat output index of element `idx` of the second product (of shape `shape`): its
+/// place after the layout ops (a reshape keeps the flat index, a transpose permutes).
+fn place(body: &Graph, layout: &[NodeId], shape: &[usize], idx: Vec<Expr>) -> Expr {
+    let (mut idx, mut shape) = (idx, shape.to_vec());
+    for &n in layout {
+        let to = body.nodes[n].ty.shape.clone();
+        idx = match &body.nodes[n].op {
+            Op::Transpose(perm) => perm.iter().map(|&p| idx[p].clone()).collect(),
+            _ => unravel(&ravel(&idx, &shape), &to),
+        };
+        shape = to;
+    }
+    ravel(&idx, &shape)
 }
