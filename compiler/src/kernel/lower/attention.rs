@@ -192,9 +192,10 @@ pub(super) fn lower_attention_gpu(
         e.open();
         let mut idx = prefix.clone();
         idx.push(ek.clone());
+        let flat = add(mul(row.clone(), Expr::I(cols as i64)), ek.clone());
         e.push(Stmt::Store {
             buf: out,
-            index: place(body, &layout, &out_shape, idx),
+            index: place(body, &layout, &out_shape, idx, flat),
             value: bin(BinaryOp::Div, Expr::Var(acc), Expr::Var(l)),
         });
         e.close_under(both(valid.clone(), live.clone()));
@@ -544,6 +545,7 @@ fn tensor_core(
         uniform: true,
         body: walk,
     });
+    let out_row = e.bind(add(mul(bflat, i(s_len)), gi.clone()));
     for cc in 0..ep / 2 {
         let col = e.bind(add(mul(half.clone(), i(ep / 2)), i(cc)));
         let acc = Expr::Shared {
@@ -553,9 +555,10 @@ fn tensor_core(
         e.open();
         let mut idx = batch.clone();
         idx.extend([gi.clone(), col.clone()]);
+        let flat = add(mul(out_row.clone(), i(a.cols)), col.clone());
         e.push(Stmt::Store {
             buf: out,
-            index: place(body, &a.layout, &a.out_shape, idx),
+            index: place(body, &a.layout, &a.out_shape, idx, flat),
             value: bin(BinaryOp::Div, acc, Expr::Var(l)),
         });
         e.close_under(Some(and(lt(gi.clone(), s_len), lt(col, a.cols))));
@@ -620,11 +623,22 @@ fn stage(
     })
 }
 
-/// The flat output index of element `idx` of the second product (of shape `shape`): its
-/// place after the layout ops (a reshape keeps the flat index, a transpose permutes).
-fn place(body: &Graph, layout: &[NodeId], shape: &[usize], idx: Vec<Expr>) -> Expr {
-    let (mut idx, mut shape) = (idx, shape.to_vec());
-    for &n in layout {
+/// The flat output index of element `idx` (flat index `flat`) of the second product (of
+/// shape `shape`): its place after the layout ops. Reshapes keep the flat index; from the
+/// first transpose on, the multi-index is permuted.
+fn place(body: &Graph, layout: &[NodeId], shape: &[usize], idx: Vec<Expr>, flat: Expr) -> Expr {
+    let is_transpose = |&n: &NodeId| matches!(body.nodes[n].op, Op::Transpose(_));
+    let Some(t) = layout.iter().position(is_transpose) else {
+        return flat;
+    };
+    let (mut idx, mut shape) = match t {
+        0 => (idx, shape.to_vec()),
+        _ => {
+            let s = body.nodes[layout[t - 1]].ty.shape.clone();
+            (unravel(&flat, &s), s)
+        }
+    };
+    for &n in &layout[t..] {
         let to = body.nodes[n].ty.shape.clone();
         idx = match &body.nodes[n].op {
             Op::Transpose(perm) => perm.iter().map(|&p| idx[p].clone()).collect(),
