@@ -457,3 +457,38 @@ fn max_and_min_folds_propagate_nan() {
         }
     }
 }
+
+/// f32 weights that are the right operand of one product are stored packed in column
+/// panels at compile time, and the packed product gives the reference's results: row
+/// counts that are not a multiple of the tile's (13), column counts that are not a multiple
+/// of the panel (70, 33), a transposed weight (packed through its strides), a weight
+/// broadcast over a batch, and a weight two products share (left unpacked).
+#[test]
+fn packed_weight_products_match_reference() {
+    use smelt::DType;
+    // Scaled by 1/√rows, so four chained products stay well conditioned for the tolerance.
+    let w = |r: usize, c: usize, seed: u64| {
+        let t = smelt::zoo::random_tensor(DType::F32, &[r, c], seed);
+        let s = 1.0 / (r as f64).sqrt();
+        Tensor::f32([r, c], t.to_f64().iter().map(|v| (v * s) as f32).collect())
+    };
+    let mut b = smelt::GraphBuilder::new();
+    let x = b.input("x", DType::F32, &[2, 13, 37]).unwrap();
+    let w1 = b.constant(w(37, 70, 1));
+    let y1 = b.matmul(x, w1).unwrap();
+    let w2t = b.constant(w(33, 70, 2));
+    let w2 = b.transpose(w2t, &[1, 0]).unwrap();
+    let y2 = b.matmul(y1, w2).unwrap();
+    let y2 = b.relu(y2).unwrap();
+    let shared = b.constant(w(33, 33, 3));
+    let y3 = b.matmul(y2, shared).unwrap();
+    let y4 = b.matmul(y3, shared).unwrap();
+    b.output("y", y4).unwrap();
+    let g = b.build().unwrap();
+    for fuse in [true, false] {
+        let s = session(&g, fuse);
+        let text = s.cpu_model().unwrap().program().to_string();
+        assert_eq!(text.matches("in panels of 32").count(), 2, "{text}");
+        check(&g, fuse);
+    }
+}

@@ -224,12 +224,20 @@ impl Target for C {
         };
         let c = view("c", &g.c, &mut s);
         let a = view("a", &g.a, &mut s);
-        let b = view("b", &g.b, &mut s);
-        let _ = writeln!(
-            s,
-            "    smelt_gemm_f32(ctx, {nb}, {bt}, {}ll, {}ll, {}ll, {c}, {a}, {b});\n}}",
-            g.m, g.n, g.k
-        );
+        let call = match g.b_panels {
+            Some(w) => format!(
+                "smelt_gemm_packed_f32(ctx, {nb}, {bt}, {}ll, {}ll, {}ll, {c}, {a}, b{}, {w}ll)",
+                g.m, g.n, g.k, g.b.buf
+            ),
+            None => {
+                let b = view("b", &g.b, &mut s);
+                format!(
+                    "smelt_gemm_f32(ctx, {nb}, {bt}, {}ll, {}ll, {}ll, {c}, {a}, {b})",
+                    g.m, g.n, g.k
+                )
+            }
+        };
+        let _ = writeln!(s, "    {call};\n}}");
         Some(s)
     }
 }

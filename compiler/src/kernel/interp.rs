@@ -415,7 +415,11 @@ fn gemm(g: &Gemm, cx: &mut Ctx, k: &Kernel) -> Result<()> {
             for c in 0..g.n {
                 let mut acc = 0.0;
                 for j in 0..g.k {
-                    acc += get(cx, &g.a, at(&g.a, b, r, j))? * get(cx, &g.b, at(&g.b, b, j, c))?;
+                    let bi = match g.b_panels {
+                        Some(w) => ((c / w) * g.k * w + j * w + c % w) as i64,
+                        None => at(&g.b, b, j, c),
+                    };
+                    acc += get(cx, &g.a, at(&g.a, b, r, j))? * get(cx, &g.b, bi)?;
                 }
                 let i = at(&g.c, b, r, c);
                 let out = &mut cx.buffers[g.c.buf as usize];

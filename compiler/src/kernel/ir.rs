@@ -341,6 +341,10 @@ pub struct Gemm {
     pub b: MatrixView,
     /// Result (written, never read).
     pub c: MatrixView,
+    /// `Some(w)`: `b` is a constant the compiler stored in column panels of width `w`:
+    /// element (p, j) at `(j / w)·k·w + p·w + j % w` (zero past `n`; `b`'s strides are
+    /// unused), the same for every batch.
+    pub b_panels: Option<usize>,
 }
 
 impl Stmt {
@@ -581,16 +585,19 @@ fn fmt_block(f: &mut fmt::Formatter<'_>, stmts: &[Stmt], depth: usize) -> fmt::R
                         m.buf, m.batch_strides, m.row_stride, m.col_stride
                     )
                 };
+                let b = match g.b_panels {
+                    Some(w) => format!("b{} in panels of {w}", g.b.buf),
+                    None => v(&g.b),
+                };
                 writeln!(
                     f,
-                    "{pad}gemm batch {:?} m {} n {} k {}: {} = {} x {}",
+                    "{pad}gemm batch {:?} m {} n {} k {}: {} = {} x {b}",
                     g.batch,
                     g.m,
                     g.n,
                     g.k,
                     v(&g.c),
                     v(&g.a),
-                    v(&g.b)
                 )?
             }
         }

@@ -1348,7 +1348,7 @@ pub fn lower_for(g: &Graph, target: Target) -> R<Program> {
             ..kernel
         });
     }
-    Ok(Program {
+    let mut program = Program {
         buffers,
         inputs: g
             .inputs
@@ -1362,7 +1362,11 @@ pub fn lower_for(g: &Graph, target: Target) -> R<Program> {
             .map(|(n, i)| (n.clone(), buf_of[*i]))
             .collect(),
         kernels,
-    })
+    };
+    if target == Target::Cpu {
+        cpu::pack_weights(&mut program);
+    }
+    Ok(program)
 }
 
 fn emitter<'a>(body: &'a Graph, inputs: &'a [u32]) -> Emitter<'a> {

@@ -343,6 +343,7 @@ fn matmul_product(
             b: matrix(bb, &bshape, &bst, &batch),
             c: matrix(dest, &shape, &contiguous(&shape), &batch),
             batch,
+            b_panels: None,
         },
     );
     let dtype = body.nodes[mm].ty.dtype;
@@ -437,6 +438,7 @@ fn conv_product(
                 row_stride: p as i64,
                 col_stride: 1,
             },
+            b_panels: None,
         },
     );
     let g = replace_node(body, cv, &mut |g, product, map| match bias {
@@ -709,5 +711,50 @@ pub(super) fn chunk_loop(var: u32, total: usize, per: usize, body: Vec<Stmt>) ->
         step: Expr::I(1),
         uniform: true,
         body,
+    }
+}
+
+/// Column-panel width of packed weights (`SMELT_PANEL` in `smelt/cpu.h`).
+pub const PANEL: usize = 32;
+
+/// Stores each f32 weight that is the right operand of exactly one library product (the
+/// same for every batch, read by nothing else, not an output) in that product's packed
+/// layout: column panels of [`PANEL`] (see [`Gemm::b_panels`]). Packing at compile time
+/// means a run reads each weight once, in order, and never repacks it.
+pub(super) fn pack_weights(p: &mut crate::kernel::ir::Program) {
+    for ki in 0..p.kernels.len() {
+        let [Stmt::Gemm(g)] = p.kernels[ki].body.as_slice() else {
+            continue;
+        };
+        let b = g.b.buf;
+        let Some(ci) = p.constants.iter().position(|(buf, _)| *buf == b) else {
+            continue;
+        };
+        let readers = p.kernels.iter().filter(|k| k.reads.contains(&b)).count();
+        let shared = g.b.batch_strides.iter().all(|&s| s == 0);
+        let output = p.outputs.iter().any(|(_, o)| *o == b);
+        let t = &p.constants[ci].1;
+        if readers != 1 || !shared || output || t.dtype() != DType::F32 || g.b_panels.is_some() {
+            continue;
+        }
+        let (k, n) = (g.k, g.n);
+        let values = t.to_f64();
+        let panels = n.div_ceil(PANEL);
+        let mut packed = vec![0f32; panels * k * PANEL];
+        for j in 0..n {
+            for q in 0..k {
+                let at = q as i64 * g.b.row_stride + j as i64 * g.b.col_stride;
+                packed[(j / PANEL) * k * PANEL + q * PANEL + j % PANEL] =
+                    values[at as usize] as f32;
+            }
+        }
+        let len = packed.len();
+        p.constants[ci].1 = std::sync::Arc::new(crate::ir::Tensor::f32([len], packed));
+        let decl = &mut p.buffers[b as usize];
+        decl.shape = vec![len];
+        decl.len = len;
+        if let [Stmt::Gemm(g)] = p.kernels[ki].body.as_mut_slice() {
+            g.b_panels = Some(PANEL);
+        }
     }
 }
