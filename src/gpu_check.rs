@@ -1,8 +1,11 @@
 //! `smelt gpu-check BUNDLE...`: what `scripts/gpu-check` runs on a GPU machine, with no Rust,
 //! no NVRTC and no network: each bundle is loaded (timed), its outputs are poisoned, it runs
 //! on the inputs its check names and must give the expected outputs, a run must make exactly
-//! one host synchronization (when the outputs are read), and then it is timed. Bundles
-//! named `NAME.fused.smelt` and `NAME.unfused.smelt` are paired into a fused ÷ unfused ratio.
+//! one host synchronization (when the outputs are read), and then it is timed: host wall
+//! clock per run, and the kernels alone between CUDA events. Bundles named
+//! `NAME.fused.smelt` and `NAME.unfused.smelt` are paired into a fused ÷ unfused ratio. For
+//! fused bundles, where the machine has NVRTC after all, a first request is also timed from
+//! the carried sources (cold and warm cubin cache) against the bundle's load.
 
 use crate::{zoo, Error, Tensor};
 use smelt_runtime::cuda::bundle::Bundle;
@@ -24,10 +27,69 @@ pub struct BundleResult {
     pub median_ms: f64,
     /// Fastest run.
     pub min_ms: f64,
+    /// Median milliseconds of the kernels on the device (CUDA events around the graph
+    /// replay): the run without its copies and host overhead.
+    pub device_median_ms: f64,
+    /// Fastest device time.
+    pub device_min_ms: f64,
     /// Host synchronizations per run (must be 1).
     pub syncs_per_run: f64,
     /// `ok`, `no check`, or what differed.
     pub check: String,
+    /// First-request latency without the bundle's cubins (fused bundles only), when NVRTC
+    /// is on this machine.
+    pub first_request: Option<FirstRequest>,
+    /// Why `first_request` is missing, if it is.
+    pub first_request_note: String,
+}
+
+/// What a first request costs, from the bundle's plan to the first outputs, in
+/// milliseconds (the CUDA context already exists): compiling the carried sources with NVRTC
+/// through an empty cubin cache (cold) and through the filled one (warm), against loading
+/// the bundle's cubins (no NVRTC at all). Each includes loading the modules, uploading the
+/// weights and the first run (graph capture included).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FirstRequest {
+    /// Cold: NVRTC compiles every kernel.
+    pub cold_ms: f64,
+    /// Of which compiling.
+    pub cold_compile_ms: f64,
+    /// Warm: every cubin from the disk cache.
+    pub warm_ms: f64,
+    /// Of which reading the cache.
+    pub warm_compile_ms: f64,
+    /// The bundle: read, load, first run.
+    pub bundle_ms: f64,
+}
+
+/// Times a first request through NVRTC, cold then warm (see [`FirstRequest`]).
+fn first_request(
+    bundle: &Bundle,
+    arch: &str,
+    inputs: &HashMap<String, Tensor>,
+    bundle_ms: f64,
+) -> Result<FirstRequest, String> {
+    let dir = std::env::temp_dir().join(format!("smelt-gpu-check-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let pass = || -> Result<(f64, f64), String> {
+        let t = Instant::now();
+        let (b, _) = bundle.recompiled(arch, &dir).map_err(|e| e.to_string())?;
+        let compile_ms = t.elapsed().as_secs_f64() * 1e3;
+        let model = CudaModel::load(&b).map_err(|e| e.to_string())?;
+        model.run(inputs).map_err(|e| e.to_string())?;
+        Ok((t.elapsed().as_secs_f64() * 1e3, compile_ms))
+    };
+    let cold = pass();
+    let warm = cold.as_ref().map_err(Clone::clone).and_then(|_| pass());
+    let _ = std::fs::remove_dir_all(&dir);
+    let ((cold_ms, cold_compile_ms), (warm_ms, warm_compile_ms)) = (cold?, warm?);
+    Ok(FirstRequest {
+        cold_ms,
+        cold_compile_ms,
+        warm_ms,
+        warm_compile_ms,
+        bundle_ms,
+    })
 }
 
 fn inputs_of(model: &CudaModel, seed: u64) -> HashMap<String, Tensor> {
@@ -100,23 +162,40 @@ pub fn check_bundle(path: &Path, runs: usize) -> Result<BundleResult, Error> {
     }
     let before = model.host_syncs();
     let mut ms = Vec::with_capacity(runs);
+    let mut device_ms = Vec::with_capacity(runs);
     for _ in 0..runs.max(1) {
         let t = Instant::now();
         std::hint::black_box(model.run(&inputs)?);
         ms.push(t.elapsed().as_secs_f64() * 1e3);
+        device_ms.push(model.last_device_ms());
     }
     let syncs_per_run = (model.host_syncs() - before) as f64 / ms.len() as f64;
     ms.sort_by(f64::total_cmp);
+    device_ms.sort_by(f64::total_cmp);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let (first_request, first_request_note) = if !name.ends_with(".fused.smelt") {
+        (None, "fused bundles only".to_string())
+    } else {
+        let arch = model.device().arch();
+        match first_request(&bundle, &arch, &inputs, load_ms + first_run_ms) {
+            Ok(f) => (Some(f), "ok".to_string()),
+            Err(why) => (None, why),
+        }
+    };
     Ok(BundleResult {
-        bundle: path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default(),
+        bundle: name,
         load_ms,
         first_run_ms,
         median_ms: ms[ms.len() / 2],
         min_ms: ms[0],
+        device_median_ms: device_ms[device_ms.len() / 2],
+        device_min_ms: device_ms[0],
         syncs_per_run,
         check: verdict,
+        first_request,
+        first_request_note,
     })
 }

@@ -668,15 +668,30 @@ fn gpu_check(bundles: &[PathBuf], runs: usize, json: Option<&Path>) -> Result<()
     for b in bundles {
         let r = smelt::gpu_check::check_bundle(b, runs)?;
         outln!(
-            "  {:<44} load {:>8.2} ms  first {:>8.3} ms  median {:>9.4} ms  min {:>9.4} ms  syncs/run {:.2}  check {}",
+            "  {:<44} load {:>8.2} ms  first {:>8.3} ms  median {:>9.4} ms  min {:>9.4} ms  device median {:>9.4} ms  syncs/run {:.2}  check {}",
             r.bundle,
             r.load_ms,
             r.first_run_ms,
             r.median_ms,
             r.min_ms,
+            r.device_median_ms,
             r.syncs_per_run,
             r.check
         );
+        match &r.first_request {
+            Some(f) => outln!(
+                "    first request: cold {:.1} ms (NVRTC {:.1}), warm cache {:.1} ms (cache {:.1}), bundle {:.1} ms",
+                f.cold_ms,
+                f.cold_compile_ms,
+                f.warm_ms,
+                f.warm_compile_ms,
+                f.bundle_ms
+            ),
+            None if r.first_request_note != "fused bundles only" => {
+                outln!("    first request without the bundle: not measured ({})", r.first_request_note)
+            }
+            None => {}
+        }
         if (r.check != "ok" && r.check != "no check") || r.syncs_per_run != 1.0 {
             failed.push(r.bundle.clone());
         }
@@ -687,8 +702,12 @@ fn gpu_check(bundles: &[PathBuf], runs: usize, json: Option<&Path>) -> Result<()
         if let Some(stem) = r.bundle.strip_suffix(".fused.smelt") {
             let unfused = format!("{stem}.unfused.smelt");
             if let Some(u) = results.iter().find(|x| x.bundle == unfused) {
-                outln!("  {stem}: fused / unfused {:.3}", r.median_ms / u.median_ms);
-                ratios.push((stem.to_string(), r.median_ms / u.median_ms));
+                let (wall, device) = (
+                    r.median_ms / u.median_ms,
+                    r.device_median_ms / u.device_median_ms,
+                );
+                outln!("  {stem}: fused / unfused {wall:.3} (run), {device:.3} (device)");
+                ratios.push(serde_json::json!({"model": stem, "run": wall, "device": device}));
             }
         }
     }
@@ -698,7 +717,7 @@ fn gpu_check(bundles: &[PathBuf], runs: usize, json: Option<&Path>) -> Result<()
             "arch": dev.arch(),
             "commit": std::env::var("SMELT_COMMIT").unwrap_or_else(|_| "unknown".into()),
             "runs": runs,
-            "timing": "host wall clock per run: inputs copied in, CUDA graph replayed, outputs read back (one sync)",
+            "timing": "median_ms/min_ms: host wall clock per run (inputs staged and copied in, CUDA graph replayed, outputs read back, one sync); device_*: CUDA events around the graph replay",
             "results": results,
             "fused_over_unfused": ratios,
         });

@@ -90,6 +90,34 @@ fn bundles_round_trip_and_reject_bad_files() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A bundle carries each kernel's source: recompiled from those by NVRTC through an empty
+/// cache (a cold first request) every kernel is compiled and the cubins are the bundle's,
+/// byte for byte; through the same cache again (warm) nothing is compiled.
+#[test]
+fn bundles_recompile_from_their_sources() {
+    let (_, b) = build();
+    let dir = std::env::temp_dir().join(format!("smelt-recompile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let n = b.manifest.launches.len();
+    for (pass, want_compiled) in [("cold", n), ("warm", 0)] {
+        let (r, compiled) = b.recompiled("sm_90", &dir).unwrap();
+        assert_eq!(compiled, want_compiled, "{pass}");
+        assert_eq!(r.manifest.archs, ["sm_90"]);
+        for l in &b.manifest.launches {
+            assert!(b.source(l).unwrap().contains(&l.kernel), "{}", l.kernel);
+            assert_eq!(
+                r.cubin(&l.kernel, "sm_90"),
+                b.cubin(&l.kernel, "sm_90"),
+                "{pass}"
+            );
+            assert_eq!(r.cubin(&l.kernel, "sm_80"), None);
+        }
+        // It is a complete bundle: written and read back.
+        assert_eq!(Bundle::from_bytes(&r.to_bytes()).unwrap(), r);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The launch list of the GPT-2 block (kernel, grid × block, buffer parameters): what the
 /// CUDA executor will replay, pinned.
 #[test]

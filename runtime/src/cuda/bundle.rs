@@ -59,6 +59,10 @@ pub struct LaunchSpec {
     pub params: Vec<u32>,
     /// The cubin of each architecture, as (arch, blob).
     pub cubins: Vec<(String, Blob)>,
+    /// The CUDA source the cubins were compiled from (UTF-8), so a GPU machine with NVRTC
+    /// can time a cold and a warm-cache compile against the bundle's load.
+    #[serde(default)]
+    pub source: Option<Blob>,
 }
 
 /// A correctness check carried with a bundle, for machines that have a GPU but no reference
@@ -179,12 +183,14 @@ impl Bundle {
                         .map_err(|e| err(e.to_string()))?;
                 cubins.push((arch.clone(), push(&c.cubin)));
             }
+            let source = Some(push(src.as_bytes()));
             launches.push(LaunchSpec {
                 kernel: k.name.clone(),
                 grid: k.launch.grid,
                 block: k.launch.block,
                 params: k.reads.iter().chain(&k.writes).copied().collect(),
                 cubins,
+                source,
             });
         }
         let plan = serde_json::from_str(&plan.to_json()).map_err(|e| err(e.to_string()))?;
@@ -244,6 +250,39 @@ impl Bundle {
         Some(self.blob(b))
     }
 
+    /// The CUDA source of a launch's kernel, if the bundle carries it.
+    pub fn source(&self, l: &LaunchSpec) -> Option<&str> {
+        std::str::from_utf8(self.blob(l.source.as_ref()?)).ok()
+    }
+
+    /// This bundle with its cubins for `arch` only, compiled again from the carried sources
+    /// by NVRTC through the cubin cache in `cache_dir` (what a first request costs without a
+    /// bundle: cold with an empty cache, warm with a filled one). Returns the bundle and how
+    /// many kernels NVRTC compiled (the rest came from the cache).
+    pub fn recompiled(&self, arch: &str, cache_dir: &Path) -> R<(Bundle, usize)> {
+        let mut out = self.clone();
+        let mut compiled = 0;
+        for l in &mut out.manifest.launches {
+            let src = self
+                .source(l)
+                .ok_or_else(|| err(format!("no source for {} (an older bundle)", l.kernel)))?;
+            let (c, outcome) =
+                super::nvrtc::compile_cached(&format!("{}.cu", l.kernel), src, arch, cache_dir)
+                    .map_err(|e| err(e.to_string()))?;
+            if matches!(outcome, cache::Outcome::Built | cache::Outcome::Rebuilt) {
+                compiled += 1;
+            }
+            let b = Blob {
+                offset: out.data.len() as u64,
+                len: c.cubin.len() as u64,
+            };
+            out.data.extend_from_slice(&c.cubin);
+            l.cubins = vec![(arch.to_string(), b)];
+        }
+        out.manifest.archs = vec![arch.to_string()];
+        Ok((out, compiled))
+    }
+
     /// The file's bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let manifest = serde_json::to_vec(&self.manifest).expect("manifests serialize");
@@ -295,7 +334,7 @@ impl Bundle {
                 manifest
                     .launches
                     .iter()
-                    .flat_map(|l| l.cubins.iter().map(|(_, b)| b)),
+                    .flat_map(|l| l.cubins.iter().map(|(_, b)| b).chain(&l.source)),
             )
             .chain(
                 manifest

@@ -3,9 +3,12 @@
 //! read.
 //!
 //! Loading binds the cubins for the device's architecture, allocates one device arena (the
-//! shared planner's layout) and uploads the weights once. A run copies the inputs into the
-//! arena and launches every kernel on one stream; the first run captures the launches as a
-//! CUDA graph, later runs replay it. Reading the outputs is the one synchronization.
+//! shared planner's layout), uploads the weights once and allocates page-locked host staging
+//! for every input and output (copies from pageable memory would go through a driver
+//! bounce buffer and block the host). A run stages the inputs, copies them into the arena
+//! and launches every kernel on one stream; the first run captures the launches as a CUDA
+//! graph, later runs replay it between two CUDA events, which time the device's work.
+//! Reading the outputs is the one synchronization.
 //!
 //! This is the thin layer `scripts/gpu-check` exercises on a GPU; on machines without one,
 //! [`CudaModel::load`] is a clear error (`no CUDA device found: …`).
@@ -14,8 +17,8 @@ use super::bundle::{BufferSpec, Bundle, LaunchSpec};
 use super::device;
 use crate::Error;
 use cudarc::driver::{
-    sys, CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
-    PushKernelArg,
+    sys, CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr,
+    LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use smelt_compiler::ir::Tensor;
@@ -27,10 +30,29 @@ fn cuda(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
     move |e| Error::Cuda(format!("{what}: {e}"))
 }
 
-/// What a run owns exclusively: the arena and the captured graph.
+/// What a run owns exclusively: the arena, the captured graph, the host staging of each
+/// input and output (`None` for an empty one), and the events around the kernels.
 struct State {
     arena: CudaSlice<u8>,
     graph: Option<CudaGraph>,
+    staged_inputs: Vec<Option<PinnedHostSlice<u8>>>,
+    staged_outputs: Vec<Option<PinnedHostSlice<u8>>>,
+    start: CudaEvent,
+    end: CudaEvent,
+}
+
+/// Page-locked host memory of `bytes` (none for 0), plain (not write-combined: outputs are
+/// read back on the host).
+fn staging(ctx: &Arc<CudaContext>, bytes: usize) -> Result<Option<PinnedHostSlice<u8>>, Error> {
+    if bytes == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the contents are unset until a run writes them; every run writes an input's
+    // staging completely before copying it, and reads an output's only after the copy into
+    // it has finished (after the run's synchronization).
+    unsafe { ctx.alloc_pinned_with_flags::<u8>(bytes, 0) }
+        .map(Some)
+        .map_err(cuda("allocating page-locked staging"))
 }
 
 /// A bundle loaded onto a GPU.
@@ -45,6 +67,8 @@ pub struct CudaModel {
     outputs: Vec<(String, u32)>,
     device: device::DeviceInfo,
     syncs: AtomicU64,
+    /// The last run's kernel time on the device, in milliseconds (f64 bits).
+    device_ms: AtomicU64,
     _ctx: Arc<CudaContext>,
 }
 
@@ -105,6 +129,22 @@ impl CudaModel {
             }
         }
         stream.synchronize().map_err(cuda("finishing the upload"))?;
+        let size = |b: &u32| m.buffers[*b as usize].bytes;
+        let staged_inputs = m
+            .inputs
+            .iter()
+            .map(|(_, b)| staging(&ctx, size(b)))
+            .collect::<Result<_, _>>()?;
+        let staged_outputs = m
+            .outputs
+            .iter()
+            .map(|(_, b)| staging(&ctx, size(b)))
+            .collect::<Result<_, _>>()?;
+        let timing = || ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT));
+        let (start, end) = (
+            timing().map_err(cuda("creating an event"))?,
+            timing().map_err(cuda("creating an event"))?,
+        );
         Ok(CudaModel {
             stream,
             functions,
@@ -112,9 +152,17 @@ impl CudaModel {
             buffers: m.buffers.clone(),
             inputs: m.inputs.clone(),
             outputs: m.outputs.clone(),
-            state: Mutex::new(State { arena, graph: None }),
+            state: Mutex::new(State {
+                arena,
+                graph: None,
+                staged_inputs,
+                staged_outputs,
+                start,
+                end,
+            }),
             device,
             syncs: AtomicU64::new(0),
+            device_ms: AtomicU64::new(0f64.to_bits()),
             _ctx: ctx,
         })
     }
@@ -128,6 +176,12 @@ impl CudaModel {
     /// of `scripts/gpu-check` asserts this).
     pub fn host_syncs(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// The device time of the last run's kernels (between CUDA events recorded before and
+    /// after the graph replay), in milliseconds; 0 before the first run.
+    pub fn last_device_ms(&self) -> f64 {
+        f64::from_bits(self.device_ms.load(Ordering::Relaxed))
     }
 
     /// Fills every output buffer with 0xFF bytes (NaN for floats), so a kernel that fails to
@@ -191,8 +245,15 @@ impl CudaModel {
     /// Runs on inputs already checked against the graph; returns the outputs in order.
     pub fn run(&self, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>, Error> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let State { arena, graph } = &mut *state;
-        for (name, b) in &self.inputs {
+        let State {
+            arena,
+            graph,
+            staged_inputs,
+            staged_outputs,
+            start,
+            end,
+        } = &mut *state;
+        for ((name, b), staged) in self.inputs.iter().zip(staged_inputs.iter_mut()) {
             let spec = &self.buffers[*b as usize];
             let t = inputs.get(name).ok_or_else(|| {
                 Error::Compiler(smelt_compiler::Error::Input {
@@ -200,16 +261,30 @@ impl CudaModel {
                     message: "missing".into(),
                 })
             })?;
-            let mut host = vec![0u8; spec.bytes];
-            if t.dtype() != spec.dtype || !t.write_le_bytes(&mut host) {
-                return Err(Error::Compiler(smelt_compiler::Error::Input {
+            let wrong = || {
+                Error::Compiler(smelt_compiler::Error::Input {
                     name: name.clone(),
                     message: format!("expected {:?} of {}", spec.shape, spec.dtype),
-                }));
+                })
+            };
+            if t.dtype() != spec.dtype {
+                return Err(wrong());
+            }
+            let Some(staged) = staged else {
+                // An empty input: nothing to copy.
+                continue;
+            };
+            // Waits only for this staging's copy of the previous run, which finished before
+            // that run returned.
+            let host = staged
+                .as_mut_slice()
+                .map_err(cuda(&format!("staging input {name}")))?;
+            if !t.write_le_bytes(host) {
+                return Err(wrong());
             }
             let mut dst = arena.slice_mut(spec.offset..spec.offset + spec.bytes);
             self.stream
-                .memcpy_htod(&host, &mut dst)
+                .memcpy_htod(&*staged, &mut dst)
                 .map_err(cuda(&format!("copying input {name}")))?;
         }
         if graph.is_none() {
@@ -224,25 +299,40 @@ impl CudaModel {
             launched?;
             *graph = captured?;
         }
+        start
+            .record(&self.stream)
+            .map_err(cuda("recording an event"))?;
         match graph {
             Some(g) => g.launch().map_err(cuda("replaying the graph"))?,
             None => self.enqueue(arena)?,
         }
-        let mut out = Vec::with_capacity(self.outputs.len());
-        let mut hosts = Vec::with_capacity(self.outputs.len());
-        for (_, b) in &self.outputs {
+        end.record(&self.stream)
+            .map_err(cuda("recording an event"))?;
+        for ((_, b), staged) in self.outputs.iter().zip(staged_outputs.iter_mut()) {
             let spec = &self.buffers[*b as usize];
-            let mut host = vec![0u8; spec.bytes];
-            let src = arena.slice(spec.offset..spec.offset + spec.bytes);
-            self.stream
-                .memcpy_dtoh(&src, &mut host)
-                .map_err(cuda(&format!("reading output {}", spec.name)))?;
-            hosts.push(host);
+            if let Some(staged) = staged {
+                let src = arena.slice(spec.offset..spec.offset + spec.bytes);
+                self.stream
+                    .memcpy_dtoh(&src, staged)
+                    .map_err(cuda(&format!("reading output {}", spec.name)))?;
+            }
         }
         self.stream
             .synchronize()
             .map_err(cuda("finishing the run"))?;
         self.syncs.fetch_add(1, Ordering::Relaxed);
+        // Both events have completed: this waits for nothing.
+        let ms = start.elapsed_ms(end).map_err(cuda("timing the kernels"))?;
+        self.device_ms
+            .store(f64::from(ms).to_bits(), Ordering::Relaxed);
+        let mut out = Vec::with_capacity(self.outputs.len());
+        let mut hosts = Vec::with_capacity(self.outputs.len());
+        for staged in staged_outputs.iter() {
+            hosts.push(match staged {
+                Some(s) => s.as_slice().map_err(cuda("reading the staging"))?.to_vec(),
+                None => Vec::new(),
+            });
+        }
         for ((name, b), host) in self.outputs.iter().zip(hosts) {
             let spec = &self.buffers[*b as usize];
             let t = Tensor::from_le_bytes(spec.dtype, spec.shape.clone(), &host)
