@@ -1,6 +1,8 @@
 """Writes the benchmark suite as ONNX models (bench/models/<name>/model.onnx), the same graphs
 smelt's Rust zoo builds (src/zoo.rs), so smelt and ONNX Runtime time identical models.
-Weights are random with a fixed seed. Usage: make_models.py OUT_DIR"""
+Weights are random with a fixed seed. Usage: make_models.py OUT_DIR [NAME...]; with
+`gemms` as the only name, writes the GPU check's plain products instead (GEMMS: both operands
+are inputs, so their bundles carry no weights), which gpu-check times against cuBLAS."""
 
 import os
 import sys
@@ -39,12 +41,12 @@ class G:
     def rand(self, shape, scale):
         return self.const((rng.uniform(-1, 1, shape) * scale).astype(np.float32))
 
-    def model(self, inputs, output, out_shape):
+    def model(self, inputs, output, out_shape, dtype=F):
         g = helper.make_graph(
             self.nodes,
             "bench",
-            [helper.make_tensor_value_info(n, F, s) for n, s in inputs],
-            [helper.make_tensor_value_info(output, F, out_shape)],
+            [helper.make_tensor_value_info(n, dtype, s) for n, s in inputs],
+            [helper.make_tensor_value_info(output, dtype, out_shape)],
             self.inits,
         )
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
@@ -148,6 +150,19 @@ def conv_relu_stack(layers, batch, ch, size):
     return g.model([("x", [batch, ch, size, size])], v, [batch, ch, size, size])
 
 
+def matmul(m, k, n, dtype):
+    g = G()
+    y = g.op("MatMul", ["a", "b"])
+    return g.model([("a", [m, k]), ("b", [k, n])], y, [m, n], dtype)
+
+
+# Named gemm_MxKxN[_f16]: gpu-check reads the shape and dtype from the name.
+GEMMS = {
+    f"gemm_{m}x{k}x{n}{tag}": (lambda m=m, k=k, n=n, t=t: matmul(m, k, n, t))
+    for (m, k, n) in [(64, 1024, 4096), (1024, 256, 1024), (1024, 1024, 1024), (4096, 4096, 4096)]
+    for (tag, t) in [("", F), ("_f16", TensorProto.FLOAT16)]
+}
+
 SUITE = {
     "elementwise_chain_16m": lambda: elementwise_chain(1 << 24),
     "softmax_4096x4096": lambda: softmax(4096, 4096),
@@ -161,7 +176,10 @@ SUITE = {
 if __name__ == "__main__":
     out = sys.argv[1] if len(sys.argv) > 1 else "bench/models"
     only = set(sys.argv[2:])
-    for name, make in SUITE.items():
+    models = SUITE
+    if only == {"gemms"}:
+        models, only = GEMMS, set()
+    for name, make in models.items():
         if only and name not in only:
             continue
         d = os.path.join(out, name)

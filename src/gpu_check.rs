@@ -41,13 +41,36 @@ pub struct BundleResult {
     pub first_request: Option<FirstRequest>,
     /// Why `first_request` is missing, if it is.
     pub first_request_note: String,
+    /// For a plain product bundle (`gemm_MxKxN[_f16].fused.smelt`): cuBLAS's median device
+    /// milliseconds on the same shape and dtype.
+    pub cublas_ms: Option<f64>,
+    /// Why `cublas_ms` is missing, if the bundle is a plain product.
+    pub cublas_note: String,
+}
+
+/// The (m, k, n, dtype) of a plain product bundle's name: `gemm_64x1024x4096_f16.fused.smelt`.
+pub fn gemm_shape(bundle: &str) -> Option<(usize, usize, usize, crate::DType)> {
+    let stem = bundle.strip_suffix(".fused.smelt")?.strip_prefix("gemm_")?;
+    let (dims, dtype) = match stem.strip_suffix("_f16") {
+        Some(d) => (d, crate::DType::F16),
+        None => (stem, crate::DType::F32),
+    };
+    let v: Vec<usize> = dims
+        .split('x')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    match v[..] {
+        [m, k, n] => Some((m, k, n, dtype)),
+        _ => None,
+    }
 }
 
 /// What a first request costs, from the bundle's plan to the first outputs, in
-/// milliseconds (the CUDA context already exists): compiling the carried sources with NVRTC
-/// through an empty cubin cache (cold) and through the filled one (warm), against loading
-/// the bundle's cubins (no NVRTC at all). Each includes loading the modules, uploading the
-/// weights and the first run (graph capture included).
+/// milliseconds, each measured with the CUDA context already alive: compiling the carried
+/// sources with NVRTC through an empty cubin cache (cold) and through the filled one
+/// (warm), against reading and loading the bundle's cubins (no NVRTC at all). Each includes
+/// loading the modules, uploading the weights and the first run (graph capture included).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct FirstRequest {
     /// Cold: NVRTC compiles every kernel.
@@ -58,17 +81,25 @@ pub struct FirstRequest {
     pub warm_ms: f64,
     /// Of which reading the cache.
     pub warm_compile_ms: f64,
-    /// The bundle: read, load, first run.
+    /// The bundle file: read, load, first run.
     pub bundle_ms: f64,
 }
 
 /// Times a first request through NVRTC, cold then warm (see [`FirstRequest`]).
 fn first_request(
+    path: &Path,
     bundle: &Bundle,
     arch: &str,
     inputs: &HashMap<String, Tensor>,
-    bundle_ms: f64,
 ) -> Result<FirstRequest, String> {
+    // The bundle the same way (context alive), for a like-for-like comparison.
+    let t = Instant::now();
+    let model = Bundle::read(path)
+        .and_then(|b| CudaModel::load(&b))
+        .map_err(|e| e.to_string())?;
+    model.run(inputs).map_err(|e| e.to_string())?;
+    let bundle_ms = t.elapsed().as_secs_f64() * 1e3;
+    drop(model);
     let dir = std::env::temp_dir().join(format!("smelt-gpu-check-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let pass = || -> Result<(f64, f64), String> {
@@ -180,10 +211,17 @@ pub fn check_bundle(path: &Path, runs: usize) -> Result<BundleResult, Error> {
         (None, "fused bundles only".to_string())
     } else {
         let arch = model.device().arch();
-        match first_request(&bundle, &arch, &inputs, load_ms + first_run_ms) {
+        match first_request(path, &bundle, &arch, &inputs) {
             Ok(f) => (Some(f), "ok".to_string()),
             Err(why) => (None, why),
         }
+    };
+    let (cublas_ms, cublas_note) = match gemm_shape(&name) {
+        Some((m, k, n, d)) => match smelt_runtime::cuda::cublas::time_gemm(m, k, n, d, runs) {
+            Ok(ms) => (Some(ms), "ok".to_string()),
+            Err(why) => (None, why),
+        },
+        None => (None, String::new()),
     };
     Ok(BundleResult {
         bundle: name,
@@ -197,5 +235,7 @@ pub fn check_bundle(path: &Path, runs: usize) -> Result<BundleResult, Error> {
         check: verdict,
         first_request,
         first_request_note,
+        cublas_ms,
+        cublas_note,
     })
 }

@@ -692,6 +692,16 @@ fn gpu_check(bundles: &[PathBuf], runs: usize, json: Option<&Path>) -> Result<()
             }
             None => {}
         }
+        match r.cublas_ms {
+            Some(c) => outln!(
+                "    cuBLAS {c:.4} ms on the device; smelt / cuBLAS {:.3}",
+                r.device_median_ms / c
+            ),
+            None if !r.cublas_note.is_empty() => {
+                outln!("    cuBLAS: not measured ({})", r.cublas_note)
+            }
+            None => {}
+        }
         if (r.check != "ok" && r.check != "no check") || r.syncs_per_run != 1.0 {
             failed.push(r.bundle.clone());
         }

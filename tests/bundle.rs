@@ -189,3 +189,31 @@ fn bundle_checks_and_gpu_check_without_a_gpu() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// gpu-check reads a plain product's shape and dtype from its bundle's name (fused ones
+/// only), and the cuBLAS baseline is an error, not a panic, on a machine without a GPU.
+#[test]
+fn gemm_bundle_names_and_cublas_without_a_gpu() {
+    use smelt::gpu_check::gemm_shape;
+    use smelt::DType;
+    assert_eq!(
+        gemm_shape("gemm_64x1024x4096_f16.fused.smelt"),
+        Some((64, 1024, 4096, DType::F16))
+    );
+    assert_eq!(
+        gemm_shape("gemm_8x16x32.fused.smelt"),
+        Some((8, 16, 32, DType::F32))
+    );
+    for other in [
+        "gemm_8x16x32.unfused.smelt",
+        "gemm_8x16.fused.smelt",
+        "gemm_8xAx32.fused.smelt",
+        "mlp_gelu.fused.smelt",
+    ] {
+        assert_eq!(gemm_shape(other), None, "{other}");
+    }
+    if smelt_runtime::cuda::device::probe().is_err() {
+        let e = smelt_runtime::cuda::cublas::time_gemm(64, 64, 64, DType::F32, 3).unwrap_err();
+        assert!(!e.is_empty());
+    }
+}

@@ -49,3 +49,37 @@ pub fn probe() -> Result<DeviceInfo, String> {
         count,
     })
 }
+
+/// Milliseconds between two completed timing events. cudarc calls `cuEventElapsedTime_v2`,
+/// which drivers before CUDA 12.8 lack (and a missing symbol panics in its loader), so the
+/// symbol is looked up first and the original `cuEventElapsedTime` used where it is absent.
+pub fn elapsed_ms(
+    start: &cudarc::driver::CudaEvent,
+    end: &cudarc::driver::CudaEvent,
+) -> Result<f64, String> {
+    type Elapsed = unsafe extern "C" fn(*mut f32, sys::CUevent, sys::CUevent) -> sys::CUresult;
+    // SAFETY: the driver library is loaded (a context exists); the lookups only read its
+    // symbol table.
+    let lib = unsafe { sys::culib() };
+    let has_v2 = unsafe { lib.get::<Elapsed>(b"cuEventElapsedTime_v2\0") }.is_ok();
+    if has_v2 {
+        return start
+            .elapsed_ms(end)
+            .map(f64::from)
+            .map_err(|e| format!("timing the kernels: {e}"));
+    }
+    let f = unsafe { lib.get::<Elapsed>(b"cuEventElapsedTime\0") }
+        .map_err(|e| format!("the driver has no cuEventElapsedTime: {e}"))?;
+    start
+        .synchronize()
+        .and_then(|()| end.synchronize())
+        .map_err(|e| format!("timing the kernels: {e}"))?;
+    let mut ms = 0f32;
+    // SAFETY: both events are live, were created with timing enabled in the current
+    // context, and have completed; `ms` is a valid place for the result.
+    let rc = unsafe { f(&mut ms, start.cu_event(), end.cu_event()) };
+    if rc != sys::CUresult::CUDA_SUCCESS {
+        return Err(format!("cuEventElapsedTime: {rc:?}"));
+    }
+    Ok(f64::from(ms))
+}

@@ -245,6 +245,66 @@ impl CudaModel {
     /// Runs on inputs already checked against the graph; returns the outputs in order.
     pub fn run(&self, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>, Error> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = &mut *state;
+        // Every input is checked and staged before any work is queued, so a bad input
+        // leaves nothing in flight.
+        for ((name, b), staged) in self.inputs.iter().zip(state.staged_inputs.iter_mut()) {
+            let spec = &self.buffers[*b as usize];
+            let wrong = |message: String| {
+                Error::Compiler(smelt_compiler::Error::Input {
+                    name: name.clone(),
+                    message,
+                })
+            };
+            let t = inputs.get(name).ok_or_else(|| wrong("missing".into()))?;
+            if t.dtype() != spec.dtype || t.shape() != spec.shape.as_slice() {
+                return Err(wrong(format!(
+                    "expected {:?} of {}",
+                    spec.shape, spec.dtype
+                )));
+            }
+            if let Some(staged) = staged {
+                // The previous run's copy out of this staging finished before that run
+                // returned (a run returns only after its stream is synchronized).
+                let host = staged
+                    .as_mut_slice()
+                    .map_err(cuda(&format!("staging input {name}")))?;
+                if !t.write_le_bytes(host) {
+                    return Err(wrong(format!(
+                        "expected {:?} of {}",
+                        spec.shape, spec.dtype
+                    )));
+                }
+            }
+        }
+        let queued = self.queue(state);
+        // One synchronization, also when queuing failed part way: nothing of this run (a
+        // copy reading the staging, a kernel writing the arena) is left in flight.
+        let synced = self.stream.synchronize().map_err(cuda("finishing the run"));
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        queued?;
+        synced?;
+        // Both events have completed: this waits for nothing.
+        let ms = device::elapsed_ms(&state.start, &state.end).map_err(Error::Cuda)?;
+        self.device_ms.store(ms.to_bits(), Ordering::Relaxed);
+        let mut out = Vec::with_capacity(self.outputs.len());
+        for ((name, b), staged) in self.outputs.iter().zip(&state.staged_outputs) {
+            let spec = &self.buffers[*b as usize];
+            let host = match staged {
+                Some(s) => s.as_slice().map_err(cuda("reading the staging"))?,
+                None => &[],
+            };
+            let t = Tensor::from_le_bytes(spec.dtype, spec.shape.clone(), host)
+                .ok_or_else(|| Error::Cuda(format!("output {name} has the wrong size")))?;
+            out.push((name.clone(), t));
+        }
+        Ok(out)
+    }
+
+    /// Queues a run on the stream: the staged inputs into the arena, the kernels (captured
+    /// as a graph the first time, replayed between the timing events), the outputs into
+    /// their staging. Nothing waits here.
+    fn queue(&self, state: &mut State) -> Result<(), Error> {
         let State {
             arena,
             graph,
@@ -252,40 +312,15 @@ impl CudaModel {
             staged_outputs,
             start,
             end,
-        } = &mut *state;
-        for ((name, b), staged) in self.inputs.iter().zip(staged_inputs.iter_mut()) {
+        } = state;
+        for ((name, b), staged) in self.inputs.iter().zip(staged_inputs.iter()) {
             let spec = &self.buffers[*b as usize];
-            let t = inputs.get(name).ok_or_else(|| {
-                Error::Compiler(smelt_compiler::Error::Input {
-                    name: name.clone(),
-                    message: "missing".into(),
-                })
-            })?;
-            let wrong = || {
-                Error::Compiler(smelt_compiler::Error::Input {
-                    name: name.clone(),
-                    message: format!("expected {:?} of {}", spec.shape, spec.dtype),
-                })
-            };
-            if t.dtype() != spec.dtype {
-                return Err(wrong());
+            if let Some(staged) = staged {
+                let mut dst = arena.slice_mut(spec.offset..spec.offset + spec.bytes);
+                self.stream
+                    .memcpy_htod(staged, &mut dst)
+                    .map_err(cuda(&format!("copying input {name}")))?;
             }
-            let Some(staged) = staged else {
-                // An empty input: nothing to copy.
-                continue;
-            };
-            // Waits only for this staging's copy of the previous run, which finished before
-            // that run returned.
-            let host = staged
-                .as_mut_slice()
-                .map_err(cuda(&format!("staging input {name}")))?;
-            if !t.write_le_bytes(host) {
-                return Err(wrong());
-            }
-            let mut dst = arena.slice_mut(spec.offset..spec.offset + spec.bytes);
-            self.stream
-                .memcpy_htod(&*staged, &mut dst)
-                .map_err(cuda(&format!("copying input {name}")))?;
         }
         if graph.is_none() {
             self.stream
@@ -317,28 +352,6 @@ impl CudaModel {
                     .map_err(cuda(&format!("reading output {}", spec.name)))?;
             }
         }
-        self.stream
-            .synchronize()
-            .map_err(cuda("finishing the run"))?;
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        // Both events have completed: this waits for nothing.
-        let ms = start.elapsed_ms(end).map_err(cuda("timing the kernels"))?;
-        self.device_ms
-            .store(f64::from(ms).to_bits(), Ordering::Relaxed);
-        let mut out = Vec::with_capacity(self.outputs.len());
-        let mut hosts = Vec::with_capacity(self.outputs.len());
-        for staged in staged_outputs.iter() {
-            hosts.push(match staged {
-                Some(s) => s.as_slice().map_err(cuda("reading the staging"))?.to_vec(),
-                None => Vec::new(),
-            });
-        }
-        for ((name, b), host) in self.outputs.iter().zip(hosts) {
-            let spec = &self.buffers[*b as usize];
-            let t = Tensor::from_le_bytes(spec.dtype, spec.shape.clone(), &host)
-                .ok_or_else(|| Error::Cuda(format!("output {name} has the wrong size")))?;
-            out.push((name.clone(), t));
-        }
-        Ok(out)
+        Ok(())
     }
 }

@@ -3,6 +3,7 @@
 //! CPU path works on machines without a GPU or libcuda; [`executor`] runs a bundle on a GPU.
 
 pub mod bundle;
+pub mod cublas;
 pub mod device;
 pub mod executor;
 pub mod nvrtc;
