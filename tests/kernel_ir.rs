@@ -251,12 +251,13 @@ fn attention_in(
     b.build().unwrap()
 }
 
-/// Fused attention lowers to the one-pass kernel (a warp-shuffle score per key inside one
-/// walk over the keys, no score matrix) and gives the reference's results: head dims under,
+/// Fused f32 attention lowers to the K/V-tiled kernel (key tiles staged in shared memory,
+/// a warp-shuffle score per key, online softmax, no score matrix; the race check covers the
+/// staging) and gives the reference's results: head dims under,
 /// at and over a warp, output width unlike the head dim, causal and additive masks, rows
 /// that are entirely masked (NaN, as the reference), and the GPT-2 block's attention.
 #[test]
-fn attention_lowers_to_one_pass_kernel() {
+fn attention_lowers_to_tiled_kernel() {
     for (s, d, e) in [(5, 8, 8), (7, 48, 20), (33, 64, 64), (4, 3, 40)] {
         let causal: Vec<f32> = (0..s * s)
             .map(|i| {
@@ -286,8 +287,14 @@ fn attention_lowers_to_one_pass_kernel() {
                 .find(|k| k.name.contains("attention"))
                 .unwrap_or_else(|| panic!("{what} {s}x{d}x{e}: no attention kernel\n{p}"));
             let text = k.to_string();
+            // K and V tiles in shared memory, two barriers per tile, a shuffle sum per key.
             assert!(
                 text.contains("for uniform") && text.contains("_reduce_Sum"),
+                "{text}"
+            );
+            assert_eq!(
+                (k.shared.len(), text.matches("barrier").count()),
+                (2, 2),
                 "{text}"
             );
             if what == "masked row" {
@@ -306,7 +313,7 @@ fn attention_lowers_to_one_pass_kernel() {
         }
     }
     // Heads merged back by the output's transpose and reshape: fused into the kernel's
-    // stores (the one-pass kernel, not the pointwise fallback).
+    // stores (the K/V-tiled kernel, not the pointwise fallback).
     let s = 7;
     let additive: Vec<f32> = (0..s * s)
         .map(|i| ((i * 7) % 5) as f32 * 0.3 - 0.6)

@@ -177,7 +177,7 @@ fn vectorized_pointwise_kernels_compile_without_spills() {
 }
 
 /// The attention kernels (causal mask, scale) at head dims up to 128 (at 64 with the heads
-/// merged back after): the one-pass kernel in f32, the tiled tensor-core kernel in f16 and
+/// merged back after): the K/V-tiled kernel in f32, the tiled tensor-core kernel in f16 and
 /// bf16.
 #[test]
 fn attention_kernels_compile_without_spills() {

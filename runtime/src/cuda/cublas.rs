@@ -31,14 +31,31 @@ pub fn time_gemm(m: usize, k: usize, n: usize, dtype: DType, runs: usize) -> Res
     let (mi, ki, ni) = (int(m)?, int(k)?, int(n)?);
     let e = |what: &'static str| move |x: cudarc::driver::DriverError| format!("{what}: {x}");
     let ctx = CudaContext::new(0).map_err(e("creating a context"))?;
+    // As in the executor: no cross-stream event tracking, which would add event records
+    // and waits to every product inside the timed window.
+    // SAFETY: everything here is used on this one stream, in order, and freed after it.
+    unsafe { ctx.disable_event_tracking() };
     let stream = ctx.new_stream().map_err(e("creating a stream"))?;
     let size = dtype.size();
-    let a = stream
-        .alloc_zeros::<u8>((m * k * size).max(1))
-        .map_err(e("allocating a"))?;
-    let b = stream
-        .alloc_zeros::<u8>((k * n * size).max(1))
-        .map_err(e("allocating b"))?;
+    // Operands of random values in [-2, 2), like smelt's inputs (tensor cores run faster
+    // on zeros).
+    let operand = |len: usize, seed: u64| -> Result<cudarc::driver::CudaSlice<u8>, String> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let values: Vec<f64> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0
+            })
+            .collect();
+        let t = smelt_compiler::ir::Tensor::from_f64(dtype, vec![len], &values);
+        let mut raw = vec![0u8; (len * size).max(1)];
+        t.write_le_bytes(&mut raw[..len * size]);
+        stream.clone_htod(&raw).map_err(e("uploading an operand"))
+    };
+    let a = operand(m * k, 1)?;
+    let b = operand(k * n, 2)?;
     let mut c = stream
         .alloc_zeros::<u8>((m * n * size).max(1))
         .map_err(e("allocating c"))?;

@@ -58,18 +58,26 @@ pub fn elapsed_ms(
     end: &cudarc::driver::CudaEvent,
 ) -> Result<f64, String> {
     type Elapsed = unsafe extern "C" fn(*mut f32, sys::CUevent, sys::CUevent) -> sys::CUresult;
-    // SAFETY: the driver library is loaded (a context exists); the lookups only read its
-    // symbol table.
-    let lib = unsafe { sys::culib() };
-    let has_v2 = unsafe { lib.get::<Elapsed>(b"cuEventElapsedTime_v2\0") }.is_ok();
-    if has_v2 {
+    // Looked up once: `Some(f)` when the driver lacks the _v2 symbol cudarc calls.
+    static FALLBACK: std::sync::OnceLock<Result<Option<Elapsed>, String>> =
+        std::sync::OnceLock::new();
+    let fallback = FALLBACK.get_or_init(|| {
+        // SAFETY: the driver library is loaded (a context exists) and never unloaded; the
+        // lookups only read its symbol table.
+        let lib = unsafe { sys::culib() };
+        if unsafe { lib.get::<Elapsed>(b"cuEventElapsedTime_v2\0") }.is_ok() {
+            return Ok(None);
+        }
+        unsafe { lib.get::<Elapsed>(b"cuEventElapsedTime\0") }
+            .map(|f| Some(*f))
+            .map_err(|e| format!("the driver has no cuEventElapsedTime: {e}"))
+    });
+    let Some(f) = fallback.clone()? else {
         return start
             .elapsed_ms(end)
             .map(f64::from)
             .map_err(|e| format!("timing the kernels: {e}"));
-    }
-    let f = unsafe { lib.get::<Elapsed>(b"cuEventElapsedTime\0") }
-        .map_err(|e| format!("the driver has no cuEventElapsedTime: {e}"))?;
+    };
     start
         .synchronize()
         .and_then(|()| end.synchronize())

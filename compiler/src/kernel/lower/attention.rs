@@ -1,21 +1,24 @@
 //! GPU attention kernels: `out = softmax(f(Q·Kᵀ)) · V`, with `f` the fused elementwise
 //! chain between the two products (scale, additive or causal mask, …), computed without the
-//! score matrix in memory.
+//! score matrix in memory, and stored through the layout ops that merge the heads back.
 //!
-//! A group of lanes of a warp owns one query row. Its lanes hold the row's query elements
-//! and a share of the output columns in registers, and walk the keys once: each score is a
-//! warp-shuffle sum of the lanes' partial dot products, goes through `f`, and updates the
+//! f16/bf16 (head dim and output width ≤ 128): the flash-style tensor-core kernel
+//! ([`tensor_core`]). Otherwise the K/V-tiled kernel: a block owns consecutive query rows
+//! of one batch; a group of lanes of a warp owns each row, holding its query elements and a
+//! share of the output columns in registers. The block stages the keys in tiles (K and V
+//! rows in shared memory, shared by its rows); each group walks a tile's keys: the score is
+//! a warp-shuffle sum of the lanes' partial dot products, goes through `f`, and updates the
 //! online softmax (running max `m`, sum `l`) and the accumulators, rescaled by
-//! `exp(m_old - m)` when the max grows. The output is `acc / l`. Every key and value row is
-//! read once per query row (from L2 for all but the first), nothing of size S×S is stored.
+//! `exp(m_old - m)` when the max grows. The output is `acc / l`.
 
-use super::rows::{both, hold, lane_groups, lt, online_step};
+use super::rows::{both, hold, lt, online_step};
 use super::unravel;
 use super::{add, and, broadcast_index, builtin, div, emitter, exp_sub, mul, ravel, rem};
 use super::{Emitter, Kernel, Launch, R, ROW_BLOCK};
 use crate::ir::{BinaryOp, DType, Graph, NodeId, Op};
 use crate::kernel::ir::{
-    Builtin, Combiner, Expr, FragRole, Fragment, Precision, ReduceOp, Scope, SharedArray, Stmt,
+    Builtin, Combiner, Expr, FragRole, Fragment, IndexOp, Precision, ReduceOp, Scope, SharedArray,
+    Stmt,
 };
 
 /// Registers a lane may spend on query elements and accumulators.
@@ -98,9 +101,31 @@ pub(super) fn lower_attention_gpu(
     if rows == 0 {
         return Ok(Some(kernel(e, inputs, out, name, precision, 1)));
     }
-    let (row, lane, live) = lane_groups(&mut e, rows, width);
-    let prefix = unravel(&row, &out_shape[..r - 1]);
-    let (batch, i) = (&prefix[..r - 2], prefix[r - 2].clone());
+    // A block owns `per_block` consecutive query rows of one batch, so its rows share the
+    // K and V tiles it stages.
+    let per_block = ROW_BLOCK / width;
+    let s_len = out_shape[r - 2];
+    let q_tiles = s_len.div_ceil(per_block);
+    let bid = builtin(Builtin::Block);
+    let tid = builtin(Builtin::Thread);
+    let bflat = e.bind(div(bid.clone(), q_tiles));
+    let batch = unravel(&bflat, &out_shape[..r - 2]);
+    let local = e.bind(add(
+        mul(rem(bid, q_tiles), Expr::I(per_block as i64)),
+        div(tid.clone(), width),
+    ));
+    // Groups past the last row redo it without storing, so every lane reaches the shuffles
+    // and barriers.
+    let i = e.bind(Expr::Index(
+        IndexOp::Min,
+        Box::new(local.clone()),
+        Box::new(Expr::I(s_len as i64 - 1)),
+    ));
+    let live = (!s_len.is_multiple_of(per_block)).then(|| lt(local, s_len));
+    let lane = e.bind(rem(tid, width));
+    let row = e.bind(add(mul(bflat, Expr::I(s_len as i64)), i.clone()));
+    let mut prefix = batch.clone();
+    prefix.push(i.clone());
     // Lane l holds elements l, l + width, … of the head dim and of the output columns.
     let share = |e: &mut Emitter, n: usize, per: usize| -> Vec<(Expr, Option<Expr>)> {
         (0..per)
@@ -114,7 +139,7 @@ pub(super) fn lower_attention_gpu(
     let ds = share(&mut e, d, per_d);
     let es = share(&mut e, cols, per_e);
     let at = |shape: &[usize], tail: [Expr; 2]| {
-        let mut idx = broadcast_index(batch, &shape[..shape.len() - 2]);
+        let mut idx = broadcast_index(&batch, &shape[..shape.len() - 2]);
         idx.extend(tail);
         idx
     };
@@ -125,13 +150,41 @@ pub(super) fn lower_attention_gpu(
     let bin = |op, a: Expr, b: Expr| Expr::Binary(op, Box::new(a), Box::new(b));
     let (m, l) = (e.start(f64::NEG_INFINITY), e.start(0.0));
     let accs: Vec<u32> = (0..per_e).map(|_| e.start(0.0)).collect();
-    let j = e.var();
+    // Keys per tile: as many (up to 32) as keep the K and V tiles within 40 KB.
+    let size = precision.dtype().size();
+    let mut tk = 32;
+    while tk > 1 && tk * (d + cols) * size > 40 << 10 {
+        tk /= 2;
+    }
+    let tile = e.var();
     e.open();
+    let j0 = e.bind(mul(Expr::Var(tile), Expr::I(tk as i64)));
+    // The tile: K rows in s0 (key-major, so a group's lanes read consecutive elements) and V
+    // rows in s1; 0 past the last key.
+    stage_all(&mut e, 0, tk * d, &mut |e, flat| {
+        let (jj, dk) = (e.bind(div(flat.clone(), d)), e.bind(rem(flat, d)));
+        let gj = e.bind(add(j0.clone(), jj));
+        let ok = lt(gj.clone(), keys);
+        hold(e, kt, &at(&sk, [dk, gj]), Some(&ok))
+    })?;
+    stage_all(&mut e, 1, tk * cols, &mut |e, flat| {
+        let (jj, c) = (e.bind(div(flat.clone(), cols)), e.bind(rem(flat, cols)));
+        let gj = e.bind(add(j0.clone(), jj));
+        let ok = lt(gj.clone(), keys);
+        hold(e, v, &at(&sv, [gj, c]), Some(&ok))
+    })?;
+    e.push(Stmt::Barrier);
+    let jj = e.var();
+    e.open();
+    let j = e.bind(add(j0.clone(), Expr::Var(jj)));
     // The score: the lanes' partial dot products, summed across the group.
     let s = e.start(0.0);
     for ((dk, valid), qk) in ds.iter().zip(&qs) {
         e.open();
-        let kv = e.value(kt, &at(&sk, [dk.clone(), Expr::Var(j)]))?;
+        let kv = Expr::Shared {
+            array: 0,
+            index: Box::new(add(mul(Expr::Var(jj), Expr::I(d as i64)), dk.clone())),
+        };
         e.push(Stmt::Let {
             var: s,
             value: bin(
@@ -148,8 +201,8 @@ pub(super) fn lower_attention_gpu(
         vars: vec![s],
     });
     // Through the elementwise chain to the softmax input.
-    let mut xi = batch.to_vec();
-    xi.extend([i.clone(), Expr::Var(j)]);
+    let mut xi = prefix.clone();
+    xi.push(j.clone());
     e.remember(
         mm1,
         &broadcast_index(&xi, &node(mm1).ty.shape),
@@ -167,7 +220,10 @@ pub(super) fn lower_attention_gpu(
     });
     for ((ek, valid), &acc) in es.iter().zip(&accs) {
         e.open();
-        let vv = e.value(v, &at(&sv, [Expr::Var(j), ek.clone()]))?;
+        let vv = Expr::Shared {
+            array: 1,
+            index: Box::new(add(mul(Expr::Var(jj), Expr::I(cols as i64)), ek.clone())),
+        };
         e.push(Stmt::Let {
             var: acc,
             value: bin(
@@ -180,13 +236,30 @@ pub(super) fn lower_attention_gpu(
     }
     e.push(Stmt::Let { var: m, value: t });
     let walk = e.close();
+    // The tile's keys: all but past the last key (the same count in every thread).
+    let left = Expr::Index(
+        IndexOp::Sub,
+        Box::new(Expr::I(keys as i64)),
+        Box::new(j0.clone()),
+    );
     e.push(Stmt::For {
-        var: j,
+        var: jj,
         start: Expr::I(0),
-        end: Expr::I(keys as i64),
+        end: Expr::Index(IndexOp::Min, Box::new(Expr::I(tk as i64)), Box::new(left)),
         step: Expr::I(1),
         uniform: true,
         body: walk,
+    });
+    // The next tile's staging overwrites this one.
+    e.push(Stmt::Barrier);
+    let tiles = e.close();
+    e.push(Stmt::For {
+        var: tile,
+        start: Expr::I(0),
+        end: Expr::I(keys.div_ceil(tk) as i64),
+        step: Expr::I(1),
+        uniform: true,
+        body: tiles,
     });
     for ((ek, valid), &acc) in es.iter().zip(&accs) {
         e.open();
@@ -200,8 +273,41 @@ pub(super) fn lower_attention_gpu(
         });
         e.close_under(both(valid.clone(), live.clone()));
     }
-    let grid = rows.div_ceil(ROW_BLOCK / width).max(1);
-    Ok(Some(kernel(e, inputs, out, name, precision, grid)))
+    let grid = (rows / s_len * q_tiles).max(1);
+    let array = |len| SharedArray {
+        dtype: precision.dtype(),
+        len,
+    };
+    Ok(Some(Kernel {
+        shared: vec![array(tk * d), array(tk * cols)],
+        ..kernel(e, inputs, out, name, precision, grid)
+    }))
+}
+
+/// Stages `len` elements into shared `array` at their flat index, the [`ROW_BLOCK`] threads
+/// taking turns (the last turn guarded when `len` is not a multiple); `value` gives element
+/// `flat`.
+fn stage_all(
+    e: &mut Emitter,
+    array: u32,
+    len: usize,
+    value: &mut dyn FnMut(&mut Emitter, Expr) -> R<Expr>,
+) -> R<()> {
+    e.serial_loop(len.div_ceil(ROW_BLOCK), &mut |e, l| {
+        let flat = e.bind(add(
+            builtin(Builtin::Thread),
+            mul(l, Expr::I(ROW_BLOCK as i64)),
+        ));
+        e.open();
+        let v = value(e, flat.clone())?;
+        e.push(Stmt::SharedStore {
+            array,
+            index: flat.clone(),
+            value: v,
+        });
+        e.close_under((!len.is_multiple_of(ROW_BLOCK)).then(|| lt(flat, len)));
+        Ok(())
+    })
 }
 
 fn kernel(
