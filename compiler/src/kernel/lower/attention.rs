@@ -161,13 +161,13 @@ pub(super) fn lower_attention_gpu(
     let j0 = e.bind(mul(Expr::Var(tile), Expr::I(tk as i64)));
     // The tile: K rows in s0 (key-major, so a group's lanes read consecutive elements) and V
     // rows in s1; 0 past the last key.
-    stage_all(&mut e, 0, tk * d, &mut |e, flat| {
+    stage(&mut e, 0, tk * d, ROW_BLOCK, &mut |e, flat| {
         let (jj, dk) = (e.bind(div(flat.clone(), d)), e.bind(rem(flat, d)));
         let gj = e.bind(add(j0.clone(), jj));
         let ok = lt(gj.clone(), keys);
         hold(e, kt, &at(&sk, [dk, gj]), Some(&ok))
     })?;
-    stage_all(&mut e, 1, tk * cols, &mut |e, flat| {
+    stage(&mut e, 1, tk * cols, ROW_BLOCK, &mut |e, flat| {
         let (jj, c) = (e.bind(div(flat.clone(), cols)), e.bind(rem(flat, cols)));
         let gj = e.bind(add(j0.clone(), jj));
         let ok = lt(gj.clone(), keys);
@@ -282,32 +282,6 @@ pub(super) fn lower_attention_gpu(
         shared: vec![array(tk * d), array(tk * cols)],
         ..kernel(e, inputs, out, name, precision, grid)
     }))
-}
-
-/// Stages `len` elements into shared `array` at their flat index, the [`ROW_BLOCK`] threads
-/// taking turns (the last turn guarded when `len` is not a multiple); `value` gives element
-/// `flat`.
-fn stage_all(
-    e: &mut Emitter,
-    array: u32,
-    len: usize,
-    value: &mut dyn FnMut(&mut Emitter, Expr) -> R<Expr>,
-) -> R<()> {
-    e.serial_loop(len.div_ceil(ROW_BLOCK), &mut |e, l| {
-        let flat = e.bind(add(
-            builtin(Builtin::Thread),
-            mul(l, Expr::I(ROW_BLOCK as i64)),
-        ));
-        e.open();
-        let v = value(e, flat.clone())?;
-        e.push(Stmt::SharedStore {
-            array,
-            index: flat.clone(),
-            value: v,
-        });
-        e.close_under((!len.is_multiple_of(ROW_BLOCK)).then(|| lt(flat, len)));
-        Ok(())
-    })
 }
 
 fn kernel(
@@ -703,10 +677,10 @@ fn tensor_core(
     })
 }
 
-/// Stages `len` elements (a multiple of `threads`) into shared `array` at their flat
-/// index, the threads taking turns in a loop (unrolled, the loads' addresses would be
-/// held across the key walk: 255 registers and spills at head dim 128); `value` gives
-/// element `flat`.
+/// Stages `len` elements into shared `array` at their flat index, `threads` threads taking
+/// turns in a loop (the last turn guarded when `len` is not a multiple; unrolled, the
+/// loads' addresses would be held across the key walk: 255 registers and spills at head
+/// dim 128); `value` gives element `flat`.
 fn stage(
     e: &mut Emitter,
     array: u32,
@@ -714,17 +688,19 @@ fn stage(
     threads: usize,
     value: &mut dyn FnMut(&mut Emitter, Expr) -> R<Expr>,
 ) -> R<()> {
-    e.serial_loop(len / threads, &mut |e, l| {
+    e.serial_loop(len.div_ceil(threads), &mut |e, l| {
         let flat = e.bind(add(
             builtin(Builtin::Thread),
             mul(l, Expr::I(threads as i64)),
         ));
+        e.open();
         let v = value(e, flat.clone())?;
         e.push(Stmt::SharedStore {
             array,
-            index: flat,
+            index: flat.clone(),
             value: v,
         });
+        e.close_under((!len.is_multiple_of(threads)).then(|| lt(flat, len)));
         Ok(())
     })
 }
