@@ -733,19 +733,20 @@ pub(super) fn pack_weights(p: &mut crate::kernel::ir::Program) {
         let readers = p.kernels.iter().filter(|k| k.reads.contains(&b)).count();
         let shared = g.b.batch_strides.iter().all(|&s| s == 0);
         let output = p.outputs.iter().any(|(_, o)| *o == b);
-        let t = &p.constants[ci].1;
-        if readers != 1 || !shared || output || t.dtype() != DType::F32 || g.b_panels.is_some() {
+        let crate::ir::Data::F32(values) = p.constants[ci].1.data() else {
+            continue;
+        };
+        if readers != 1 || !shared || output || g.b_panels.is_some() {
             continue;
         }
         let (k, n) = (g.k, g.n);
-        let values = t.to_f64();
         let panels = n.div_ceil(PANEL);
         let mut packed = vec![0f32; panels * k * PANEL];
-        for j in 0..n {
-            for q in 0..k {
+        // Row by row of the weight: a row's elements land PANEL at a time, contiguously.
+        for q in 0..k {
+            for j in 0..n {
                 let at = q as i64 * g.b.row_stride + j as i64 * g.b.col_stride;
-                packed[(j / PANEL) * k * PANEL + q * PANEL + j % PANEL] =
-                    values[at as usize] as f32;
+                packed[(j / PANEL) * k * PANEL + q * PANEL + j % PANEL] = values[at as usize];
             }
         }
         let len = packed.len();
