@@ -107,11 +107,10 @@ impl Target for C {
 
     /// Innermost loops get `omp simd`, so they vectorize: a fold loop (`acc = combine(acc,
     /// e)` last, `acc` read nowhere else) as a reduction (its order is not fixed; the GPU's
-    /// tree reorders too; float max/min keep NaN propagation through a flag beside OpenMP's own
-    /// max/min), any
-    /// other loop when its iterations share no variable (each one it sets is set before it
-    /// is read). Iterations never share memory: a kernel reads a buffer it writes only at
-    /// the index it writes.
+    /// tree reorders too; float max/min keep NaN propagation through a flag beside OpenMP's
+    /// own max/min), any other loop when its iterations share no variable (each one it sets
+    /// is set before it is read). Iterations never share memory: a kernel reads a buffer it
+    /// writes only at the index it writes.
     fn loop_pragma(&self, body: &[Stmt], int_var: &dyn Fn(u32) -> bool) -> Option<LoopPragma> {
         let mut private: Vec<u32> = Vec::new();
         let fold = match body.last() {
