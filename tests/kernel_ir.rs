@@ -326,6 +326,8 @@ fn attention_lowers_to_tiled_kernel() {
         .find(|k| k.name.contains("attention"))
         .unwrap_or_else(|| panic!("no attention kernel\n{p}"));
     assert!(k.to_string().contains("_reduce_Sum"), "{k}");
+    // The output is that reshape: the kernel writes it directly, no copy kernel after.
+    assert_eq!(p.kernels.len(), 1, "{p}");
     check(&g, true).unwrap();
     let g = common::graphs::gpt2_block(2, 16, 64, 2).unwrap();
     let c = compile(&g, &Options::default()).unwrap();

@@ -1250,17 +1250,42 @@ pub fn lower_for(g: &Graph, target: Target) -> R<Program> {
     let mut constants = Vec::new();
     let mut kernels = Vec::new();
     let outputs: Vec<NodeId> = g.outputs.iter().map(|(_, i)| *i).collect();
+    // A kernel whose only use is a reshape that is a graph output writes straight into that
+    // output (declared with its name and shape), which the reshape then views: no copy.
+    let mut uses = vec![0usize; g.nodes.len()];
+    for n in &g.nodes {
+        for &i in &n.inputs {
+            uses[i] += 1;
+        }
+    }
+    for &o in &outputs {
+        uses[o] += 1;
+    }
+    let mut written_as: Vec<Option<NodeId>> = vec![None; g.nodes.len()];
     for (id, node) in g.nodes.iter().enumerate() {
-        // A reshape that no output names is a view of its input's buffer.
-        if matches!(node.op, Op::Reshape(_)) && !outputs.contains(&id) {
+        if let (Op::Reshape(_), Some(&x)) = (&node.op, node.inputs.first()) {
+            let kernel = !matches!(g.nodes[x].op, Op::Input | Op::Constant(_) | Op::Reshape(_));
+            if outputs.contains(&id) && uses[id] == 1 && uses[x] == 1 && kernel {
+                written_as[x] = Some(id);
+            }
+        }
+    }
+    for (id, node) in g.nodes.iter().enumerate() {
+        // A reshape that no output names is a view of its input's buffer; so is one whose
+        // input was written into it.
+        let viewed = written_as.get(node.inputs.first().copied().unwrap_or(usize::MAX));
+        if matches!(node.op, Op::Reshape(_))
+            && (!outputs.contains(&id) || viewed == Some(&Some(id)))
+        {
             buf_of[id] = buf_of[node.inputs[0]];
             continue;
         }
+        let decl = &g.nodes[written_as[id].unwrap_or(id)];
         buf_of[id] = buffers.len() as u32;
         buffers.push(BufferDecl {
-            name: node.name.clone(),
+            name: decl.name.clone(),
             dtype: node.ty.dtype,
-            shape: node.ty.shape.clone(),
+            shape: decl.ty.shape.clone(),
             len: node.ty.numel(),
         });
         match &node.op {
