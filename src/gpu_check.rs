@@ -143,7 +143,8 @@ fn compare(got: &Tensor, want: &Tensor, rtol: f64, atol: f64) -> Result<(), Stri
         let ok = if w.is_nan() {
             g.is_nan()
         } else {
-            *g == w || (g - w).abs() <= atol + rtol * w.abs()
+            // An infinity must match exactly (|g - inf| <= rtol·inf would pass anything).
+            *g == w || (w.is_finite() && (g - w).abs() <= atol + rtol * w.abs())
         };
         if !ok {
             return Err(format!("element {i}: got {g}, expected {w}"));

@@ -107,8 +107,8 @@ impl Target for C {
 
     /// Innermost loops get `omp simd`, so they vectorize: a fold loop (`acc = combine(acc,
     /// e)` last, `acc` read nowhere else) as a reduction (its order is not fixed; the GPU's
-    /// tree reorders too; float max/min keep NaN propagation through a flag beside OpenMP's
-    /// own max/min), any other loop when its iterations share no variable (each one it sets
+    /// tree reorders too; float max/min keep NaN propagation through a flag beside a plain
+    /// max/min), any other loop when its iterations share no variable (each one it sets
     /// is set before it is read). Iterations never share memory: a kernel reads a buffer it
     /// writes only at the index it writes.
     fn loop_pragma(&self, body: &[Stmt], int_var: &dyn Fn(u32) -> bool) -> Option<LoopPragma> {
@@ -157,16 +157,18 @@ impl Target for C {
         let mut nan_flag = None;
         let line = match fold {
             Some((acc, op)) => {
+                // Float max/min: a plain combiner from ∓infinity (`smelt_fmax`/`smelt_fmin`
+                // in cpu.h; a NaN-propagating combiner made a softmax row's max loop ~1.4×
+                // slower), with NaN kept in a flag beside it.
+                let float_minmax = matches!(op, ReduceOp::Max | ReduceOp::Min) && !int_var(acc);
                 let id = match op {
                     ReduceOp::Sum => "+",
                     ReduceOp::Prod => "*",
+                    ReduceOp::Max if float_minmax => "smelt_fmax",
+                    ReduceOp::Min if float_minmax => "smelt_fmin",
                     ReduceOp::Max => "max",
                     ReduceOp::Min => "min",
                 };
-                // Float max/min: OpenMP's own max/min (they vectorize; a declared
-                // NaN-propagating reduction made a softmax row's max loop ~1.4× slower), with
-                // NaN kept in a flag beside it.
-                let float_minmax = matches!(op, ReduceOp::Max | ReduceOp::Min) && !int_var(acc);
                 if float_minmax {
                     nan_flag = Some(acc);
                 }

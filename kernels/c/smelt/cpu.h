@@ -120,6 +120,14 @@ SMELT_FN float smelt_min_nanf(float a, float b) { return ((a != a) | (b != b)) ?
 SMELT_FN double smelt_max_nan(double a, double b) { return ((a != a) | (b != b)) ? (double)NAN : (a > b ? a : b); }
 SMELT_FN double smelt_min_nan(double a, double b) { return ((a != a) | (b != b)) ? (double)NAN : (a < b ? a : b); }
 
+// Float max/min folds: a plain combiner (it vectorizes; the generated loop keeps NaN in a
+// flag beside it) starting from ∓infinity (OpenMP's own max/min start from the least or
+// greatest finite value under clang, which would turn an all -inf row's max into -FLT_MAX).
+#pragma omp declare reduction(smelt_fmax : float : omp_out = omp_out > omp_in ? omp_out : omp_in) initializer(omp_priv = -INFINITY)
+#pragma omp declare reduction(smelt_fmin : float : omp_out = omp_out < omp_in ? omp_out : omp_in) initializer(omp_priv = INFINITY)
+#pragma omp declare reduction(smelt_fmax : double : omp_out = omp_out > omp_in ? omp_out : omp_in) initializer(omp_priv = -(double)INFINITY)
+#pragma omp declare reduction(smelt_fmin : double : omp_out = omp_out < omp_in ? omp_out : omp_in) initializer(omp_priv = (double)INFINITY)
+
 // Remainder with the sign of the divisor (Python's %, ONNX Mod with fmod=0).
 SMELT_FN float smelt_mod_floorf(float a, float b) {
     const float r = fmodf(a, b);

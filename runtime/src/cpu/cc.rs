@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 /// redundancy elimination across a row kernel's passes turns the last pass's loop into
 /// branches that gcc 12 then refuses to vectorize.
 pub const DEFAULT_CFLAGS: &str = "-O3 -march=native -fopenmp -fno-tree-pre";
+/// [`DEFAULT_CFLAGS`] for clang, which has no `-fno-tree-pre` (and rejects it).
+pub const CLANG_CFLAGS: &str = "-O3 -march=native -fopenmp";
 /// Flags every build gets: a position-independent shared object in GNU C11; no errno from
 /// math functions so they can be vectorized (results do not change); no contraction of
 /// `a*b + c` into fma, so each IR op rounds as the reference says (a row kernel recomputing
@@ -36,7 +38,6 @@ pub struct Compiler {
 /// Why no compiler can be used.
 pub fn find() -> Result<Compiler, String> {
     let command = std::env::var("SMELT_CC").unwrap_or_else(|_| "cc".into());
-    let flags_env = std::env::var("SMELT_CFLAGS").unwrap_or_else(|_| DEFAULT_CFLAGS.into());
     /// (command, its version or why it cannot be used), probed once per command.
     type Probes = std::sync::Mutex<Vec<(String, Result<String, String>)>>;
     static PROBES: OnceLock<Probes> = OnceLock::new();
@@ -61,6 +62,11 @@ pub fn find() -> Result<Compiler, String> {
             v
         }
     }?;
+    let default = match version.contains("clang") {
+        true => CLANG_CFLAGS,
+        false => DEFAULT_CFLAGS,
+    };
+    let flags_env = std::env::var("SMELT_CFLAGS").unwrap_or_else(|_| default.into());
     let mut flags: Vec<String> = flags_env.split_whitespace().map(String::from).collect();
     flags.extend(FIXED_CFLAGS.iter().map(|s| s.to_string()));
     Ok(Compiler {

@@ -736,7 +736,8 @@ pub(super) fn pack_weights(p: &mut crate::kernel::ir::Program) {
         let crate::ir::Data::F32(values) = p.constants[ci].1.data() else {
             continue;
         };
-        if readers != 1 || !shared || output || g.b_panels.is_some() {
+        // `a` reading the same weight (W·W) would read it packed.
+        if readers != 1 || !shared || output || g.b_panels.is_some() || g.a.buf == b {
             continue;
         }
         let (k, n) = (g.k, g.n);
