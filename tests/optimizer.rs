@@ -404,3 +404,38 @@ fn exact_mode_keeps_inexact_identities() {
         "{fast}"
     );
 }
+
+/// Under `--dtype f16|bf16` storage every constant is rounded to the storage type (the GELU
+/// coefficient 0.044715 becomes 0.044708 in f16): the recognizers still find tanh-GELU, erf-GELU
+/// and LayerNorm, so a transformer's MLP keeps its activation in the product's epilogue, and
+/// the recognized graph matches the reference within the storage type's rounding.
+#[test]
+fn recognizers_see_through_reduced_precision_constants() {
+    for storage in [DType::F16, DType::BF16] {
+        let mut g = GraphBuilder::new();
+        let x = g.input("x", DType::F32, &[4, 16]).unwrap();
+        let a = gelu_tanh(&mut g, x);
+        let b = gelu_erf(&mut g, x);
+        let ab = g.add(a, b).unwrap();
+        let c = layernorm_decomposed(&mut g, ab, 3);
+        g.output("y", c).unwrap();
+        let graph = smelt::ir::with_storage(&g.build().unwrap(), storage).unwrap();
+        let (opt, report) = optimize(&graph, &Options::default()).unwrap();
+        for rule in ["gelu-tanh", "gelu-erf", "layernorm-decomposed"] {
+            assert!(
+                report.rules_fired.contains_key(rule),
+                "{storage} {rule}: {report:?}\n{opt}"
+            );
+        }
+        let inputs = HashMap::from([(
+            "x".to_string(),
+            common::random_tensor(DType::F32, &[4, 16], 11),
+        )]);
+        let (want, got) = (
+            interp::run(&graph, &inputs).unwrap(),
+            interp::run(&opt, &inputs).unwrap(),
+        );
+        common::compare(&got[0].1, &want[0].1, 2e-2, 2e-2)
+            .unwrap_or_else(|e| panic!("{storage}: {e}"));
+    }
+}

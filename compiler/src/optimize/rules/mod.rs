@@ -19,7 +19,7 @@ pub mod simplify;
 
 use super::analysis::{Facts, EG};
 use super::lang::{ENode, EOp};
-use crate::ir::{infer, Op, Tensor, TensorType};
+use crate::ir::{infer, DType, Op, Tensor, TensorType};
 use egg::{Applier, Id, Rewrite, SearchMatches, Searcher, Subst, Symbol, Var};
 use std::sync::Arc;
 
@@ -56,10 +56,18 @@ impl<'a> Ctx<'a> {
             .is_some_and(|t| t.numel() > 0 && t.to_f64().iter().all(|&x| x == v))
     }
 
-    /// True when the class is a known constant whose elements are all within `rel` of `v`.
+    /// True when the class is a known constant whose elements are all within `rel` of `v`,
+    /// or within the rounding of `v` to the constant's dtype (an exporter's 0.044715 stored
+    /// as f16 is 0.044708; `--dtype f16` stores every f32 constant so).
     pub fn is_near(&self, id: Id, v: f64, rel: f64) -> bool {
         self.value(id).is_some_and(|t| {
-            t.numel() > 0 && t.to_f64().iter().all(|&x| (x - v).abs() <= rel * v.abs())
+            let unit = match t.dtype() {
+                DType::F16 => 2f64.powi(-11),
+                DType::BF16 => 2f64.powi(-8),
+                _ => 0.0,
+            };
+            let tol = rel.max(unit);
+            t.numel() > 0 && t.to_f64().iter().all(|&x| (x - v).abs() <= tol * v.abs())
         })
     }
 
