@@ -17,6 +17,7 @@
 //! g.output("y", y)?;
 //!
 //! let session = Session::new(g.build()?, Device::Cpu)?;
+//! session.warm_up()?; // one run on zeros: the first request pays nothing more
 //! let x = Tensor::f32([2, 3], vec![1.0, 2.0, 3.0, -1.0, -2.0, -3.0]);
 //! let out = session.run(&HashMap::from([("x".to_string(), x)]))?;
 //! assert_eq!(out[0].1.shape(), &[2, 4]);

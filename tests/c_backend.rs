@@ -500,3 +500,25 @@ fn packed_weight_products_match_reference() {
         check(&g, fuse);
     }
 }
+
+/// `Session::warm_up` runs the plan once on zeros (the thread pool starts, the arena's pages
+/// are touched; on a GPU the CUDA graph is captured) and the runs after it give the
+/// reference's outputs, on every reference model; on the reference interpreter it does
+/// nothing.
+#[test]
+fn warm_up_then_run() {
+    for (name, g) in common::reference_models() {
+        let s = session(&g, true);
+        s.warm_up()
+            .unwrap_or_else(|e| panic!("{}: {e}", name.display()));
+        let inputs = feeds(&g, 3);
+        let want = interp::run(&g, &inputs).unwrap();
+        let got = s.run(&inputs).unwrap();
+        for ((n, w), (_, v)) in want.iter().zip(&got) {
+            common::compare(v, w, 1e-4, 1e-5)
+                .unwrap_or_else(|e| panic!("{} {n}: {e}", name.display()));
+        }
+    }
+    let g = common::graphs::gpt2_block(1, 4, 8, 2).unwrap();
+    Session::new(g, Device::Interp).unwrap().warm_up().unwrap();
+}

@@ -255,6 +255,30 @@ impl Session {
         }
     }
 
+    /// Makes the first request cost what later ones do. Everything is compiled and loaded
+    /// when a session is created; this also runs the plan once on inputs of zeros and
+    /// discards the outputs, which starts the CPU thread pool and touches every page of the
+    /// arena, or on a GPU captures the launches as the CUDA graph that later runs replay.
+    /// Nothing to do for the reference interpreter. (A plan that divides integers by an
+    /// input fails on zeros: warm it with [`Session::run`] on real inputs instead.)
+    pub fn warm_up(&self) -> Result<(), Error> {
+        if matches!(self.backend, Backend::Interp) {
+            return Ok(());
+        }
+        let inputs: HashMap<String, Tensor> = self
+            .graph
+            .inputs
+            .iter()
+            .map(|&i| {
+                let n = &self.graph.nodes[i];
+                let zeros = vec![0.0; n.ty.numel()];
+                let t = Tensor::from_f64(n.ty.dtype, n.ty.shape.clone(), &zeros);
+                (n.name.clone(), t)
+            })
+            .collect();
+        self.run(&inputs).map(|_| ())
+    }
+
     /// Runs on named inputs (each exactly once, with the graph's dtype and shape) and returns
     /// the outputs in the graph's order.
     pub fn run(&self, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>, Error> {
