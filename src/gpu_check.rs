@@ -217,10 +217,19 @@ pub fn check_bundle(path: &Path, runs: usize) -> Result<BundleResult, Error> {
             Err(why) => (None, why),
         }
     };
+    // cuBLAS on the operands smelt's product just ran on.
     let (cublas_ms, cublas_note) = match gemm_shape(&name) {
-        Some((m, k, n, d)) => match smelt_runtime::cuda::cublas::time_gemm(m, k, n, d, runs) {
-            Ok(ms) => (Some(ms), "ok".to_string()),
-            Err(why) => (None, why),
+        Some((m, k, n, d)) => match (inputs.get("a"), inputs.get("b")) {
+            (Some(a), Some(b)) if a.shape() == [m, k] && b.shape() == [k, n] && a.dtype() == d => {
+                match smelt_runtime::cuda::cublas::time_gemm(a, b, runs) {
+                    Ok(ms) => (Some(ms), "ok".to_string()),
+                    Err(why) => (None, why),
+                }
+            }
+            _ => (
+                None,
+                format!("its inputs are not a: {m}x{k} and b: {k}x{n} of {d}"),
+            ),
         },
         None => (None, String::new()),
     };

@@ -212,8 +212,16 @@ fn gemm_bundle_names_and_cublas_without_a_gpu() {
     ] {
         assert_eq!(gemm_shape(other), None, "{other}");
     }
+    // Operands that do not multiply are an error before any device work.
+    let (a, b) = (
+        smelt::zoo::random_tensor(DType::F32, &[4, 8], 1),
+        smelt::zoo::random_tensor(DType::F32, &[5, 3], 2),
+    );
+    let e = smelt_runtime::cuda::cublas::time_gemm(&a, &b, 3).unwrap_err();
+    assert!(e.contains("do not multiply"), "{e}");
     if smelt_runtime::cuda::device::probe().is_err() {
-        let e = smelt_runtime::cuda::cublas::time_gemm(64, 64, 64, DType::F32, 3).unwrap_err();
+        let t = smelt::zoo::random_tensor(DType::F32, &[64, 64], 1);
+        let e = smelt_runtime::cuda::cublas::time_gemm(&t, &t, 3).unwrap_err();
         assert!(!e.is_empty());
     }
 }

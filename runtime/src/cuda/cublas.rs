@@ -10,12 +10,27 @@
 use super::device;
 use cudarc::cublas::{result, sys, CudaBlas};
 use cudarc::driver::{sys as driver, CudaContext, DevicePtr, DevicePtrMut};
-use smelt_compiler::ir::DType;
+use smelt_compiler::ir::{DType, Tensor};
 
 /// The median milliseconds of `runs` cuBLAS products `c = a × b` (row-major `a` m×k, `b`
-/// k×n, `c` m×n) in `dtype` (f32 with f32 compute, no TF32; f16/bf16 storage with f32
-/// accumulation, as smelt's tensor-core kernels), after 3 untimed ones.
-pub fn time_gemm(m: usize, k: usize, n: usize, dtype: DType, runs: usize) -> Result<f64, String> {
+/// k×n, `c` m×n, the operands uploaded as given: the caller passes the inputs smelt's
+/// kernel ran on, since tensor cores run faster on zeros) in their dtype (f32 with f32
+/// compute, no TF32; f16/bf16 storage with f32 accumulation, as smelt's tensor-core
+/// kernels), after 3 untimed ones.
+pub fn time_gemm(a: &Tensor, b: &Tensor, runs: usize) -> Result<f64, String> {
+    let (dtype, sa, sb) = (a.dtype(), a.shape(), b.shape());
+    let [m, k] = *sa else {
+        return Err(format!("a is {sa:?}, not a matrix"));
+    };
+    let [kb, n] = *sb else {
+        return Err(format!("b is {sb:?}, not a matrix"));
+    };
+    if kb != k || b.dtype() != dtype {
+        return Err(format!(
+            "a {sa:?} of {dtype} and b {sb:?} of {} do not multiply",
+            b.dtype()
+        ));
+    }
     device::probe()?;
     // SAFETY: only tries to open the library by its usual names.
     if !unsafe { sys::is_culib_present() } {
@@ -37,25 +52,12 @@ pub fn time_gemm(m: usize, k: usize, n: usize, dtype: DType, runs: usize) -> Res
     unsafe { ctx.disable_event_tracking() };
     let stream = ctx.new_stream().map_err(e("creating a stream"))?;
     let size = dtype.size();
-    // Operands of random values in [-2, 2), like smelt's inputs (tensor cores run faster
-    // on zeros).
-    let operand = |len: usize, seed: u64| -> Result<cudarc::driver::CudaSlice<u8>, String> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let values: Vec<f64> = (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0
-            })
-            .collect();
-        let t = smelt_compiler::ir::Tensor::from_f64(dtype, vec![len], &values);
-        let mut raw = vec![0u8; (len * size).max(1)];
-        t.write_le_bytes(&mut raw[..len * size]);
+    let upload = |t: &Tensor| -> Result<cudarc::driver::CudaSlice<u8>, String> {
+        let mut raw = vec![0u8; (t.numel() * size).max(1)];
+        t.write_le_bytes(&mut raw[..t.numel() * size]);
         stream.clone_htod(&raw).map_err(e("uploading an operand"))
     };
-    let a = operand(m * k, 1)?;
-    let b = operand(k * n, 2)?;
+    let (a, b) = (upload(a)?, upload(b)?);
     let mut c = stream
         .alloc_zeros::<u8>((m * n * size).max(1))
         .map_err(e("allocating c"))?;
