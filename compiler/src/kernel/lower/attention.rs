@@ -69,34 +69,53 @@ pub(super) fn lower_attention_gpu(
         return Ok(None);
     }
     let (d, keys, cols) = (sq[sq.len() - 1], sx[r - 1], out_shape[r - 1]);
+    let dtypes = [q, kt, v].map(|id| node(id).ty.dtype);
+    let tc =
+        dtypes.iter().all(|&t| t == dtypes[0]) && matches!(dtypes[0], DType::F16 | DType::BF16);
+    let (dp, ep) = (d.next_multiple_of(FRAG), cols.next_multiple_of(FRAG));
+    let tc = tc && dp <= 128 && ep <= 128 && out_shape[r - 2] >= FRAG && keys >= FRAG;
+    let a = Attention {
+        layout,
+        q,
+        kt,
+        v,
+        x,
+        mm1,
+        sq,
+        sk,
+        sv,
+        out_shape,
+        d,
+        keys,
+        cols,
+    };
+    match tc {
+        true => tensor_core(body, inputs, out, name, &a, dtypes[0]).map(Some),
+        false => tiled(body, inputs, out, name, &a, precision),
+    }
+}
+
+/// The K/V-tiled kernel (see the module's documentation), for any dtype: a group of
+/// `width` lanes per query row, holding its query elements and a share of the output
+/// columns in registers; `None` when those are more than [`MAX_HELD`].
+fn tiled(
+    body: &Graph,
+    inputs: &[u32],
+    out: u32,
+    name: &str,
+    a: &Attention,
+    precision: Precision,
+) -> R<Option<Kernel>> {
+    let (q, kt, v, x, mm1) = (a.q, a.kt, a.v, a.x, a.mm1);
+    let (d, keys, cols) = (a.d, a.keys, a.cols);
+    let (sq, sk, sv, out_shape, layout) = (&a.sq, &a.sk, &a.sv, &a.out_shape, &a.layout);
+    let r = out_shape.len();
     let width = d.max(cols).next_power_of_two().clamp(1, 32);
     let (per_d, per_e) = (d.div_ceil(width), cols.div_ceil(width));
     if per_d + per_e > MAX_HELD {
         return Ok(None);
     }
     let rows: usize = out_shape[..r - 1].iter().product();
-    let dtypes = [q, kt, v].map(|id| node(id).ty.dtype);
-    let tc =
-        dtypes.iter().all(|&t| t == dtypes[0]) && matches!(dtypes[0], DType::F16 | DType::BF16);
-    let (dp, ep) = (d.next_multiple_of(FRAG), cols.next_multiple_of(FRAG));
-    if tc && dp <= 128 && ep <= 128 && out_shape[r - 2] >= FRAG && keys >= FRAG {
-        let a = Attention {
-            layout,
-            q,
-            kt,
-            v,
-            x,
-            mm1,
-            sq,
-            sk,
-            sv,
-            out_shape,
-            d,
-            keys,
-            cols,
-        };
-        return tensor_core(body, inputs, out, name, &a, dtypes[0]).map(Some);
-    }
     let mut e = emitter(body, inputs);
     if rows == 0 {
         return Ok(Some(kernel(e, inputs, out, name, precision, 1)));
@@ -145,7 +164,7 @@ pub(super) fn lower_attention_gpu(
     };
     let qs: Vec<Expr> = ds
         .iter()
-        .map(|(dk, valid)| hold(&mut e, q, &at(&sq, [i.clone(), dk.clone()]), valid.as_ref()))
+        .map(|(dk, valid)| hold(&mut e, q, &at(sq, [i.clone(), dk.clone()]), valid.as_ref()))
         .collect::<R<_>>()?;
     let bin = |op, a: Expr, b: Expr| Expr::Binary(op, Box::new(a), Box::new(b));
     let (m, l) = (e.start(f64::NEG_INFINITY), e.start(0.0));
@@ -165,13 +184,13 @@ pub(super) fn lower_attention_gpu(
         let (jj, dk) = (e.bind(div(flat.clone(), d)), e.bind(rem(flat, d)));
         let gj = e.bind(add(j0.clone(), jj));
         let ok = lt(gj.clone(), keys);
-        hold(e, kt, &at(&sk, [dk, gj]), Some(&ok))
+        hold(e, kt, &at(sk, [dk, gj]), Some(&ok))
     })?;
     stage(&mut e, 1, tk * cols, ROW_BLOCK, &mut |e, flat| {
         let (jj, c) = (e.bind(div(flat.clone(), cols)), e.bind(rem(flat, cols)));
         let gj = e.bind(add(j0.clone(), jj));
         let ok = lt(gj.clone(), keys);
-        hold(e, v, &at(&sv, [gj, c]), Some(&ok))
+        hold(e, v, &at(sv, [gj, c]), Some(&ok))
     })?;
     e.push(Stmt::Barrier);
     let jj = e.var();
@@ -205,7 +224,7 @@ pub(super) fn lower_attention_gpu(
     xi.push(j.clone());
     e.remember(
         mm1,
-        &broadcast_index(&xi, &node(mm1).ty.shape),
+        &broadcast_index(&xi, &body.nodes[mm1].ty.shape),
         Expr::Var(s),
     );
     let xv = e.value(x, &xi)?;
@@ -268,7 +287,7 @@ pub(super) fn lower_attention_gpu(
         let flat = add(mul(row.clone(), Expr::I(cols as i64)), ek.clone());
         e.push(Stmt::Store {
             buf: out,
-            index: place(body, &layout, &out_shape, idx, flat),
+            index: place(body, layout, out_shape, idx, flat),
             value: bin(BinaryOp::Div, Expr::Var(acc), Expr::Var(l)),
         });
         e.close_under(both(valid.clone(), live.clone()));
