@@ -446,6 +446,16 @@ fn write_kernels(
         eprintln!("warning: CUDA sources written, no cubins: {e}");
     }
     for (kernel, (name, src)) in program.kernels.iter().zip(&sources) {
+        if let Some(blas) = &kernel.blas {
+            if let Some(k) = compiled
+                .plan
+                .kernels
+                .iter_mut()
+                .find(|k| k.node == kernel.node)
+            {
+                k.cublas = Some(blas.to_string());
+            }
+        }
         let path = dir.join(format!("{name}.cu"));
         std::fs::write(&path, src).map_err(|e| io_error(&path, e))?;
         if nvrtc.is_err() {

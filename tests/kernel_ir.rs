@@ -5,7 +5,8 @@
 
 mod common;
 
-use smelt::kernel::{interp as kinterp, lower, lower_for, Target};
+use smelt::kernel::interp::{self as kinterp, Products};
+use smelt::kernel::{lower, lower_for, Target};
 use smelt::optimize::Options;
 use smelt::{compile, interp, Graph, Tensor};
 use std::collections::HashMap;
@@ -33,13 +34,24 @@ fn check_within(g: &Graph, fuse: bool, rtol: f64, atol: f64) -> Result<(), Strin
     .map_err(|e| e.to_string())?;
     let inputs = feeds(g, 5);
     let want = interp::run(g, &inputs).map_err(|e| e.to_string())?;
-    for target in [Target::Gpu, Target::Cpu] {
+    // On the GPU, kernels that have a cuBLASLt form run both ways: as written, and as the
+    // library call a runtime with cuBLASLt makes instead.
+    let runs = [
+        (Target::Gpu, Products::Kernels),
+        (Target::Gpu, Products::Library),
+        (Target::Cpu, Products::Kernels),
+    ];
+    for (target, products) in runs {
         let program = lower_for(&c.graph, target).map_err(|e| e.to_string())?;
-        let got = kinterp::run(&program, &inputs).map_err(|e| format!("{e}\n{program}"))?;
+        if products == Products::Library && program.kernels.iter().all(|k| k.blas.is_none()) {
+            continue;
+        }
+        let got = kinterp::run_with(&program, &inputs, products)
+            .map_err(|e| format!("{e}\n{program}"))?;
         for ((n, w), (_, v)) in want.iter().zip(&got) {
             common::compare(v, w, rtol, atol).map_err(|e| {
                 format!(
-                    "output {n} (fuse {fuse}, {target:?}): {e}\n{}\n{program}",
+                    "output {n} (fuse {fuse}, {target:?}, {products:?}): {e}\n{}\n{program}",
                     c.graph
                 )
             })?;
@@ -637,6 +649,213 @@ fn cross_attention_with_padding_masks() {
             let same = (a.is_nan() && b.is_nan())
                 || (a.is_finite() && (a - b).abs() <= tol + tol * a.abs());
             assert!(same, "{d} {sq}x{sk} [{i}]: reference {a}, lowered {b}");
+        }
+    }
+}
+
+/// GPU product kernels get a cuBLASLt form exactly when the library's epilogue covers their
+/// body: `act(alpha·A×B + bias + residual)` with ReLU or tanh-GELU, operands read through
+/// transposes, a weight shared by a batch. Each form (column-major, the operands swapped) is
+/// run by the interpreter as cuBLASLt defines the call, against the reference.
+#[test]
+fn cublas_forms_cover_product_epilogues() {
+    use smelt::ir::UnaryOp;
+    use smelt::DType;
+    // (label, batch, m, k, n, transposed weight, scale, bias, residual, activation, covered);
+    // a label starting with "permuted" reads x [b, m, k] as a transpose of [m, b, k].
+    type Case = (
+        &'static str,
+        &'static [usize],
+        usize,
+        usize,
+        usize,
+        bool,
+        bool,
+        bool,
+        bool,
+        Option<UnaryOp>,
+        bool,
+    );
+    let cases: [Case; 9] = [
+        (
+            "plain",
+            &[],
+            24,
+            40,
+            56,
+            false,
+            false,
+            false,
+            false,
+            None,
+            true,
+        ),
+        (
+            "bias+gelu_tanh",
+            &[],
+            33,
+            17,
+            65,
+            true,
+            false,
+            true,
+            false,
+            Some(UnaryOp::GeluTanh),
+            true,
+        ),
+        (
+            "bias+relu, batch",
+            &[2, 3],
+            20,
+            16,
+            24,
+            false,
+            false,
+            true,
+            false,
+            Some(UnaryOp::Relu),
+            true,
+        ),
+        (
+            "scaled+residual",
+            &[3],
+            17,
+            32,
+            9,
+            true,
+            true,
+            false,
+            true,
+            None,
+            true,
+        ),
+        (
+            "all",
+            &[2],
+            40,
+            24,
+            48,
+            false,
+            true,
+            true,
+            true,
+            Some(UnaryOp::Relu),
+            true,
+        ),
+        (
+            "single row",
+            &[],
+            1,
+            64,
+            96,
+            true,
+            false,
+            true,
+            false,
+            None,
+            true,
+        ),
+        (
+            "permuted x",
+            &[3],
+            20,
+            16,
+            24,
+            false,
+            false,
+            true,
+            true,
+            None,
+            true,
+        ),
+        // cuBLASLt's GELU is the tanh form: the exact one stays a kernel.
+        (
+            "erf gelu",
+            &[],
+            24,
+            40,
+            56,
+            false,
+            false,
+            true,
+            false,
+            Some(UnaryOp::Gelu),
+            false,
+        ),
+        (
+            "sigmoid",
+            &[],
+            24,
+            40,
+            56,
+            false,
+            false,
+            true,
+            false,
+            Some(UnaryOp::Sigmoid),
+            false,
+        ),
+    ];
+    for d in [DType::F32, DType::F16] {
+        for (label, batch, m, k, n, transposed, scale, bias, residual, act, covered) in cases {
+            let mut b = smelt::GraphBuilder::new();
+            let mut sa = batch.to_vec();
+            sa.extend([m, k]);
+            let x = if label.starts_with("permuted") {
+                let xt = b.input("xt", d, &[m, batch[0], k]).unwrap();
+                b.transpose(xt, &[1, 0, 2]).unwrap()
+            } else {
+                b.input("x", d, &sa).unwrap()
+            };
+            let w = if transposed {
+                let wt = b.input("wt", d, &[n, k]).unwrap();
+                b.transpose(wt, &[1, 0]).unwrap()
+            } else {
+                b.input("w", d, &[k, n]).unwrap()
+            };
+            let mut y = b.matmul(x, w).unwrap();
+            if scale {
+                let s = b.scalar(d, 0.125);
+                y = b.mul(y, s).unwrap();
+            }
+            if bias {
+                let c = b.input("bias", d, &[n]).unwrap();
+                y = b.add(c, y).unwrap();
+            }
+            if residual {
+                let mut so = batch.to_vec();
+                so.extend([m, n]);
+                let r = b.input("res", d, &so).unwrap();
+                y = b.add(y, r).unwrap();
+            }
+            if let Some(u) = act {
+                y = b.unary(u, y).unwrap();
+            }
+            b.output("y", y).unwrap();
+            let g = b.build().unwrap();
+            let p = lower(&compile(&g, &Options::default()).unwrap().graph).unwrap();
+            let label = format!("{d} {label}");
+            assert_eq!(p.kernels.len(), 1, "{label}: one kernel\n{p}");
+            assert_eq!(p.kernels[0].blas.is_some(), covered, "{label}\n{p}");
+            if label.ends_with("bias+relu, batch") {
+                // A weight shared by a contiguous batch: one product of all its rows.
+                let g = p.kernels[0].blas.as_ref().unwrap();
+                assert_eq!((g.batch, g.n), (1, 6 * m), "{label}\n{p}");
+            }
+            let (rtol, atol) = if d == DType::F32 {
+                (1e-4, 1e-5)
+            } else {
+                (2e-2, 2e-2)
+            };
+            check_within(&g, true, rtol, atol).unwrap_or_else(|e| panic!("{label}: {e}"));
+            if covered {
+                // The library form alone, against the reference.
+                let inputs = feeds(&g, 9);
+                let want = interp::run(&g, &inputs).unwrap();
+                let got = kinterp::run_with(&p, &inputs, Products::Library).unwrap();
+                common::compare(&got[0].1, &want[0].1, rtol, atol)
+                    .unwrap_or_else(|e| panic!("{label} library: {e}\n{p}"));
+            }
         }
     }
 }

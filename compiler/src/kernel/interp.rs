@@ -3,12 +3,12 @@
 //! warp-shuffle tree the GPU runs — so lowering bugs are caught without a GPU.
 
 use super::ir::{
-    Builtin, Combiner, Expr, FragRole, Gemm, IndexOp, Kernel, MatrixView, Precision, Program,
-    ReduceOp, Scope, SharedArray, Stmt,
+    BlasActivation, BlasGemm, BlasMatrix, Builtin, Combiner, Expr, FragRole, Gemm, IndexOp, Kernel,
+    MatrixView, Precision, Program, ReduceOp, Scope, SharedArray, Stmt,
 };
 use crate::error::{Error, Result};
 use crate::interp::math::{binary_f, binary_i, unary_f};
-use crate::ir::{DType, Tensor};
+use crate::ir::{DType, Tensor, UnaryOp};
 use std::collections::HashMap;
 
 /// A value: float (rounded to the kernel's precision) or integer. Bools are floats 0/1.
@@ -435,6 +435,52 @@ fn gemm(g: &Gemm, cx: &mut Ctx, k: &Kernel) -> Result<()> {
     Ok(())
 }
 
+/// Runs a [`BlasGemm`] as cuBLASLt defines it (column-major operands, the epilogue, one
+/// rounding to the result's type).
+fn blas_gemm(g: &BlasGemm, cx: &mut Ctx, k: &Kernel) -> Result<()> {
+    let at = |x: &BlasMatrix, t: usize, r: usize, c: usize| {
+        let (r, c) = if x.trans { (c, r) } else { (r, c) };
+        t * x.batch_stride + r + c * x.ld
+    };
+    let get = |cx: &Ctx, buf: u32, i: usize| -> Result<f64> {
+        cx.buffers[buf as usize]
+            .get(i)
+            .copied()
+            .ok_or_else(|| err(k, format!("cublasLt reads b{buf}[{i}] out of bounds")))
+    };
+    let d = cx.dtypes[g.d.buf as usize];
+    for t in 0..g.batch {
+        for j in 0..g.n {
+            for i in 0..g.m {
+                let mut acc = 0.0;
+                for p in 0..g.k {
+                    acc +=
+                        get(cx, g.a.buf, at(&g.a, t, i, p))? * get(cx, g.b.buf, at(&g.b, t, p, j))?;
+                }
+                let mut x = g.alpha * acc;
+                if let Some(b) = g.bias {
+                    x += get(cx, b, i)?;
+                }
+                let o = at(&g.d, t, i, j);
+                if let Some(r) = g.residual {
+                    x += get(cx, r, o)?;
+                }
+                x = match g.activation {
+                    Some(BlasActivation::Relu) => unary_f(UnaryOp::Relu, x),
+                    Some(BlasActivation::GeluTanh) => unary_f(UnaryOp::GeluTanh, x),
+                    None => x,
+                };
+                let out = &mut cx.buffers[g.d.buf as usize];
+                let len = out.len();
+                *out.get_mut(o).ok_or_else(|| {
+                    err(k, format!("cublasLt writes b{}[{o}] of {len}", g.d.buf))
+                })? = to_dtype(d, x);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs every thread of a block through statements, in lockstep at collectives.
 fn exec_block(stmts: &[Stmt], envs: &mut [Env], cx: &mut Ctx, k: &Kernel) -> Result<()> {
     for s in stmts {
@@ -760,8 +806,26 @@ fn reduce(
     Ok(())
 }
 
+/// How [`run_with`] computes a kernel that has a library form ([`Kernel::blas`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Products {
+    /// Runs the kernel as written.
+    Kernels,
+    /// Makes the library call instead, as a runtime with cuBLASLt does.
+    Library,
+}
+
 /// Runs a lowered program on named inputs; returns the outputs in order.
 pub fn run(p: &Program, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>> {
+    run_with(p, inputs, Products::Kernels)
+}
+
+/// [`run`], with the kernels that have a library form computed the way `products` says.
+pub fn run_with(
+    p: &Program,
+    inputs: &HashMap<String, Tensor>,
+    products: Products,
+) -> Result<Vec<(String, Tensor)>> {
     let dtypes: Vec<DType> = p.buffers.iter().map(|b| b.dtype).collect();
     let mut buffers: Vec<Vec<f64>> = p.buffers.iter().map(|b| vec![f64::NAN; b.len]).collect();
     for (b, t) in &p.constants {
@@ -787,6 +851,20 @@ pub fn run(p: &Program, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String,
         buffers[*b as usize] = t.to_f64();
     }
     for k in &p.kernels {
+        if let (Some(g), Products::Library) = (&k.blas, products) {
+            let mut cx = Ctx {
+                shared: std::cell::RefCell::new(SharedMem::new(&[])),
+                frags: Vec::new(),
+                buffers: &mut buffers,
+                dtypes: &dtypes,
+                precision: k.precision,
+                block: 0,
+                grid: 1,
+                block_dim: 1,
+            };
+            blas_gemm(g, &mut cx, k)?;
+            continue;
+        }
         for block in 0..k.launch.grid {
             let mut envs: Vec<Env> = vec![vec![None; k.vars as usize]; k.launch.block];
             let mut cx = Ctx {

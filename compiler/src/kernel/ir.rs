@@ -9,7 +9,7 @@
 //! a loop whose bounds depend on the block index alone ([`Stmt::For`] with `uniform: true`).
 
 use crate::ir::{BinaryOp, DType, UnaryOp};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// A buffer of the program (graph input, weight, intermediate or output).
@@ -377,6 +377,101 @@ impl Stmt {
     }
 }
 
+/// A matrix product with its epilogue, in cuBLASLt's own (column-major) terms, that computes
+/// exactly what a kernel computes: a runtime that has the library may make this call instead
+/// of launching the kernel. For every batch `t < batch` and `i < m`, `j < n`:
+///
+/// `d[i, j] = act(alpha · Σ_p op(a)[i, p] · op(b)[p, j] + bias[i] + residual[i, j])`
+///
+/// where a column-major operand `x` (leading dim `ld`) has element `(r, c)` at
+/// `t·batch_stride + r + c·ld`, and `op(x)` is `x` or, when `trans`, its transpose (`op(a)` is
+/// m×k, `op(b)` k×n). `residual` is laid out as `d`. Products accumulate in f32 (f64 in the
+/// interpreter); the result is rounded to `dtype` once, after the epilogue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BlasGemm {
+    /// Element type of every operand, the bias and the result: f32, f16 or bf16.
+    pub dtype: DType,
+    /// Rows of `op(a)` and `d`.
+    pub m: usize,
+    /// Columns of `op(b)` and `d`.
+    pub n: usize,
+    /// Columns of `op(a)`, rows of `op(b)`.
+    pub k: usize,
+    /// Products in the batch.
+    pub batch: usize,
+    /// Left operand.
+    pub a: BlasMatrix,
+    /// Right operand.
+    pub b: BlasMatrix,
+    /// Result (never transposed).
+    pub d: BlasMatrix,
+    /// Scale of the product.
+    pub alpha: f64,
+    /// A buffer of `m` elements added to every column (the same for every batch).
+    pub bias: Option<u32>,
+    /// A buffer laid out as `d`, added before the activation (cuBLASLt's `C`, `beta = 1`).
+    pub residual: Option<u32>,
+    /// Applied last.
+    pub activation: Option<BlasActivation>,
+}
+
+/// A column-major operand of a [`BlasGemm`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlasMatrix {
+    /// Buffer.
+    pub buf: u32,
+    /// Read transposed.
+    pub trans: bool,
+    /// Leading dimension (elements between columns of the stored matrix).
+    pub ld: usize,
+    /// Elements between consecutive products of the batch (0: every product reads the same).
+    pub batch_stride: usize,
+}
+
+/// The activations cuBLASLt applies in a matmul's epilogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlasActivation {
+    /// `max(x, 0)`.
+    Relu,
+    /// GELU, tanh approximation: `x/2 · (1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+    GeluTanh,
+}
+
+impl fmt::Display for BlasGemm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let x = |name: &str, m: &BlasMatrix| {
+            let t = if m.trans { "ᵀ" } else { "" };
+            format!("{name}=b{}{t} ld {} stride {}", m.buf, m.ld, m.batch_stride)
+        };
+        let mut sum = String::from("alpha·a×b");
+        if let Some(b) = self.bias {
+            sum += &format!(" + bias b{b}");
+        }
+        if let Some(r) = self.residual {
+            sum += &format!(" + b{r}");
+        }
+        let value = match self.activation {
+            Some(BlasActivation::Relu) => format!("relu({sum})"),
+            Some(BlasActivation::GeluTanh) => format!("gelu_tanh({sum})"),
+            None => sum,
+        };
+        write!(
+            f,
+            "cublasLt {} batch {} m {} n {} k {}: d = {value}, alpha {}; {}, {}, {}",
+            self.dtype,
+            self.batch,
+            self.m,
+            self.n,
+            self.k,
+            self.alpha,
+            x("a", &self.a),
+            x("b", &self.b),
+            x("d", &self.d),
+        )
+    }
+}
+
 /// Float arithmetic precision of a kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -429,6 +524,10 @@ pub struct Kernel {
     pub frags: Vec<Fragment>,
     /// Statements every thread runs.
     pub body: Vec<Stmt>,
+    /// The same result by one cuBLASLt call, when the library covers the kernel's whole
+    /// body (its product and epilogue).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blas: Option<Box<BlasGemm>>,
 }
 
 /// A shared array of a block.
@@ -619,6 +718,9 @@ impl fmt::Display for Kernel {
             writeln!(f, "  fragment f{i}: {:?} {}", fr.role, fr.dtype)?;
         }
         fmt_block(f, &self.body, 1)?;
+        if let Some(b) = &self.blas {
+            writeln!(f, "  or {b}")?;
+        }
         write!(f, "}}")
     }
 }

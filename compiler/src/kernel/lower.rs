@@ -36,6 +36,7 @@ pub enum LowerError {
 type R<T> = Result<T, LowerError>;
 
 mod attention;
+mod blas;
 mod cpu;
 mod gemm;
 mod rows;
@@ -1368,8 +1369,14 @@ pub fn lower_for(g: &Graph, target: Target) -> R<Program> {
                 ),
             });
         }
+        let blas = if product {
+            blas::blas_form(&body, &ins, out, buffers[out as usize].dtype).map(Box::new)
+        } else {
+            None
+        };
         kernels.push(Kernel {
             node: node.name.clone(),
+            blas,
             ..kernel
         });
     }
@@ -1487,6 +1494,7 @@ impl Emitter<'_> {
             shared: Vec::new(),
             frags: Vec::new(),
             body: self.close_root(),
+            blas: None,
         }
     }
 

@@ -69,6 +69,10 @@ pub struct Kernel {
     /// The compiled CUDA kernel's resources, when `smelt compile` built it with NVRTC.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cuda: Option<CudaResources>,
+    /// The cuBLASLt call a GPU runtime makes instead of the kernel, when the library covers
+    /// the kernel's product and epilogue (written by `smelt compile`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cublas: Option<String>,
 }
 
 /// What ptxas reports for a compiled CUDA kernel.
@@ -237,6 +241,7 @@ pub fn schedule(g: &Graph) -> Plan {
             flops: flops(&node.op, &tys, &node.ty),
             dtype: node.ty.dtype,
             cuda: None,
+            cublas: None,
         });
     }
     // A reshape that is a graph output was given its own buffer above (kind Output) but no

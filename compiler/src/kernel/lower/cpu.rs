@@ -77,7 +77,11 @@ fn is_contiguous(shape: &[usize], st: &[i64]) -> bool {
 }
 
 /// Node `id` as a strided view of a kernel input: (buffer, shape, strides).
-fn view(body: &Graph, id: NodeId, inputs: &[u32]) -> Option<(u32, Vec<usize>, Vec<i64>)> {
+pub(super) fn view(
+    body: &Graph,
+    id: NodeId,
+    inputs: &[u32],
+) -> Option<(u32, Vec<usize>, Vec<i64>)> {
     let node = &body.nodes[id];
     match &node.op {
         Op::Input => {
@@ -289,6 +293,7 @@ fn push_gemm(sink: &mut Sink, gemm: Gemm) {
         shared: Vec::new(),
         frags: Vec::new(),
         body: vec![Stmt::Gemm(Box::new(gemm))],
+        blas: None,
     });
 }
 
