@@ -9,7 +9,7 @@
 
 use crate::{zoo, Error, Tensor};
 use smelt_runtime::cuda::bundle::Bundle;
-use smelt_runtime::cuda::executor::CudaModel;
+use smelt_runtime::cuda::executor::{CudaModel, Products};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
@@ -34,8 +34,16 @@ pub struct BundleResult {
     pub device_min_ms: f64,
     /// Host synchronizations per run (must be 1).
     pub syncs_per_run: f64,
-    /// `ok`, `no check`, or what differed.
+    /// `ok`, `no check`, or what differed (also checked: the plan with its own kernels in
+    /// place of cuBLASLt calls).
     pub check: String,
+    /// Launches made as cuBLASLt calls.
+    pub library_calls: usize,
+    /// Why launches with a cuBLASLt form ran their kernel instead (empty if none did).
+    pub library_note: String,
+    /// With cuBLASLt calls: the median device milliseconds of the same plan running its own
+    /// kernels instead.
+    pub kernels_only_device_ms: Option<f64>,
     /// First-request latency without the bundle's cubins (fused bundles only), when NVRTC
     /// is on this machine.
     pub first_request: Option<FirstRequest>,
@@ -153,57 +161,90 @@ fn compare(got: &Tensor, want: &Tensor, rtol: f64, atol: f64) -> Result<(), Stri
     Ok(())
 }
 
-/// Checks and times one bundle.
-pub fn check_bundle(path: &Path, runs: usize) -> Result<BundleResult, Error> {
-    let start = Instant::now();
-    let bundle = Bundle::read(path)?;
-    let model = CudaModel::load(&bundle)?;
-    let load_ms = start.elapsed().as_secs_f64() * 1e3;
-    let check = bundle.manifest.check.clone();
-    let inputs = inputs_of(&model, check.as_ref().map_or(1, |c| c.seed));
+/// The outputs of one run against the bundle's expected ones (outputs poisoned first):
+/// `ok`, `no check`, or what differed.
+fn verdict(
+    bundle: &Bundle,
+    model: &CudaModel,
+    inputs: &HashMap<String, Tensor>,
+) -> Result<String, Error> {
     model.poison_outputs()?;
-    let t = Instant::now();
-    let got = model.run(&inputs)?;
-    let first_run_ms = t.elapsed().as_secs_f64() * 1e3;
-    let verdict = match &check {
-        None => "no check".to_string(),
-        Some(c) => {
-            let mut v = "ok".to_string();
-            if c.expected.len() != got.len() {
-                v = format!("{} outputs, expected {}", got.len(), c.expected.len());
-            }
-            for (name, blob) in &c.expected {
-                let Some((_, g)) = got.iter().find(|(n, _)| n == name) else {
-                    v = format!("no output named {name}");
-                    break;
-                };
-                let want = Tensor::from_le_bytes(g.dtype(), g.shape().to_vec(), bundle.blob(blob))
-                    .ok_or_else(|| {
-                        Error::Usage(format!("{name}: expected output has the wrong size"))
-                    })?;
-                if let Err(e) = compare(g, &want, c.rtol, c.atol) {
-                    v = format!("output {name}: {e}");
-                    break;
-                }
-            }
-            v
-        }
+    let got = model.run(inputs)?;
+    let Some(c) = &bundle.manifest.check else {
+        return Ok("no check".to_string());
     };
+    if c.expected.len() != got.len() {
+        return Ok(format!(
+            "{} outputs, expected {}",
+            got.len(),
+            c.expected.len()
+        ));
+    }
+    for (name, blob) in &c.expected {
+        let Some((_, g)) = got.iter().find(|(n, _)| n == name) else {
+            return Ok(format!("no output named {name}"));
+        };
+        let want = Tensor::from_le_bytes(g.dtype(), g.shape().to_vec(), bundle.blob(blob))
+            .ok_or_else(|| Error::Usage(format!("{name}: expected output has the wrong size")))?;
+        if let Err(e) = compare(g, &want, c.rtol, c.atol) {
+            return Ok(format!("output {name}: {e}"));
+        }
+    }
+    Ok("ok".to_string())
+}
+
+/// Sorted host and device milliseconds of `runs` runs after 3 untimed ones, and host
+/// synchronizations per run.
+fn time_runs(
+    model: &CudaModel,
+    inputs: &HashMap<String, Tensor>,
+    runs: usize,
+) -> Result<(Vec<f64>, Vec<f64>, f64), Error> {
     for _ in 0..3 {
-        model.run(&inputs)?;
+        model.run(inputs)?;
     }
     let before = model.host_syncs();
     let mut ms = Vec::with_capacity(runs);
     let mut device_ms = Vec::with_capacity(runs);
     for _ in 0..runs.max(1) {
         let t = Instant::now();
-        std::hint::black_box(model.run(&inputs)?);
+        std::hint::black_box(model.run(inputs)?);
         ms.push(t.elapsed().as_secs_f64() * 1e3);
         device_ms.push(model.last_device_ms());
     }
     let syncs_per_run = (model.host_syncs() - before) as f64 / ms.len() as f64;
     ms.sort_by(f64::total_cmp);
     device_ms.sort_by(f64::total_cmp);
+    Ok((ms, device_ms, syncs_per_run))
+}
+
+/// Checks and times one bundle.
+pub fn check_bundle(path: &Path, runs: usize) -> Result<BundleResult, Error> {
+    let start = Instant::now();
+    let bundle = Bundle::read(path)?;
+    let model = CudaModel::load(&bundle)?;
+    let load_ms = start.elapsed().as_secs_f64() * 1e3;
+    let seed = bundle.manifest.check.as_ref().map_or(1, |c| c.seed);
+    let inputs = inputs_of(&model, seed);
+    let t = Instant::now();
+    let mut check = verdict(&bundle, &model, &inputs)?;
+    let first_run_ms = t.elapsed().as_secs_f64() * 1e3;
+    let (ms, device_ms, syncs_per_run) = time_runs(&model, &inputs, runs)?;
+    // Launches made as cuBLASLt calls: the same plan with the kernels instead, checked and
+    // timed the same way.
+    let library_calls = model.cublas_calls();
+    let library_note = model.cublas_note().to_string();
+    let kernels_only = if library_calls > 0 {
+        let k = CudaModel::load_with(&bundle, Products::Kernels)?;
+        let v = verdict(&bundle, &k, &inputs)?;
+        if v != "ok" && check == "ok" {
+            check = format!("own kernels: {v}");
+        }
+        let (_, kd, _) = time_runs(&k, &inputs, runs)?;
+        Some(kd[kd.len() / 2])
+    } else {
+        None
+    };
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
@@ -242,7 +283,10 @@ pub fn check_bundle(path: &Path, runs: usize) -> Result<BundleResult, Error> {
         device_median_ms: device_ms[device_ms.len() / 2],
         device_min_ms: device_ms[0],
         syncs_per_run,
-        check: verdict,
+        check,
+        library_calls,
+        library_note,
+        kernels_only_device_ms: kernels_only,
         first_request,
         first_request_note,
         cublas_ms,

@@ -702,6 +702,17 @@ fn gpu_check(bundles: &[PathBuf], runs: usize, json: Option<&Path>) -> Result<()
             }
             None => {}
         }
+        match r.kernels_only_device_ms {
+            Some(k) => outln!(
+                "    {} cuBLASLt calls; own kernels instead {k:.4} ms on the device; with cuBLASLt / own kernels {:.3}",
+                r.library_calls,
+                r.device_median_ms / k
+            ),
+            None if !r.library_note.is_empty() => {
+                outln!("    cuBLASLt not used: {}", r.library_note)
+            }
+            None => {}
+        }
         match r.cublas_ms {
             Some(c) => outln!(
                 "    cuBLAS {c:.4} ms on the device; smelt / cuBLAS {:.3}",

@@ -78,6 +78,25 @@ fn bundles_round_trip_and_reject_bad_files() {
     let mut huge = b.clone();
     huge.manifest.launches[0].grid = 1 << 31;
     expect(&huge.to_bytes(), "outside CUDA's limits");
+    // The products' cuBLASLt calls travel with their launches, and one that would reach
+    // past its buffers, or read one as another type, is refused.
+    let calls: Vec<usize> = (0..b.manifest.launches.len())
+        .filter(|&i| b.manifest.launches[i].blas.is_some())
+        .collect();
+    assert!(calls.len() >= 2, "{calls:?}");
+    let mut far = b.clone();
+    far.manifest.launches[calls[0]].blas.as_mut().unwrap().a.ld *= 64;
+    expect(&far.to_bytes(), "cuBLASLt call reaches past a");
+    let mut wide = b.clone();
+    wide.manifest.launches[calls[0]].blas.as_mut().unwrap().n += 1;
+    expect(&wide.to_bytes(), "cuBLASLt call reaches past");
+    let mut typed = b.clone();
+    typed.manifest.launches[calls[0]]
+        .blas
+        .as_mut()
+        .unwrap()
+        .dtype = smelt::DType::F16;
+    expect(&typed.to_bytes(), "as f16");
     // The path is in the error of a file read.
     std::fs::write(dir.join("bad.smelt"), b"garbage").unwrap();
     let e = Bundle::read(&dir.join("bad.smelt"))
@@ -118,8 +137,9 @@ fn bundles_recompile_from_their_sources() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The launch list of the GPT-2 block (kernel, grid × block, buffer parameters): what the
-/// CUDA executor will replay, pinned.
+/// The launch list of the GPT-2 block (kernel, grid × block, buffer parameters, and the
+/// cuBLASLt call made instead where the library is installed): what the CUDA executor will
+/// replay, pinned.
 #[test]
 fn launch_list_snapshot() {
     let (_, b) = build();
@@ -140,6 +160,9 @@ fn launch_list_snapshot() {
             l.block,
             params.join(", ")
         ));
+        if let Some(g) = &l.blas {
+            text.push_str(&format!("  or {g}\n"));
+        }
     }
     text.push_str(&format!("arena {} bytes\n", b.manifest.arena_bytes));
     insta::assert_snapshot!(text);

@@ -11,6 +11,7 @@ use crate::cache;
 use serde::{Deserialize, Serialize};
 use smelt_compiler::codegen::cuda;
 use smelt_compiler::ir::{DType, Graph};
+use smelt_compiler::kernel::ir::{BlasGemm, BlasMatrix};
 use smelt_compiler::kernel::lower;
 use smelt_compiler::schedule::{arena, Plan};
 use std::path::Path;
@@ -47,7 +48,7 @@ pub struct BufferSpec {
 }
 
 /// One launch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LaunchSpec {
     /// Kernel (function) name.
     pub kernel: String,
@@ -63,6 +64,10 @@ pub struct LaunchSpec {
     /// can time a cold and a warm-cache compile against the bundle's load.
     #[serde(default)]
     pub source: Option<Blob>,
+    /// The cuBLASLt call that computes the same as the kernel, which a runtime with the
+    /// library makes instead of the launch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blas: Option<BlasGemm>,
 }
 
 /// A correctness check carried with a bundle, for machines that have a GPU but no reference
@@ -191,6 +196,7 @@ impl Bundle {
                 params: k.reads.iter().chain(&k.writes).copied().collect(),
                 cubins,
                 source,
+                blas: k.blas.as_deref().cloned(),
             });
         }
         let plan = serde_json::from_str(&plan.to_json()).map_err(|e| err(e.to_string()))?;
@@ -363,6 +369,12 @@ impl Bundle {
         if !buffers_fit || !indices_fit {
             return Err(err("a buffer lies outside the arena or is not declared"));
         }
+        for l in &manifest.launches {
+            if let Some(g) = &l.blas {
+                blas_fits(g, &manifest.buffers)
+                    .map_err(|why| err(format!("launch {}: cuBLASLt call {why}", l.kernel)))?;
+            }
+        }
         if let Some(l) = manifest
             .launches
             .iter()
@@ -395,4 +407,73 @@ impl Bundle {
             other => other,
         })
     }
+}
+
+/// Checks that a cuBLASLt call stays inside its buffers and that their types are the call's,
+/// so a damaged or hostile bundle cannot make the library read or write outside them.
+pub fn blas_fits(g: &BlasGemm, buffers: &[BufferSpec]) -> Result<(), String> {
+    let int = |v: usize| i32::try_from(v).is_ok();
+    if ![g.m, g.n, g.k, g.batch]
+        .into_iter()
+        .all(|v| v > 0 && int(v))
+    {
+        return Err(format!(
+            "has extents {}x{}x{} x{} outside 1..2^31",
+            g.m, g.n, g.k, g.batch
+        ));
+    }
+    let buffer = |b: u32| -> Result<(usize, &BufferSpec), String> {
+        let spec = buffers
+            .get(b as usize)
+            .ok_or_else(|| format!("names buffer {b}, which is not declared"))?;
+        if spec.dtype != g.dtype {
+            return Err(format!(
+                "reads {} ({}) as {}",
+                spec.name, spec.dtype, g.dtype
+            ));
+        }
+        Ok((spec.bytes / g.dtype.size().max(1), spec))
+    };
+    // Elements a (batched) column-major matrix of `rows × cols` reaches.
+    let reach = |x: &BlasMatrix, rows: usize, cols: usize| -> Option<usize> {
+        if !int(x.ld) || x.ld < rows {
+            return None;
+        }
+        (g.batch - 1)
+            .checked_mul(x.batch_stride)?
+            .checked_add((cols - 1).checked_mul(x.ld)?)?
+            .checked_add(rows)
+    };
+    let stored = |x: &BlasMatrix, r: usize, c: usize| if x.trans { (c, r) } else { (r, c) };
+    let (ar, ac) = stored(&g.a, g.m, g.k);
+    let (br, bc) = stored(&g.b, g.k, g.n);
+    let mut parts = vec![("a", g.a, ar, ac), ("b", g.b, br, bc), ("d", g.d, g.m, g.n)];
+    if let Some(r) = g.residual {
+        parts.push(("residual", BlasMatrix { buf: r, ..g.d }, g.m, g.n));
+    }
+    for (what, x, rows, cols) in parts {
+        let (len, spec) = buffer(x.buf)?;
+        match reach(&x, rows, cols) {
+            Some(n) if n <= len => {}
+            _ => {
+                return Err(format!(
+                    "reaches past {what} ({}: {len} elements)",
+                    spec.name
+                ))
+            }
+        }
+    }
+    if g.d.trans || (g.batch > 1 && g.d.batch_stride < g.m * g.n) {
+        return Err("writes a transposed or overlapping result".into());
+    }
+    if let Some(b) = g.bias {
+        let (len, spec) = buffer(b)?;
+        if len < g.m {
+            return Err(format!(
+                "reads {} elements of bias {} ({len})",
+                g.m, spec.name
+            ));
+        }
+    }
+    Ok(())
 }

@@ -10,11 +10,17 @@
 //! graph, later runs replay it between two CUDA events, which time the device's work.
 //! Reading the outputs is the one synchronization.
 //!
+//! Product kernels that carry a cuBLASLt form ([`BlasGemm`](smelt_compiler::kernel::ir::BlasGemm))
+//! become that library call where cuBLASLt is installed (planned at load, its workspace at
+//! the end of the arena, enqueued and captured like a launch); elsewhere, or when loaded
+//! with [`Products::Kernels`], the kernel runs.
+//!
 //! This is the thin layer `scripts/gpu-check` exercises on a GPU; on machines without one,
 //! [`CudaModel::load`] is a clear error (`no CUDA device found: …`).
 
 use super::bundle::{BufferSpec, Bundle, LaunchSpec};
 use super::device;
+use super::lt::{CublasLt, LtMatmul, Pointers};
 use crate::Error;
 use cudarc::driver::{
     sys, CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr,
@@ -22,6 +28,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 use smelt_compiler::ir::Tensor;
+pub use smelt_compiler::kernel::interp::Products;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -59,6 +66,10 @@ fn staging(ctx: &Arc<CudaContext>, bytes: usize) -> Result<Option<PinnedHostSlic
 pub struct CudaModel {
     // Dropped first: the graph and the arena go before the modules they use.
     state: Mutex<State>,
+    /// The cuBLASLt call made instead of each launch, where there is one.
+    calls: Vec<Option<LtMatmul>>,
+    /// Why launches with a cuBLASLt form run their kernel instead (empty when none do).
+    cublas_note: String,
     stream: Arc<CudaStream>,
     functions: Vec<CudaFunction>,
     launches: Vec<LaunchSpec>,
@@ -83,8 +94,14 @@ impl std::fmt::Debug for CudaModel {
 
 impl CudaModel {
     /// Loads `bundle` onto the first GPU: its cubins for the device's architecture, one arena,
-    /// the weights.
+    /// the weights, and cuBLASLt calls where the plan has them and the library is installed.
     pub fn load(bundle: &Bundle) -> Result<CudaModel, Error> {
+        Self::load_with(bundle, Products::Library)
+    }
+
+    /// [`CudaModel::load`], choosing whether launches with a cuBLASLt form make the library
+    /// call ([`Products::Library`], where cuBLASLt is installed) or run their kernel.
+    pub fn load_with(bundle: &Bundle, products: Products) -> Result<CudaModel, Error> {
         let device = device::probe().map_err(Error::NoCudaDevice)?;
         let arch = device.arch();
         let m = &bundle.manifest;
@@ -117,8 +134,25 @@ impl CudaModel {
                     .map_err(cuda(&format!("finding {} in its module", l.kernel)))?,
             );
         }
+        // cuBLASLt, if the plan has calls for it and it is wanted and installed.
+        let wanted = m.launches.iter().any(|l| l.blas.is_some());
+        let (lt, mut cublas_note) = match (wanted, products) {
+            (false, _) => (None, String::new()),
+            (true, Products::Kernels) => (None, "kernels chosen at load".to_string()),
+            (true, Products::Library) => match CublasLt::open() {
+                Ok(lt) => (Some(Arc::new(lt)), String::new()),
+                Err(why) => (None, why),
+            },
+        };
+        // Its workspace lies past the planned buffers, in the same allocation.
+        let ws_offset = m.arena_bytes.next_multiple_of(256);
+        let ws_bytes = if lt.is_some() {
+            super::lt::workspace_bytes(device.major.max(0) as u32)
+        } else {
+            0
+        };
         let mut arena = stream
-            .alloc_zeros::<u8>(m.arena_bytes.max(1))
+            .alloc_zeros::<u8>((ws_offset + ws_bytes).max(1))
             .map_err(cuda("allocating the arena"))?;
         for b in &m.buffers {
             if let Some(blob) = &b.constant {
@@ -129,6 +163,32 @@ impl CudaModel {
             }
         }
         stream.synchronize().map_err(cuda("finishing the upload"))?;
+        let mut calls = Vec::with_capacity(m.launches.len());
+        {
+            let (base, _guard) = arena.device_ptr(&stream);
+            let at = |b: u32| base + m.buffers[b as usize].offset as u64;
+            for l in &m.launches {
+                let (Some(lt), Some(g)) = (&lt, &l.blas) else {
+                    calls.push(None);
+                    continue;
+                };
+                let ptrs = Pointers {
+                    a: at(g.a.buf),
+                    b: at(g.b.buf),
+                    d: at(g.d.buf),
+                    bias: g.bias.map(at),
+                    residual: g.residual.map(at),
+                    workspace: (base + ws_offset as u64, ws_bytes),
+                };
+                match LtMatmul::new(lt, g, ptrs) {
+                    Ok(call) => calls.push(Some(call)),
+                    Err(why) => {
+                        cublas_note = format!("{}: {why}", l.kernel);
+                        calls.push(None);
+                    }
+                }
+            }
+        }
         let size = |b: &u32| m.buffers[*b as usize].bytes;
         let staged_inputs = m
             .inputs
@@ -146,6 +206,8 @@ impl CudaModel {
             timing().map_err(cuda("creating an event"))?,
         );
         Ok(CudaModel {
+            calls,
+            cublas_note,
             stream,
             functions,
             launches: m.launches.clone(),
@@ -165,6 +227,17 @@ impl CudaModel {
             device_ms: AtomicU64::new(0f64.to_bits()),
             _ctx: ctx,
         })
+    }
+
+    /// Launches made as cuBLASLt calls.
+    pub fn cublas_calls(&self) -> usize {
+        self.calls.iter().flatten().count()
+    }
+
+    /// Why launches that have a cuBLASLt form run their kernel instead (empty when none
+    /// do): the library is missing, kernels were chosen, or it had no algorithm for one.
+    pub fn cublas_note(&self) -> &str {
+        &self.cublas_note
     }
 
     /// The GPU it runs on.
@@ -219,7 +292,14 @@ impl CudaModel {
     /// Every launch of the list, in order, on the stream.
     fn enqueue(&self, arena: &CudaSlice<u8>) -> Result<(), Error> {
         let (base, _guard) = arena.device_ptr(&self.stream);
-        for (f, l) in self.functions.iter().zip(&self.launches) {
+        for ((f, l), call) in self.functions.iter().zip(&self.launches).zip(&self.calls) {
+            if let Some(call) = call {
+                // SAFETY: the stream is the model's, in the context the arena (and so every
+                // pointer of the call) was allocated in; the arena outlives the run.
+                unsafe { call.enqueue(self.stream.cu_stream() as _) }
+                    .map_err(|e| Error::Cuda(format!("{}: {e}", l.kernel)))?;
+                continue;
+            }
             let ptrs: Vec<u64> = l
                 .params
                 .iter()

@@ -6,4 +6,5 @@ pub mod bundle;
 pub mod cublas;
 pub mod device;
 pub mod executor;
+pub mod lt;
 pub mod nvrtc;

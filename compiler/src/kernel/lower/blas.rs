@@ -127,6 +127,7 @@ pub(super) fn blas_form(
     }
     let a_stride = batch_stride(batch, &ashape, &ast)?;
     let b_stride = batch_stride(batch, &bshape, &bst)?;
+    let d_stride = if count > 1 { m * n } else { 0 };
     let (ra, rb) = (ast.len(), bst.len());
     let call = BlasGemm {
         dtype,
@@ -142,7 +143,7 @@ pub(super) fn blas_form(
             buf: out,
             trans: false,
             ld: n,
-            batch_stride: m * n,
+            batch_stride: d_stride,
         },
         alpha,
         bias,
