@@ -859,3 +859,28 @@ fn cublas_forms_cover_product_epilogues() {
         }
     }
 }
+
+/// Heads merged after attention (transpose + reshape) are the attention kernel's store, not
+/// the output projection's gather: the projection then reads its operand as a plain matrix
+/// and is one cuBLASLt call on a GPU (and needs no copy of its operand on the CPU).
+#[test]
+fn merged_heads_leave_the_output_projection_to_cublas() {
+    let (dir, g) = common::reference_models()
+        .into_iter()
+        .find(|(d, _)| d.ends_with("attention_masked"))
+        .expect("the attention_masked reference model");
+    let c = compile(&g, &Options::default()).unwrap();
+    let p = lower(&c.graph).unwrap();
+    let attention = p
+        .kernels
+        .iter()
+        .position(|k| k.name.contains("attention"))
+        .unwrap_or_else(|| panic!("{}: no attention kernel\n{p}", dir.display()));
+    let projection = &p.kernels[attention + 1];
+    let blas = projection
+        .blas
+        .as_ref()
+        .unwrap_or_else(|| panic!("the projection is no cuBLASLt call\n{p}"));
+    assert_eq!(blas.b.buf, p.kernels[attention].writes[0], "{p}");
+    check(&g, true).unwrap();
+}

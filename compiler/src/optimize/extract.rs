@@ -1,11 +1,16 @@
 //! Extraction: the cheapest program in the saturated e-graph, rebuilt as an IR graph.
 //!
 //! Cost of a node = bytes it reads + bytes it writes + [`LAUNCH_BYTES`] per kernel launch;
-//! constants and inputs cost nothing (they are already in memory).
+//! constants and inputs cost nothing (they are already in memory). A product kernel whose
+//! operand is not a strided view of its input (a transpose followed by a reshape that
+//! merges the transposed dims) also pays that operand's bytes twice more: the CPU backend
+//! copies it out before its library product, and on a GPU it keeps the product from being
+//! one cuBLASLt call. Where the layout change can go elsewhere at no cost (an attention
+//! kernel storing its output with heads merged), that form wins the tie.
 
 use super::analysis::EG;
 use super::lang::{ENode, EOp};
-use crate::ir::{Graph, Node, NodeId, Op};
+use crate::ir::{Graph, KernelKind, Node, NodeId, Op};
 use egg::{CostFunction, Extractor, Id};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -32,10 +37,55 @@ impl CostFunction<ENode> for BytesAndLaunches<'_> {
             EOp::Ir(op) => {
                 let reads: usize = enode.args.iter().map(|&a| self.eg[a].data.ty.bytes()).sum();
                 let out = out_bytes(self.eg, op, enode);
-                LAUNCH_BYTES + (reads + out) as f64
+                LAUNCH_BYTES + (reads + out + gathered_operand_bytes(op)) as f64
             }
         };
         enode.args.iter().fold(own, |acc, &a| acc + costs(a))
+    }
+}
+
+/// Bytes of a product kernel's operands that are not strided views of its inputs, twice
+/// (written out and read back).
+fn gathered_operand_bytes(op: &Op) -> usize {
+    let Op::Fused(k) = op else { return 0 };
+    if k.kind != KernelKind::Gemm {
+        return 0;
+    }
+    let g = &k.body;
+    g.nodes
+        .iter()
+        .filter(|n| n.op == Op::MatMul)
+        .flat_map(|n| n.inputs.iter())
+        .filter(|&&x| strides_of(g, x).is_none())
+        .map(|&x| 2 * g.nodes[x].ty.bytes())
+        .sum()
+}
+
+/// The element strides of body node `id` read as a view of a body input, or `None` when it
+/// is not one (a reshape of a non-contiguous view, or a computed value).
+fn strides_of(g: &Graph, id: NodeId) -> Option<Vec<usize>> {
+    let n = &g.nodes[id];
+    let contiguous = |shape: &[usize]| {
+        let mut st = vec![1; shape.len()];
+        for i in (0..shape.len().saturating_sub(1)).rev() {
+            st[i] = st[i + 1] * shape[i + 1];
+        }
+        st
+    };
+    match &n.op {
+        Op::Input => Some(contiguous(&n.ty.shape)),
+        Op::Transpose(perm) => {
+            let st = strides_of(g, n.inputs[0])?;
+            Some(perm.iter().map(|&p| st[p]).collect())
+        }
+        Op::Reshape(_) => {
+            let x = &g.nodes[n.inputs[0]];
+            let st = strides_of(g, n.inputs[0])?;
+            let want = contiguous(&x.ty.shape);
+            let dense = (0..st.len()).all(|i| x.ty.shape[i] == 1 || st[i] == want[i]);
+            dense.then(|| contiguous(&n.ty.shape))
+        }
+        _ => None,
     }
 }
 
