@@ -161,15 +161,19 @@ fn compare(got: &Tensor, want: &Tensor, rtol: f64, atol: f64) -> Result<(), Stri
     Ok(())
 }
 
-/// The outputs of one run against the bundle's expected ones (outputs poisoned first):
-/// `ok`, `no check`, or what differed.
-fn verdict(
-    bundle: &Bundle,
+/// One run with the outputs poisoned first: the outputs and the run's milliseconds.
+fn poisoned_run(
     model: &CudaModel,
     inputs: &HashMap<String, Tensor>,
-) -> Result<String, Error> {
+) -> Result<(Vec<(String, Tensor)>, f64), Error> {
     model.poison_outputs()?;
+    let t = Instant::now();
     let got = model.run(inputs)?;
+    Ok((got, t.elapsed().as_secs_f64() * 1e3))
+}
+
+/// A run's outputs against the bundle's expected ones: `ok`, `no check`, or what differed.
+fn verdict(bundle: &Bundle, got: &[(String, Tensor)]) -> Result<String, Error> {
     let Some(c) = &bundle.manifest.check else {
         return Ok("no check".to_string());
     };
@@ -226,25 +230,11 @@ pub fn check_bundle(path: &Path, runs: usize) -> Result<BundleResult, Error> {
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
     let seed = bundle.manifest.check.as_ref().map_or(1, |c| c.seed);
     let inputs = inputs_of(&model, seed);
-    let t = Instant::now();
-    let mut check = verdict(&bundle, &model, &inputs)?;
-    let first_run_ms = t.elapsed().as_secs_f64() * 1e3;
+    let (got, first_run_ms) = poisoned_run(&model, &inputs)?;
+    let mut check = verdict(&bundle, &got)?;
     let (ms, device_ms, syncs_per_run) = time_runs(&model, &inputs, runs)?;
-    // Launches made as cuBLASLt calls: the same plan with the kernels instead, checked and
-    // timed the same way.
     let library_calls = model.cublas_calls();
-    let library_note = model.cublas_note().to_string();
-    let kernels_only = if library_calls > 0 {
-        let k = CudaModel::load_with(&bundle, Products::Kernels)?;
-        let v = verdict(&bundle, &k, &inputs)?;
-        if v != "ok" && check == "ok" {
-            check = format!("own kernels: {v}");
-        }
-        let (_, kd, _) = time_runs(&k, &inputs, runs)?;
-        Some(kd[kd.len() / 2])
-    } else {
-        None
-    };
+    let mut library_note = model.cublas_note().to_string();
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
@@ -274,6 +264,28 @@ pub fn check_bundle(path: &Path, runs: usize) -> Result<BundleResult, Error> {
         },
         None => (None, String::new()),
     };
+    // Launches made as cuBLASLt calls: the same plan with its own kernels instead, checked
+    // and timed the same way (the first model's memory freed first).
+    drop(model);
+    let mut kernels_only = None;
+    if library_calls > 0 {
+        let own = (|| -> Result<(String, f64), Error> {
+            let k = CudaModel::load_with(&bundle, Products::Kernels)?;
+            let (got, _) = poisoned_run(&k, &inputs)?;
+            let v = verdict(&bundle, &got)?;
+            let (_, kd, _) = time_runs(&k, &inputs, runs)?;
+            Ok((v, kd[kd.len() / 2]))
+        })();
+        match own {
+            Ok((v, ms)) => {
+                if v != "ok" && v != "no check" && check == "ok" {
+                    check = format!("own kernels: {v}");
+                }
+                kernels_only = Some(ms);
+            }
+            Err(e) => library_note = format!("own kernels not measured: {e}"),
+        }
+    }
     Ok(BundleResult {
         bundle: name,
         load_ms,

@@ -884,3 +884,19 @@ fn merged_heads_leave_the_output_projection_to_cublas() {
     assert_eq!(blas.b.buf, p.kernels[attention].writes[0], "{p}");
     check(&g, true).unwrap();
 }
+
+/// An empty batch (a zero-sized dim) lowers without a cuBLASLt form (nothing to call) and
+/// without panicking, also through a transposed operand.
+#[test]
+fn empty_batches_have_no_cublas_form() {
+    use smelt::DType;
+    let mut b = smelt::GraphBuilder::new();
+    let xt = b.input("xt", DType::F32, &[3, 0, 2, 4]).unwrap();
+    let x = b.transpose(xt, &[1, 0, 2, 3]).unwrap();
+    let w = b.input("w", DType::F32, &[4, 5]).unwrap();
+    let y = b.matmul(x, w).unwrap();
+    b.output("y", y).unwrap();
+    let g = b.build().unwrap();
+    let p = lower(&compile(&g, &Options::default()).unwrap().graph).unwrap();
+    assert!(p.kernels.iter().all(|k| k.blas.is_none()), "{p}");
+}

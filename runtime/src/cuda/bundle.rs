@@ -463,7 +463,8 @@ pub fn blas_fits(g: &BlasGemm, buffers: &[BufferSpec]) -> Result<(), String> {
             }
         }
     }
-    if g.d.trans || (g.batch > 1 && g.d.batch_stride < g.m * g.n) {
+    let span = (g.n - 1) * g.d.ld + g.m;
+    if g.d.trans || (g.batch > 1 && g.d.batch_stride < span) {
         return Err("writes a transposed or overlapping result".into());
     }
     if let Some(b) = g.bias {
@@ -476,4 +477,107 @@ pub fn blas_fits(g: &BlasGemm, buffers: &[BufferSpec]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buffer(name: &str, elems: usize) -> BufferSpec {
+        BufferSpec {
+            name: name.into(),
+            dtype: DType::F32,
+            shape: vec![elems],
+            offset: 0,
+            bytes: elems * 4,
+            constant: None,
+        }
+    }
+
+    /// A batch of 3 products `d (4×5) = a (4×6) · b (6×5)`, all column-major and packed.
+    fn call() -> (BlasGemm, Vec<BufferSpec>) {
+        let m = |buf, ld, batch_stride| BlasMatrix {
+            buf,
+            trans: false,
+            ld,
+            batch_stride,
+        };
+        let g = BlasGemm {
+            dtype: DType::F32,
+            m: 4,
+            n: 5,
+            k: 6,
+            batch: 3,
+            a: m(0, 4, 24),
+            b: m(1, 6, 30),
+            d: m(2, 4, 20),
+            alpha: 1.0,
+            bias: Some(3),
+            residual: Some(4),
+            activation: None,
+        };
+        let bufs = vec![
+            buffer("a", 72),
+            buffer("b", 90),
+            buffer("d", 60),
+            buffer("bias", 4),
+            buffer("res", 60),
+        ];
+        (g, bufs)
+    }
+
+    #[test]
+    fn calls_inside_their_buffers_pass() {
+        let (g, bufs) = call();
+        assert_eq!(blas_fits(&g, &bufs), Ok(()));
+        // A transposed, shared left operand: stored 6×4, read by every product.
+        let mut t = g.clone();
+        t.a = BlasMatrix {
+            trans: true,
+            ld: 6,
+            batch_stride: 0,
+            ..t.a
+        };
+        assert_eq!(blas_fits(&t, &bufs), Ok(()));
+    }
+
+    #[test]
+    fn calls_reaching_outside_or_overlapping_are_refused() {
+        let (g, bufs) = call();
+        let refused = |g: &BlasGemm, what: &str| {
+            let e = blas_fits(g, &bufs).unwrap_err();
+            assert!(e.contains(what), "{e:?} should mention {what:?}");
+        };
+        let mut x = g.clone();
+        x.b.batch_stride = 31;
+        refused(&x, "reaches past b");
+        let mut x = g.clone();
+        x.a.ld = 3;
+        refused(&x, "reaches past a");
+        let mut x = g.clone();
+        x.bias = Some(0);
+        x.m = 5;
+        x.d.ld = 5;
+        refused(&x, "reaches past");
+        let mut x = g.clone();
+        x.residual = Some(3);
+        refused(&x, "reaches past residual");
+        let mut x = g.clone();
+        x.k = 0;
+        refused(&x, "outside 1..2^31");
+        let mut x = g.clone();
+        x.batch = usize::MAX;
+        refused(&x, "outside 1..2^31");
+        // Padded result rows: each product spans 4·4 + 4 = 20 elements past its start, so
+        // a stride of 19 would write the next product's first element too.
+        let mut x = g.clone();
+        x.d.batch_stride = 19;
+        refused(&x, "overlapping");
+        let mut x = g.clone();
+        x.d.trans = true;
+        refused(&x, "transposed");
+        let mut x = g;
+        x.bias = Some(7);
+        refused(&x, "not declared");
+    }
 }

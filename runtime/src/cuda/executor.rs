@@ -145,14 +145,19 @@ impl CudaModel {
             },
         };
         // Its workspace lies past the planned buffers, in the same allocation.
-        let ws_offset = m.arena_bytes.next_multiple_of(256);
         let ws_bytes = if lt.is_some() {
             super::lt::workspace_bytes(device.major.max(0) as u32)
         } else {
             0
         };
+        let too_big = || Error::Bundle(format!("an arena of {} bytes", m.arena_bytes));
+        let ws_offset = m
+            .arena_bytes
+            .checked_next_multiple_of(256)
+            .ok_or_else(too_big)?;
+        let total = ws_offset.checked_add(ws_bytes).ok_or_else(too_big)?;
         let mut arena = stream
-            .alloc_zeros::<u8>((ws_offset + ws_bytes).max(1))
+            .alloc_zeros::<u8>(total.max(1))
             .map_err(cuda("allocating the arena"))?;
         for b in &m.buffers {
             if let Some(blob) = &b.constant {
@@ -183,7 +188,10 @@ impl CudaModel {
                 match LtMatmul::new(lt, g, ptrs) {
                     Ok(call) => calls.push(Some(call)),
                     Err(why) => {
-                        cublas_note = format!("{}: {why}", l.kernel);
+                        if !cublas_note.is_empty() {
+                            cublas_note.push_str("; ");
+                        }
+                        cublas_note.push_str(&format!("{}: {why}", l.kernel));
                         calls.push(None);
                     }
                 }

@@ -122,7 +122,7 @@ pub(super) fn blas_form(
     let batch = &shape[..r - 2];
     let count: usize = batch.iter().product();
     let int = |v: usize| i32::try_from(v).is_ok();
-    if ![m, n, k, count].into_iter().all(int) || m * n * k == 0 {
+    if ![m, n, k, count].into_iter().all(|v| v > 0 && int(v)) {
         return None;
     }
     let a_stride = batch_stride(batch, &ashape, &ast)?;
