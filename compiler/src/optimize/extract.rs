@@ -10,6 +10,7 @@
 
 use super::analysis::EG;
 use super::lang::{ENode, EOp};
+use super::rules::fuse::gathered_operands;
 use crate::ir::{Graph, KernelKind, Node, NodeId, Op};
 use egg::{CostFunction, Extractor, Id};
 use std::collections::{HashMap, HashSet};
@@ -52,41 +53,9 @@ fn gathered_operand_bytes(op: &Op) -> usize {
         return 0;
     }
     let g = &k.body;
-    g.nodes
-        .iter()
-        .filter(|n| n.op == Op::MatMul)
-        .flat_map(|n| n.inputs.iter())
-        .filter(|&&x| strides_of(g, x).is_none())
-        .map(|&x| 2 * g.nodes[x].ty.bytes())
+    gathered_operands(g)
+        .map(|x| 2 * g.nodes[x].ty.bytes())
         .sum()
-}
-
-/// The element strides of body node `id` read as a view of a body input, or `None` when it
-/// is not one (a reshape of a non-contiguous view, or a computed value).
-fn strides_of(g: &Graph, id: NodeId) -> Option<Vec<usize>> {
-    let n = &g.nodes[id];
-    let contiguous = |shape: &[usize]| {
-        let mut st = vec![1; shape.len()];
-        for i in (0..shape.len().saturating_sub(1)).rev() {
-            st[i] = st[i + 1] * shape[i + 1];
-        }
-        st
-    };
-    match &n.op {
-        Op::Input => Some(contiguous(&n.ty.shape)),
-        Op::Transpose(perm) => {
-            let st = strides_of(g, n.inputs[0])?;
-            Some(perm.iter().map(|&p| st[p]).collect())
-        }
-        Op::Reshape(_) => {
-            let x = &g.nodes[n.inputs[0]];
-            let st = strides_of(g, n.inputs[0])?;
-            let want = contiguous(&x.ty.shape);
-            let dense = (0..st.len()).all(|i| x.ty.shape[i] == 1 || st[i] == want[i]);
-            dense.then(|| contiguous(&n.ty.shape))
-        }
-        _ => None,
-    }
 }
 
 fn out_bytes(eg: &EG, op: &Op, enode: &ENode) -> usize {

@@ -31,6 +31,7 @@ pub const MAX_BODY_OPS: usize = 48;
 pub fn rules() -> Vec<Rewrite<ENode, Facts>> {
     vec![
         rule("fuse-producer", fuse_producer),
+        rule("fuse-producer-strided", fuse_producer_strided),
         rule("fuse-attention", fuse_attention),
     ]
 }
@@ -367,6 +368,83 @@ pub fn fuse_producer(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
         }
     }
     None
+}
+
+/// [`fuse_producer`] where the merged kernel holds a matrix product: the largest producer
+/// form that leaves every product operand a strided view of a kernel input (see
+/// [`gathered_operands`]). The largest form alone would have a product gather heads merged
+/// after an attention kernel (a transpose then a reshape) and hide the form where the
+/// attention stores them merged and the product reads a plain matrix; extraction picks
+/// between the two by cost. Where the largest form is already strided this adds nothing.
+pub fn fuse_producer_strided(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
+    let cons = body_of(c, n)?;
+    for (i, &p) in cons.1.iter().enumerate() {
+        let users = c.users(p);
+        let mut forms: Vec<(Graph, Vec<Id>)> =
+            c.nodes(p).iter().filter_map(|pn| body_of(c, pn)).collect();
+        forms.sort_by_key(|b| std::cmp::Reverse(b.0.nodes.len()));
+        for prod in forms {
+            if users != 1 && !recompute_pays(c, p, &prod, users) {
+                continue;
+            }
+            let (body, children) = inline(&cons, i, &prod);
+            if !body.nodes.iter().any(|x| x.op == Op::MatMul) {
+                break;
+            }
+            let Some(kind) = classify(&body) else {
+                continue;
+            };
+            if gathered_operands(&body).next().is_some() {
+                continue;
+            }
+            let op = Op::Fused(Arc::new(FusedKernel { kind, body }));
+            return Some(Build::Node(
+                op,
+                children.into_iter().map(Build::Class).collect(),
+            ));
+        }
+    }
+    None
+}
+
+/// The operands of a body's matrix products that are not strided views of its inputs:
+/// reached from an input through transposes and reshapes, where a reshape merges or splits
+/// dims the transposes left non-contiguous. Such an operand must be gathered (copied out
+/// on the CPU; on a GPU it keeps the product from being one library call).
+pub fn gathered_operands(g: &Graph) -> impl Iterator<Item = NodeId> + '_ {
+    g.nodes
+        .iter()
+        .filter(|n| n.op == Op::MatMul)
+        .flat_map(|n| n.inputs.iter().copied())
+        .filter(|&x| strides_of(g, x).is_none())
+}
+
+/// The element strides of body node `id` read as a view of a body input, or `None` when it
+/// is not one (a reshape of a non-contiguous view, or a computed value).
+fn strides_of(g: &Graph, id: NodeId) -> Option<Vec<usize>> {
+    let n = &g.nodes[id];
+    let contiguous = |shape: &[usize]| {
+        let mut st = vec![1; shape.len()];
+        for i in (0..shape.len().saturating_sub(1)).rev() {
+            st[i] = st[i + 1] * shape[i + 1];
+        }
+        st
+    };
+    match &n.op {
+        Op::Input => Some(contiguous(&n.ty.shape)),
+        Op::Transpose(perm) => {
+            let st = strides_of(g, n.inputs[0])?;
+            Some(perm.iter().map(|&p| st[p]).collect())
+        }
+        Op::Reshape(_) => {
+            let x = &g.nodes[n.inputs[0]];
+            let st = strides_of(g, n.inputs[0])?;
+            let want = contiguous(&x.ty.shape);
+            let dense = (0..st.len()).all(|i| x.ty.shape[i] == 1 || st[i] == want[i]);
+            dense.then(|| contiguous(&n.ty.shape))
+        }
+        _ => None,
+    }
 }
 
 /// Whether recomputing an elementwise producer in each of its `users` moves fewer bytes
