@@ -24,7 +24,7 @@ struct Step {
     seed: u64,
 }
 
-const KINDS: usize = 27;
+const KINDS: usize = 28;
 
 fn steps() -> impl Strategy<Value = (Vec<usize>, Vec<Step>)> {
     (
@@ -148,6 +148,28 @@ fn build(base: &[usize], steps: &[Step], fast_math_safe: bool) -> Graph {
                 g.mul(m1, c).unwrap()
             }
             23 => attention(&mut g, a, s.seed),
+            26 if r >= 3 => {
+                // Attention, heads merged (the head dim moved next to the features and
+                // reshaped into them), an output projection with bias and residual, and
+                // the heads split back.
+                let o = attention(&mut g, a, s.seed);
+                let mut perm: Vec<usize> = (0..r).collect();
+                perm.swap(r - 3, r - 2);
+                let t = g.transpose(o, &perm).unwrap();
+                let ts = g.ty(t).shape.clone();
+                let mut merged = ts[..r - 2].to_vec();
+                merged.push(ts[r - 2] * ts[r - 1]);
+                let m = g.reshape(t, &merged).unwrap();
+                let f = merged[r - 2];
+                let w = konst(&mut g, &[f, f], s.seed + 1);
+                let bias = konst(&mut g, &[f], s.seed + 2);
+                let y = g.matmul(m, w).unwrap();
+                let y = g.add(y, bias).unwrap();
+                let res = konst(&mut g, &merged, s.seed + 3);
+                let y = g.add(y, res).unwrap();
+                let y = g.reshape(y, &ts).unwrap();
+                g.transpose(y, &perm).unwrap()
+            }
             25 => {
                 // A rotation (not its own inverse for rank 3) with work between it and its inverse.
                 let rot: Vec<usize> = (1..r).chain([0]).collect();

@@ -377,34 +377,79 @@ pub fn fuse_producer(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
 /// attention stores them merged and the product reads a plain matrix; extraction picks
 /// between the two by cost. Where the largest form is already strided this adds nothing.
 pub fn fuse_producer_strided(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
+    // Cheap tests first (this runs on every node of every iteration): a gathered operand
+    // needs a product and a reshape somewhere in the merged body.
+    let holds = |e: &ENode, op: &dyn Fn(&Op) -> bool| match e.ir_op() {
+        Some(Op::Fused(k)) => k.body.nodes.iter().any(|x| op(&x.op)),
+        Some(o) => op(o),
+        None => false,
+    };
+    let is_product = |o: &Op| o == &Op::MatMul;
+    let is_reshape = |o: &Op| matches!(o, Op::Reshape(_));
+    let (cons_product, cons_reshape) = (holds(n, &is_product), holds(n, &is_reshape));
     let cons = body_of(c, n)?;
+    let has_product = |g: &Graph| g.nodes.iter().any(|x| x.op == Op::MatMul);
     for (i, &p) in cons.1.iter().enumerate() {
+        let producers = c.nodes(p);
+        let product = cons_product || producers.iter().any(|e| holds(e, &is_product));
+        let reshape = cons_reshape || producers.iter().any(|e| holds(e, &is_reshape));
+        if !product || !reshape || !after_attention(c, p, 4) {
+            continue;
+        }
         let users = c.users(p);
         let mut forms: Vec<(Graph, Vec<Id>)> =
             c.nodes(p).iter().filter_map(|pn| body_of(c, pn)).collect();
         forms.sort_by_key(|b| std::cmp::Reverse(b.0.nodes.len()));
+        // Whether the form fuse_producer takes (the largest that classifies) gathers.
+        let mut largest_gathers = None;
         for prod in forms {
+            if !cons_product && !has_product(&prod.0) {
+                continue;
+            }
             if users != 1 && !recompute_pays(c, p, &prod, users) {
                 continue;
             }
             let (body, children) = inline(&cons, i, &prod);
-            if !body.nodes.iter().any(|x| x.op == Op::MatMul) {
-                break;
-            }
             let Some(kind) = classify(&body) else {
                 continue;
             };
-            if gathered_operands(&body).next().is_some() {
-                continue;
+            // Attention reads its operands through index maps in every form.
+            if kind != KernelKind::Gemm {
+                break;
             }
-            let op = Op::Fused(Arc::new(FusedKernel { kind, body }));
-            return Some(Build::Node(
-                op,
-                children.into_iter().map(Build::Class).collect(),
-            ));
+            let gathers = gathered_operands(&body).next().is_some();
+            match largest_gathers {
+                // fuse_producer adds that one already.
+                None if !gathers => return None,
+                None => largest_gathers = Some(true),
+                Some(_) if gathers => {}
+                Some(_) => {
+                    let op = Op::Fused(Arc::new(FusedKernel { kind, body }));
+                    return Some(Build::Node(
+                        op,
+                        children.into_iter().map(Build::Class).collect(),
+                    ));
+                }
+            }
         }
     }
     None
+}
+
+/// Whether class `p` is an attention kernel's output seen through at most `depth` layout
+/// ops and products (a product reading it, whose epilogue is being grown): the one place
+/// where a gathered product operand has a producer that can take the layout change as its
+/// store instead. Keeps the rule from offering strided forms where nothing would take them
+/// (they would only grow the e-graph).
+fn after_attention(c: &Ctx, p: Id, depth: usize) -> bool {
+    c.nodes(p).iter().any(|e| match e.ir_op() {
+        Some(Op::Fused(k)) if k.kind == KernelKind::Attention => true,
+        Some(Op::Fused(k)) if k.kind != KernelKind::Gemm => false,
+        Some(op) if depth > 0 && (is_layout(op) || matches!(op, Op::MatMul | Op::Fused(_))) => {
+            e.args.iter().any(|&a| after_attention(c, a, depth - 1))
+        }
+        _ => false,
+    })
 }
 
 /// The operands of a body's matrix products that are not strided views of its inputs:
