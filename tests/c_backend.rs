@@ -84,9 +84,10 @@ fn matrix_products_are_library_calls() {
     assert!(gemms >= 6, "{gemms} library products in\n{p}");
 }
 
-/// The C backend's own f32 exp, tanh and erf (branch-free, so loops vectorize) against the
-/// reference's f64 libm, rounded: over a dense sweep and the special values. Bound: 4e-7
-/// relative + 1e-37 absolute for exp, 1e-6 relative + 2e-7 absolute for tanh and erf.
+/// The C backend's own f32 exp, tanh, erf and sigmoid (branch-free, so loops vectorize)
+/// against the reference's f64 libm, rounded: over a dense sweep and the special values.
+/// Bound: 4e-7 relative + 1e-37 absolute for exp, 1e-6 relative + 2e-7 absolute for tanh and
+/// erf, 5e-7 relative + 6.1e-39 absolute for sigmoid (which stops decaying at x = -88).
 #[test]
 fn vectorized_math_is_accurate() {
     let mut xs: Vec<f32> = (-200_000..=200_000).map(|i| i as f32 * 5e-4).collect();
@@ -102,6 +103,10 @@ fn vectorized_math_is_accurate() {
         -87.5,
         -103.0,
         -104.5,
+        -88.0,
+        -88.5,
+        -90.0,
+        87.5,
         1e10,
         -1e10,
         f32::INFINITY,
@@ -113,6 +118,7 @@ fn vectorized_math_is_accurate() {
         (smelt::ir::UnaryOp::Exp, 4e-7, 1e-37),
         (smelt::ir::UnaryOp::Tanh, 1e-6, 2e-7),
         (smelt::ir::UnaryOp::Erf, 1e-6, 2e-7),
+        (smelt::ir::UnaryOp::Sigmoid, 5e-7, 6.1e-39),
     ] {
         let mut b = smelt::GraphBuilder::new();
         let x = b.input("x", smelt::DType::F32, &[n]).unwrap();

