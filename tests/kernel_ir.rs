@@ -661,143 +661,110 @@ fn cross_attention_with_padding_masks() {
 fn cublas_forms_cover_product_epilogues() {
     use smelt::ir::UnaryOp;
     use smelt::DType;
-    // (label, batch, m, k, n, transposed weight, scale, bias, residual, activation, covered);
-    // a label starting with "permuted" reads x [b, m, k] as a transpose of [m, b, k].
-    type Case = (
-        &'static str,
-        &'static [usize],
-        usize,
-        usize,
-        usize,
-        bool,
-        bool,
-        bool,
-        bool,
-        Option<UnaryOp>,
-        bool,
-    );
-    let cases: [Case; 9] = [
-        (
-            "plain",
-            &[],
-            24,
-            40,
-            56,
-            false,
-            false,
-            false,
-            false,
-            None,
-            true,
-        ),
-        (
-            "bias+gelu_tanh",
-            &[],
-            33,
-            17,
-            65,
-            true,
-            false,
-            true,
-            false,
-            Some(UnaryOp::GeluTanh),
-            true,
-        ),
-        (
-            "bias+relu, batch",
-            &[2, 3],
-            20,
-            16,
-            24,
-            false,
-            false,
-            true,
-            false,
-            Some(UnaryOp::Relu),
-            true,
-        ),
-        (
-            "scaled+residual",
-            &[3],
-            17,
-            32,
-            9,
-            true,
-            true,
-            false,
-            true,
-            None,
-            true,
-        ),
-        (
-            "all",
-            &[2],
-            40,
-            24,
-            48,
-            false,
-            true,
-            true,
-            true,
-            Some(UnaryOp::Relu),
-            true,
-        ),
-        (
-            "single row",
-            &[],
-            1,
-            64,
-            96,
-            true,
-            false,
-            true,
-            false,
-            None,
-            true,
-        ),
-        (
-            "permuted x",
-            &[3],
-            20,
-            16,
-            24,
-            false,
-            false,
-            true,
-            true,
-            None,
-            true,
-        ),
+    /// A product `x·w` (`w` given transposed when `transposed`), then each part asked for;
+    /// `covered`: whether cuBLASLt's epilogue covers it. A label starting with "permuted"
+    /// reads x [b, m, k] as a transpose of [m, b, k].
+    #[derive(Clone, Copy, Default)]
+    struct Case {
+        label: &'static str,
+        batch: &'static [usize],
+        mkn: (usize, usize, usize),
+        transposed: bool,
+        scale: bool,
+        bias: bool,
+        residual: bool,
+        act: Option<UnaryOp>,
+        covered: bool,
+    }
+    let base = Case {
+        mkn: (24, 40, 56),
+        covered: true,
+        ..Case::default()
+    };
+    let cases = [
+        Case {
+            label: "plain",
+            ..base
+        },
+        Case {
+            label: "bias+gelu_tanh",
+            mkn: (33, 17, 65),
+            transposed: true,
+            bias: true,
+            act: Some(UnaryOp::GeluTanh),
+            ..base
+        },
+        Case {
+            label: "bias+relu, batch",
+            batch: &[2, 3],
+            mkn: (20, 16, 24),
+            bias: true,
+            act: Some(UnaryOp::Relu),
+            ..base
+        },
+        Case {
+            label: "scaled+residual",
+            batch: &[3],
+            mkn: (17, 32, 9),
+            transposed: true,
+            scale: true,
+            residual: true,
+            ..base
+        },
+        Case {
+            label: "all",
+            batch: &[2],
+            mkn: (40, 24, 48),
+            scale: true,
+            bias: true,
+            residual: true,
+            act: Some(UnaryOp::Relu),
+            ..base
+        },
+        Case {
+            label: "single row",
+            mkn: (1, 64, 96),
+            transposed: true,
+            bias: true,
+            ..base
+        },
+        Case {
+            label: "permuted x",
+            batch: &[3],
+            mkn: (20, 16, 24),
+            bias: true,
+            residual: true,
+            ..base
+        },
         // cuBLASLt's GELU is the tanh form: the exact one stays a kernel.
-        (
-            "erf gelu",
-            &[],
-            24,
-            40,
-            56,
-            false,
-            false,
-            true,
-            false,
-            Some(UnaryOp::Gelu),
-            false,
-        ),
-        (
-            "sigmoid",
-            &[],
-            24,
-            40,
-            56,
-            false,
-            false,
-            true,
-            false,
-            Some(UnaryOp::Sigmoid),
-            false,
-        ),
+        Case {
+            label: "erf gelu",
+            bias: true,
+            act: Some(UnaryOp::Gelu),
+            covered: false,
+            ..base
+        },
+        Case {
+            label: "sigmoid",
+            bias: true,
+            act: Some(UnaryOp::Sigmoid),
+            covered: false,
+            ..base
+        },
     ];
     for d in [DType::F32, DType::F16] {
-        for (label, batch, m, k, n, transposed, scale, bias, residual, act, covered) in cases {
+        for c in cases {
+            let Case {
+                label,
+                batch,
+                mkn: (m, k, n),
+                transposed,
+                scale,
+                bias,
+                residual,
+                act,
+                covered,
+            } = c;
             let mut b = smelt::GraphBuilder::new();
             let mut sa = batch.to_vec();
             sa.extend([m, k]);

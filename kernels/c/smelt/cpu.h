@@ -33,19 +33,25 @@ SMELT_FN uint32_t smelt_f32_bits(float f) { union { uint32_t u; float f; } v; v.
 // overflow to inf and gradual underflow to 0. tanh: a rational function (below). erf: series below 0.5, else Abramowitz–Stegun 7.1.26 (|error| ≤ 1.5e-7).
 // NaN propagates through each. Polynomials use explicit fmaf (the C is built with
 // -ffp-contract=off, so nothing else is contracted).
-SMELT_FN float smelt_expf(float x) {
-    const float xc = x < -104.0f ? -104.0f : (x > 89.0f ? 89.0f : x);
-    const float xs = x != x ? 0.0f : xc;
-    const float n = rintf(xs * 1.44269504088896341f);
+
+// exp(x) = 2^n · exp(r) with n = x/ln2 rounded (smelt_exp_nf of x and x clamped: 0 for NaN, so no conversion
+// is undefined): exp(r), r = x - n·ln2 (Cody–Waite, in two parts), by Cephes' degree-5
+// minimax polynomial for (exp(r) - 1 - r) / r² on |r| ≤ ln2/2. The caller scales by 2^n.
+SMELT_FN float smelt_exp_nf(float x, float xc) { return rintf((x != x ? 0.0f : xc) * 1.44269504088896341f); }
+SMELT_FN float smelt_exp_reducedf(float xc, float n) {
     const float r = fmaf(-n, 1.428606765330187e-6f, fmaf(-n, 0.693145751953125f, xc));
-    // Cephes' degree-5 minimax polynomial for (exp(r) - 1 - r) / r² on |r| ≤ ln2/2.
     float p = 1.9875691500e-4f;
     p = fmaf(p, r, 1.3981999507e-3f);
     p = fmaf(p, r, 8.3334519073e-3f);
     p = fmaf(p, r, 4.1665795894e-2f);
     p = fmaf(p, r, 1.6666665459e-1f);
     p = fmaf(p, r, 5.0000001201e-1f);
-    p = fmaf(p, r * r, r) + 1.0f;
+    return fmaf(p, r * r, r) + 1.0f;
+}
+SMELT_FN float smelt_expf(float x) {
+    const float xc = x < -104.0f ? -104.0f : (x > 89.0f ? 89.0f : x);
+    const float n = smelt_exp_nf(x, xc);
+    const float p = smelt_exp_reducedf(xc, n);
     const int32_t ni = (int32_t)n, h = ni >> 1;
     const float s1 = smelt_bits_f32((uint32_t)(h + 127) << 23);
     const float s2 = smelt_bits_f32((uint32_t)(ni - h + 127) << 23);
@@ -59,15 +65,8 @@ SMELT_FN float smelt_expf(float x) {
 SMELT_FN float smelt_sigmoidf(float x) {
     const float u = -x;
     const float uc = u < -87.0f ? -87.0f : (u > 88.0f ? 88.0f : u);
-    const float n = rintf((u != u ? 0.0f : uc) * 1.44269504088896341f);
-    const float r = fmaf(-n, 1.428606765330187e-6f, fmaf(-n, 0.693145751953125f, uc));
-    float p = 1.9875691500e-4f;
-    p = fmaf(p, r, 1.3981999507e-3f);
-    p = fmaf(p, r, 8.3334519073e-3f);
-    p = fmaf(p, r, 4.1665795894e-2f);
-    p = fmaf(p, r, 1.6666665459e-1f);
-    p = fmaf(p, r, 5.0000001201e-1f);
-    p = fmaf(p, r * r, r) + 1.0f;
+    const float n = smelt_exp_nf(u, uc);
+    const float p = smelt_exp_reducedf(uc, n);
     return 1.0f / (1.0f + p * smelt_bits_f32((uint32_t)((int32_t)n + 127) << 23));
 }
 SMELT_FN double smelt_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
