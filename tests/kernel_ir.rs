@@ -867,3 +867,73 @@ fn empty_batches_have_no_cublas_form() {
     let p = lower(&compile(&g, &Options::default()).unwrap().graph).unwrap();
     assert!(p.kernels.iter().all(|k| k.blas.is_none()), "{p}");
 }
+
+/// A causal mask (a constant hiding key `j` from query `i` when `j > i + off`, with -inf or
+/// a large negative value) lets each block stop at the last key tile its last query sees:
+/// the tile loop gets that bound (two more `min`s than with any other mask), and the results
+/// stay the reference's: f32 (K/V-tiled kernel) and f16 (tensor cores), queries and keys
+/// of different lengths (off = keys − queries), masks of -inf and of -1e9. A mask that
+/// differs from causal in one element, or whose first row sees no key, is not taken for one.
+#[test]
+fn causal_masks_skip_hidden_key_tiles() {
+    use smelt::DType;
+    let graph = |dtype: DType, nq: usize, nk: usize, d: usize, mask: &[f32]| {
+        let mut b = smelt::GraphBuilder::new();
+        let q = b.input("q", dtype, &[2, 3, nq, d]).unwrap();
+        let k = b.input("k", dtype, &[2, 3, nk, d]).unwrap();
+        let v = b.input("v", dtype, &[2, 3, nk, d]).unwrap();
+        let kt = b.transpose(k, &[0, 1, 3, 2]).unwrap();
+        let s = b.matmul(q, kt).unwrap();
+        let scale = b.scalar(dtype, 1.0 / (d as f64).sqrt());
+        let s = b.mul(s, scale).unwrap();
+        let m = b.constant(Tensor::f32([nq, nk], mask.to_vec()));
+        let m = if dtype == DType::F32 {
+            m
+        } else {
+            b.cast(m, dtype).unwrap()
+        };
+        let s = b.add(s, m).unwrap();
+        let p = b.softmax(s, -1).unwrap();
+        let o = b.matmul(p, v).unwrap();
+        b.output("o", o).unwrap();
+        b.build().unwrap()
+    };
+    let mins = |g: &Graph| {
+        let p = lower(&compile(g, &Options::default()).unwrap().graph).unwrap();
+        let k = p.kernels.iter().find(|k| k.name.contains("attention"));
+        k.unwrap_or_else(|| panic!("no attention kernel\n{p}"))
+            .to_string()
+            .matches("min(")
+            .count()
+    };
+    for dtype in [DType::F32, DType::F16] {
+        let (rtol, atol) = if dtype == DType::F32 {
+            (1e-4, 1e-5)
+        } else {
+            (1e-2, 1e-2)
+        };
+        for (nq, nk, hidden) in [(70, 70, f32::NEG_INFINITY), (80, 100, -1e9)] {
+            let off = nk - nq;
+            let causal: Vec<f32> = (0..nq * nk)
+                .map(|x| if x % nk > x / nk + off { hidden } else { 0.0 })
+                .collect();
+            let mut near = causal.clone();
+            near[nk - 1] = 0.0; // the first row sees its last key too
+            let mut blind = causal.clone();
+            blind[..nk].fill(hidden); // the first row sees nothing
+            let label = format!("{dtype} {nq}x{nk}");
+            let base = mins(&graph(dtype, nq, nk, 32, &near));
+            // The bound, and the block's last query row clamped to the last row.
+            assert_eq!(
+                mins(&graph(dtype, nq, nk, 32, &causal)),
+                base + 2,
+                "{label}"
+            );
+            assert_eq!(mins(&graph(dtype, nq, nk, 32, &blind)), base, "{label}");
+            for (what, mask) in [("causal", &causal), ("blind", &blind)] {
+                check_within(&graph(dtype, nq, nk, 16, mask), true, rtol, atol)
+                    .unwrap_or_else(|e| panic!("{label} {what}: {e}"));
+            }
+        }
+    }
+}

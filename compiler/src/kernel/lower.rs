@@ -1348,7 +1348,13 @@ pub fn lower_for(g: &Graph, target: Target) -> R<Program> {
             Some(axis) => rows::lower_rows_gpu(&body, &ins, out, axis, name, precision)?,
             None => {
                 let special = if attention {
-                    attention::lower_attention_gpu(&body, &ins, out, &name, precision)?
+                    let constant = |b: u32| {
+                        constants
+                            .iter()
+                            .find(|(c, _)| *c == b)
+                            .map(|(_, t)| t.clone())
+                    };
+                    attention::lower_attention_gpu(&body, &ins, out, &name, precision, &constant)?
                 } else if product {
                     gemm::lower_gemm_gpu(&body, &ins, out, &name, precision)?
                 } else {

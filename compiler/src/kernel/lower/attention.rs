@@ -10,12 +10,16 @@
 //! a warp-shuffle sum of the lanes' partial dot products, goes through `f`, and updates the
 //! online softmax (running max `m`, sum `l`) and the accumulators, rescaled by
 //! `exp(m_old - m)` when the max grows. The output is `acc / l`.
+//!
+//! A causal mask (an additive constant that masks key `j` of query row `i` exactly when
+//! `j > i + off`, `off ≥ 0`, with -inf or at most [`MASKED`]) lets a block stop at the last
+//! key tile its last query row can see: the tiles past it would only add zeros.
 
 use super::rows::{both, hold, lt, online_step};
 use super::unravel;
 use super::{add, and, broadcast_index, builtin, div, emitter, exp_sub, mul, ravel, rem};
 use super::{Emitter, Kernel, Launch, R, ROW_BLOCK};
-use crate::ir::{BinaryOp, DType, Graph, NodeId, Op};
+use crate::ir::{BinaryOp, DType, Graph, NodeId, Op, Tensor};
 use crate::kernel::ir::{
     Builtin, Combiner, Expr, FragRole, Fragment, IndexOp, Precision, ReduceOp, Scope, SharedArray,
     Stmt,
@@ -23,6 +27,11 @@ use crate::kernel::ir::{
 
 /// Registers a lane may spend on query elements and accumulators.
 const MAX_HELD: usize = 32;
+
+/// An additive mask value at or below which a key counts as masked for skipping: its weight
+/// `exp(score + mask - max)` is exactly 0 in f32 (and in the reference's f64) unless scores
+/// differ by about 1e8, far outside what f32 attention can represent meaningfully.
+pub const MASKED: f64 = -1e8;
 
 /// The attention kernel of a fused body `softmax(f(mm1)) · V` whose output is the second
 /// product, possibly through layout ops (the heads' transpose and reshape back to the model
@@ -34,6 +43,7 @@ pub(super) fn lower_attention_gpu(
     out: u32,
     name: &str,
     precision: Precision,
+    constant: &dyn Fn(u32) -> Option<std::sync::Arc<Tensor>>,
 ) -> R<Option<Kernel>> {
     let node = |id: NodeId| &body.nodes[id];
     // The second product, under the layout ops from it to the output.
@@ -74,6 +84,7 @@ pub(super) fn lower_attention_gpu(
         dtypes.iter().all(|&t| t == dtypes[0]) && matches!(dtypes[0], DType::F16 | DType::BF16);
     let (dp, ep) = (d.next_multiple_of(FRAG), cols.next_multiple_of(FRAG));
     let tc = tc && dp <= 128 && ep <= 128 && out_shape[r - 2] >= FRAG && keys >= FRAG;
+    let causal = causal_offset(body, inputs, x, mm1, (out_shape[r - 2], keys), constant);
     let a = Attention {
         layout,
         q,
@@ -88,6 +99,7 @@ pub(super) fn lower_attention_gpu(
         d,
         keys,
         cols,
+        causal,
     };
     match tc {
         true => tensor_core(body, inputs, out, name, &a, dtypes[0]).map(Some),
@@ -272,10 +284,22 @@ fn tiled(
     // The next tile's staging overwrites this one.
     e.push(Stmt::Barrier);
     let tiles = e.close();
+    // The block's last query row, for a causal mask's last tile.
+    let last = Expr::Index(
+        IndexOp::Min,
+        Box::new(add(
+            mul(
+                rem(builtin(Builtin::Block), q_tiles),
+                Expr::I(per_block as i64),
+            ),
+            Expr::I(per_block as i64 - 1),
+        )),
+        Box::new(Expr::I(s_len as i64 - 1)),
+    );
     e.push(Stmt::For {
         var: tile,
         start: Expr::I(0),
-        end: Expr::I(keys.div_ceil(tk) as i64),
+        end: a.tiles_end(last, tk),
         step: Expr::I(1),
         uniform: true,
         body: tiles,
@@ -342,6 +366,68 @@ struct Attention {
     d: usize,
     keys: usize,
     cols: usize,
+    /// `Some(off)`: a causal mask hides key `j` from query row `i` when `j > i + off`.
+    causal: Option<usize>,
+}
+
+impl Attention {
+    /// How many key tiles of `tile` keys a block must walk whose last query row is `last`:
+    /// all of them, or with a causal mask those up to the last key that row sees.
+    fn tiles_end(&self, last: Expr, tile: usize) -> Expr {
+        let all = Expr::I(self.keys.div_ceil(tile) as i64);
+        match self.causal {
+            None => all,
+            Some(off) => Expr::Index(
+                IndexOp::Min,
+                Box::new(all),
+                Box::new(add(div(add(last, Expr::I(off as i64)), tile), Expr::I(1))),
+            ),
+        }
+    }
+}
+
+/// The offset of a causal mask added (as the last op) to the scores `x` of a body's first
+/// product `mm1`: `Some(off)` when the added value is a constant of shape `[rows, keys]`
+/// (leading dims 1) that is finite and above [`MASKED`] exactly where `j <= i + off`, and -inf
+/// or at most [`MASKED`] elsewhere, with `off ≥ 0` (every row sees at least one key) and some
+/// key hidden from the first row.
+fn causal_offset(
+    body: &Graph,
+    inputs: &[u32],
+    x: NodeId,
+    mm1: NodeId,
+    (rows, keys): (usize, usize),
+    constant: &dyn Fn(u32) -> Option<std::sync::Arc<Tensor>>,
+) -> Option<usize> {
+    let n = &body.nodes[x];
+    if n.op != Op::Binary(BinaryOp::Add) || x == mm1 || rows == 0 || keys == 0 {
+        return None;
+    }
+    let mask = n.inputs.iter().find_map(|&m| {
+        let k = body.inputs.iter().position(|&i| i == m)?;
+        constant(inputs[k])
+    })?;
+    let s = mask.shape();
+    let r = s.len();
+    if r < 2 || s[r - 2] != rows || s[r - 1] != keys || s[..r - 2].iter().any(|&d| d != 1) {
+        return None;
+    }
+    let m = mask.to_f64();
+    let seen = |v: f64| v.is_finite() && v > MASKED;
+    let hidden = |v: f64| v == f64::NEG_INFINITY || v <= MASKED;
+    let first = m[..keys].iter().take_while(|&&v| seen(v)).count();
+    let off = first.checked_sub(1)?;
+    let fits = (0..rows).all(|i| {
+        (0..keys).all(|j| {
+            let v = m[i * keys + j];
+            if j <= i + off {
+                seen(v)
+            } else {
+                hidden(v)
+            }
+        })
+    });
+    (fits && off + 1 < keys).then_some(off)
 }
 
 /// The flash-style tiled kernel for f16/bf16 operands (head dim and output width ≤ 128).
@@ -636,10 +722,15 @@ fn tensor_core(
     // The next tile's staging overwrites the K and V tiles just read.
     e.push(Stmt::Barrier);
     let walk = e.close();
+    let last = Expr::Index(
+        IndexOp::Min,
+        Box::new(add(q0.clone(), i(block_rows - 1))),
+        Box::new(i(s_len - 1)),
+    );
     e.push(Stmt::For {
         var: tile,
         start: Expr::I(0),
-        end: i(a.keys.div_ceil(KEYS)),
+        end: a.tiles_end(last, KEYS),
         step: Expr::I(1),
         uniform: true,
         body: walk,
