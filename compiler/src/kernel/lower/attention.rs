@@ -13,7 +13,9 @@
 //!
 //! A causal mask (an additive constant that masks key `j` of query row `i` exactly when
 //! `j > i + off`, `off ≥ 0`, with -inf or at most [`MASKED`]) lets a block stop at the last
-//! key tile its last query row can see: the tiles past it would only add zeros.
+//! key tile its last query row can see: the tiles past it would only add zeros. (Unless a
+//! hidden key's score is NaN: the reference then gives NaN rows, while skipped tiles are
+//! never read, as in FlashAttention's causal mode.)
 
 use super::rows::{both, hold, lt, online_step};
 use super::unravel;
