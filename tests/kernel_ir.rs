@@ -873,7 +873,8 @@ fn empty_batches_have_no_cublas_form() {
 /// the tile loop gets that bound (two more `min`s than with any other mask), and the results
 /// stay the reference's: f32 (K/V-tiled kernel) and f16 (tensor cores), queries and keys
 /// of different lengths (off = keys − queries), masks of -inf and of -1e9. A mask that
-/// differs from causal in one element, or whose first row sees no key, is not taken for one.
+/// differs from causal in one element, whose first row sees no key, or whose hidden keys
+/// are not far enough below the seen ones to weigh exactly 0, is not taken for one.
 #[test]
 fn causal_masks_skip_hidden_key_tiles() {
     use smelt::DType;
@@ -921,6 +922,11 @@ fn causal_masks_skip_hidden_key_tiles() {
             near[nk - 1] = 0.0; // the first row sees its last key too
             let mut blind = causal.clone();
             blind[..nk].fill(hidden); // the first row sees nothing
+                                      // Hidden keys only 8 below the seen ones: their weight is e^-8, not 0.
+            let close: Vec<f32> = causal
+                .iter()
+                .map(|&v| if v == 0.0 { -99_999_992.0 } else { -1e8 })
+                .collect();
             let label = format!("{dtype} {nq}x{nk}");
             let base = mins(&graph(dtype, nq, nk, 32, &near));
             // The bound, and the block's last query row clamped to the last row.
@@ -930,6 +936,11 @@ fn causal_masks_skip_hidden_key_tiles() {
                 "{label}"
             );
             assert_eq!(mins(&graph(dtype, nq, nk, 32, &blind)), base, "{label}");
+            if dtype == DType::F32 {
+                assert_eq!(mins(&graph(dtype, nq, nk, 32, &close)), base, "{label}");
+                check_within(&graph(dtype, nq, nk, 16, &close), true, rtol, atol)
+                    .unwrap_or_else(|e| panic!("{label} close: {e}"));
+            }
             for (what, mask) in [("causal", &causal), ("blind", &blind)] {
                 check_within(&graph(dtype, nq, nk, 16, mask), true, rtol, atol)
                     .unwrap_or_else(|e| panic!("{label} {what}: {e}"));

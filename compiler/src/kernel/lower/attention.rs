@@ -12,7 +12,8 @@
 //! `exp(m_old - m)` when the max grows. The output is `acc / l`.
 //!
 //! A causal mask (an additive constant that masks key `j` of query row `i` exactly when
-//! `j > i + off`, `off ≥ 0`, with -inf or at most [`MASKED`]) lets a block stop at the last
+//! `j > i + off`, `off ≥ 0`, with -inf or a value at least `-MASKED` below the row's visible
+//! ones) lets a block stop at the last
 //! key tile its last query row can see: the tiles past it would only add zeros. (Unless a
 //! hidden key's score is NaN: the reference then gives NaN rows, while skipped tiles are
 //! never read, as in FlashAttention's causal mode.)
@@ -30,9 +31,10 @@ use crate::kernel::ir::{
 /// Registers a lane may spend on query elements and accumulators.
 const MAX_HELD: usize = 32;
 
-/// An additive mask value at or below which a key counts as masked for skipping: its weight
-/// `exp(score + mask - max)` is exactly 0 in f32 (and in the reference's f64) unless scores
-/// differ by about 1e8, far outside what f32 attention can represent meaningfully.
+/// How far below a row's visible mask values a key's must be to count as masked for
+/// skipping: its weight `exp(score + mask - max)` is then exactly 0 in f32 (and in the
+/// reference's f64) unless scores differ by about 1e8, far outside what f32 attention can
+/// represent meaningfully.
 pub const MASKED: f64 = -1e8;
 
 /// The attention kernel of a fused body `softmax(f(mm1)) · V` whose output is the second
@@ -389,10 +391,10 @@ impl Attention {
 }
 
 /// The offset of a causal mask added (as the last op) to the scores `x` of a body's first
-/// product `mm1`: `Some(off)` when the added value is a constant of shape `[rows, keys]`
-/// (leading dims 1) that is finite and above [`MASKED`] exactly where `j <= i + off`, and -inf
-/// or at most [`MASKED`] elsewhere, with `off ≥ 0` (every row sees at least one key) and some
-/// key hidden from the first row.
+/// product `mm1`: `Some(off)` when the added value is a constant read as `[rows, keys]`
+/// (leading dims 1) that, in every row `i`, is finite for the keys `j <= i + off` and, for the
+/// others, -inf or at least `-MASKED` below the largest of those (so their weight is exactly
+/// 0), with `off ≥ 0` (every row sees at least one key) and some key hidden from the first row.
 fn causal_offset(
     body: &Graph,
     inputs: &[u32],
@@ -405,30 +407,39 @@ fn causal_offset(
     if n.op != Op::Binary(BinaryOp::Add) || x == mm1 || rows == 0 || keys == 0 {
         return None;
     }
-    let mask = n.inputs.iter().find_map(|&m| {
+    let (node, mask) = n.inputs.iter().find_map(|&m| {
         let k = body.inputs.iter().position(|&i| i == m)?;
-        constant(inputs[k])
+        Some((m, constant(inputs[k])?))
     })?;
-    let s = mask.shape();
+    // The shape the body reads it as (a reshape shares its input's buffer).
+    let s = &body.nodes[node].ty.shape;
     let r = s.len();
-    if r < 2 || s[r - 2] != rows || s[r - 1] != keys || s[..r - 2].iter().any(|&d| d != 1) {
+    let read_as = r >= 2 && s[r - 2] == rows && s[r - 1] == keys;
+    if !read_as || s[..r - 2].iter().any(|&d| d != 1) || mask.numel() != rows * keys {
         return None;
     }
     let m = mask.to_f64();
-    let seen = |v: f64| v.is_finite() && v > MASKED;
-    let hidden = |v: f64| v == f64::NEG_INFINITY || v <= MASKED;
-    let first = m[..keys].iter().take_while(|&&v| seen(v)).count();
-    let off = first.checked_sub(1)?;
-    let fits = (0..rows).all(|i| {
-        (0..keys).all(|j| {
-            let v = m[i * keys + j];
-            if j <= i + off {
-                seen(v)
-            } else {
-                hidden(v)
-            }
-        })
-    });
+    // In a row, the keys the row sees (a finite prefix) and those it does not.
+    let split = |row: &[f64], seen: usize| {
+        let (a, b) = row.split_at(seen);
+        let top = a.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        a.iter().all(|v| v.is_finite())
+            && b.iter()
+                .all(|&v| v == f64::NEG_INFINITY || v <= top + MASKED)
+    };
+    // The first row fixes the offset: its keys up to the last one not far below its top.
+    let row0 = &m[..keys];
+    let top0 = row0
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(f64::NEG_INFINITY, f64::max);
+    let seen0 = row0
+        .iter()
+        .rposition(|&v| v.is_finite() && v > top0 + MASKED)?
+        + 1;
+    let off = seen0 - 1;
+    let fits = (0..rows).all(|i| split(&m[i * keys..(i + 1) * keys], (i + off + 1).min(keys)));
     (fits && off + 1 < keys).then_some(off)
 }
 

@@ -389,7 +389,7 @@ pub fn fuse_producer_strided(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
     let (cons_product, cons_reshape) = (holds(n, &is_product), holds(n, &is_reshape));
     let cons = body_of(c, n)?;
     let has_product = |g: &Graph| g.nodes.iter().any(|x| x.op == Op::MatMul);
-    for (i, &p) in cons.1.iter().enumerate() {
+    'inputs: for (i, &p) in cons.1.iter().enumerate() {
         let producers = c.nodes(p);
         let product = cons_product || producers.iter().any(|e| holds(e, &is_product));
         let reshape = cons_reshape || producers.iter().any(|e| holds(e, &is_reshape));
@@ -420,7 +420,7 @@ pub fn fuse_producer_strided(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
             let gathers = gathered_operands(&body).next().is_some();
             match largest_gathers {
                 // fuse_producer adds that one already.
-                None if !gathers => return None,
+                None if !gathers => continue 'inputs,
                 None => largest_gathers = Some(true),
                 Some(_) if gathers => {}
                 Some(_) => {
@@ -442,14 +442,32 @@ pub fn fuse_producer_strided(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
 /// store instead. Keeps the rule from offering strided forms where nothing would take them
 /// (they would only grow the e-graph).
 fn after_attention(c: &Ctx, p: Id, depth: usize) -> bool {
-    c.nodes(p).iter().any(|e| match e.ir_op() {
-        Some(Op::Fused(k)) if k.kind == KernelKind::Attention => true,
-        Some(Op::Fused(k)) if k.kind != KernelKind::Gemm => false,
-        Some(op) if depth > 0 && (is_layout(op) || matches!(op, Op::MatMul | Op::Fused(_))) => {
-            e.args.iter().any(|&a| after_attention(c, a, depth - 1))
+    // Breadth-first over classes, each visited once.
+    let mut seen = std::collections::HashSet::new();
+    let mut frontier = vec![c.canon(p)];
+    for level in 0..=depth {
+        let mut next = Vec::new();
+        for class in frontier {
+            if !seen.insert(class) {
+                continue;
+            }
+            for e in c.nodes(class) {
+                match e.ir_op() {
+                    Some(Op::Fused(k)) if k.kind == KernelKind::Attention => return true,
+                    Some(Op::Fused(k)) if k.kind != KernelKind::Gemm => {}
+                    Some(op)
+                        if level < depth
+                            && (is_layout(op) || matches!(op, Op::MatMul | Op::Fused(_))) =>
+                    {
+                        next.extend(e.args.iter().map(|&a| c.canon(a)));
+                    }
+                    _ => {}
+                }
+            }
         }
-        _ => false,
-    })
+        frontier = next;
+    }
+    false
 }
 
 /// The operands of a body's matrix products that are not strided views of its inputs:
