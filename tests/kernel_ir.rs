@@ -874,7 +874,8 @@ fn empty_batches_have_no_cublas_form() {
 /// stay the reference's: f32 (K/V-tiled kernel) and f16 (tensor cores), queries and keys
 /// of different lengths (off = keys − queries), masks of -inf and of -1e9. A mask that
 /// differs from causal in one element, whose first row sees no key, or whose hidden keys
-/// are not far enough below the seen ones to weigh exactly 0, is not taken for one.
+/// are not far enough below the seen ones to weigh exactly 0, is not taken for one. A large
+/// f16 mask (its cast left in the kernel) is seen through the cast.
 #[test]
 fn causal_masks_skip_hidden_key_tiles() {
     use smelt::DType;
@@ -947,4 +948,14 @@ fn causal_masks_skip_hidden_key_tiles() {
             }
         }
     }
+    // A mask too large for the optimizer to fold its cast to f16 (300×300) is seen through
+    // the cast.
+    let n = 300;
+    let causal: Vec<f32> = (0..n * n)
+        .map(|x| if x % n > x / n { -1e9 } else { 0.0 })
+        .collect();
+    let mut near = causal.clone();
+    near[n - 1] = 0.0;
+    let base = mins(&graph(DType::F16, n, n, 32, &near));
+    assert_eq!(mins(&graph(DType::F16, n, n, 32, &causal)), base + 2);
 }

@@ -407,9 +407,20 @@ fn causal_offset(
     if n.op != Op::Binary(BinaryOp::Add) || x == mm1 || rows == 0 || keys == 0 {
         return None;
     }
+    // The mask: a constant input, or one cast to the scores' type (a large constant's cast
+    // is not folded), its values rounded as the cast rounds them.
     let (node, mask) = n.inputs.iter().find_map(|&m| {
-        let k = body.inputs.iter().position(|&i| i == m)?;
-        Some((m, constant(inputs[k])?))
+        let (input, cast) = match body.nodes[m].op {
+            Op::Cast(d) if d.is_float() => (body.nodes[m].inputs[0], Some(d)),
+            _ => (m, None),
+        };
+        let k = body.inputs.iter().position(|&i| i == input)?;
+        let t = constant(inputs[k])?;
+        let t = match cast {
+            Some(d) => std::sync::Arc::new(Tensor::from_f64(d, t.shape().to_vec(), &t.to_f64())),
+            None => t,
+        };
+        Some((m, t))
     })?;
     // The shape the body reads it as (a reshape shares its input's buffer).
     let s = &body.nodes[node].ty.shape;
