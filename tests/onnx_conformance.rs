@@ -75,8 +75,10 @@ fn reference(g: &smelt::Graph, inputs: &HashMap<String, Tensor>) -> Outputs {
 }
 
 /// The optimized (fused or unfused) graph, lowered to the kernel IR and run by its
-/// interpreter.
+/// interpreter. Where kernels have a cuBLASLt form, that run must also agree with one making
+/// the library calls instead (within the dtype's tolerance).
 fn lowered(fuse: bool) -> impl Fn(&smelt::Graph, &HashMap<String, Tensor>) -> Outputs {
+    use smelt::kernel::interp::{run_with, Products};
     move |g, inputs| {
         let opts = smelt::optimize::Options {
             fuse,
@@ -84,7 +86,17 @@ fn lowered(fuse: bool) -> impl Fn(&smelt::Graph, &HashMap<String, Tensor>) -> Ou
         };
         let c = smelt::compile(g, &opts).map_err(|e| e.to_string())?;
         let p = smelt::kernel::lower(&c.graph).map_err(|e| e.to_string())?;
-        smelt::kernel::interp::run(&p, inputs).map_err(|e| e.to_string())
+        let got = run_with(&p, inputs, Products::Kernels).map_err(|e| e.to_string())?;
+        if p.kernels.iter().any(|k| k.blas.is_some()) {
+            let lib = run_with(&p, inputs, Products::Library).map_err(|e| e.to_string())?;
+            for ((n, k), (_, l)) in got.iter().zip(&lib) {
+                let (rtol, atol) = common::tolerance(k.dtype());
+                common::compare(l, k, rtol, atol).map_err(|e| {
+                    format!("output {n}: cuBLASLt form differs from the kernels: {e}")
+                })?;
+            }
+        }
+        Ok(got)
     }
 }
 
