@@ -4,7 +4,7 @@
 //! optimization (rtol 1e-4, atol 1e-5; the recognizers reorder rounding), the optimized graph
 //! validates, every rule fires somewhere across the cases, and the optimized graph lowered to
 //! the kernel IR (fused and unfused) gives the same outputs when the kernel-IR interpreter
-//! runs it.
+//! runs it, also with the products that have a cuBLASLt form made as that library call.
 
 mod common;
 
@@ -312,6 +312,19 @@ fn check_case(
         common::compare(gv, w, rtol, atol).map_err(|e| {
             TestCaseError::fail(format!("lowered output {n}: {e}\nafter:\n{opt}\n{program}"))
         })?;
+    }
+    // With the products that have a cuBLASLt form made as that library call.
+    if program.kernels.iter().any(|k| k.blas.is_some()) {
+        use smelt::kernel::interp::{run_with, Products};
+        let library = run_with(&program, &feeds, Products::Library)
+            .map_err(|e| TestCaseError::fail(format!("{e}\n{program}")))?;
+        for ((n, w), (_, gv)) in want.iter().zip(&library) {
+            common::compare(gv, w, rtol, atol).map_err(|e| {
+                TestCaseError::fail(format!(
+                    "cuBLASLt output {n}: {e}\nafter:\n{opt}\n{program}"
+                ))
+            })?;
+        }
     }
     // So does the C backend (CPU lowering, generated C, the system compiler).
     let model = smelt_runtime::cpu::CpuModel::new(&opt, 2)
