@@ -222,6 +222,14 @@ fn vectorized_pointwise_kernels_match_reference() {
     }
 }
 
+/// A `[nq, nk]` causal mask: `hidden` where key `j` is past query `i` by more than `off`
+/// (`j > i + off`), 0 elsewhere.
+fn causal_mask(nq: usize, nk: usize, off: usize, hidden: f32) -> Vec<f32> {
+    (0..nq * nk)
+        .map(|x| if x % nk > x / nk + off { hidden } else { 0.0 })
+        .collect()
+}
+
 /// `softmax(q·kᵀ·scale + mask)·v` over [2, 3, s, d] heads, with v shared by the heads.
 fn attention(s: usize, d: usize, e: usize, mask: &[f32]) -> Graph {
     attention_in(smelt::DType::F32, s, d, e, mask, false)
@@ -271,15 +279,7 @@ fn attention_in(
 #[test]
 fn attention_lowers_to_tiled_kernel() {
     for (s, d, e) in [(5, 8, 8), (7, 48, 20), (33, 64, 64), (4, 3, 40)] {
-        let causal: Vec<f32> = (0..s * s)
-            .map(|i| {
-                if i % s > i / s {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let causal = causal_mask(s, s, 0, f32::NEG_INFINITY);
         let additive: Vec<f32> = (0..s * s)
             .map(|i| ((i * 7) % 5) as f32 * 0.3 - 0.6)
             .collect();
@@ -371,15 +371,7 @@ fn tensor_core_attention_matches_reference() {
             (16, 128, 128, false),
             (70, 96, 72, true),
         ] {
-            let causal: Vec<f32> = (0..s * s)
-                .map(|i| {
-                    if i % s > i / s {
-                        f32::NEG_INFINITY
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
+            let causal = causal_mask(s, s, 0, f32::NEG_INFINITY);
             let mut masked: Vec<f32> = (0..s * s)
                 .map(|i| ((i * 7) % 5) as f32 * 0.3 - 0.6)
                 .collect();
@@ -916,14 +908,14 @@ fn causal_masks_skip_hidden_key_tiles() {
         };
         for (nq, nk, hidden) in [(70, 70, f32::NEG_INFINITY), (80, 100, -1e9)] {
             let off = nk - nq;
-            let causal: Vec<f32> = (0..nq * nk)
-                .map(|x| if x % nk > x / nk + off { hidden } else { 0.0 })
-                .collect();
+            let causal = causal_mask(nq, nk, off, hidden);
             let mut near = causal.clone();
-            near[nk - 1] = 0.0; // the first row sees its last key too
+            // The first row sees its last key too.
+            near[nk - 1] = 0.0;
             let mut blind = causal.clone();
-            blind[..nk].fill(hidden); // the first row sees nothing
-                                      // Hidden keys only 8 below the seen ones: their weight is e^-8, not 0.
+            // The first row sees nothing.
+            blind[..nk].fill(hidden);
+            // Hidden keys only 8 below the seen ones: their weight is e^-8, not 0.
             let close: Vec<f32> = causal
                 .iter()
                 .map(|&v| if v == 0.0 { -99_999_992.0 } else { -1e8 })
@@ -951,9 +943,7 @@ fn causal_masks_skip_hidden_key_tiles() {
     // A mask too large for the optimizer to fold its cast to f16 (300×300) is seen through
     // the cast.
     let n = 300;
-    let causal: Vec<f32> = (0..n * n)
-        .map(|x| if x % n > x / n { -1e9 } else { 0.0 })
-        .collect();
+    let causal = causal_mask(n, n, 0, -1e9);
     let mut near = causal.clone();
     near[n - 1] = 0.0;
     let base = mins(&graph(DType::F16, n, n, 32, &near));

@@ -108,6 +108,30 @@ impl Graph {
     pub fn find(&self, name: &str) -> Option<NodeId> {
         self.nodes.iter().position(|n| n.name == name)
     }
+
+    /// Node `id` read as a strided view of an input of the graph: that input and the
+    /// element strides of `id`'s dims in it (a transpose permutes them; a reshape keeps the
+    /// view only when its operand is dense). `None` for a computed value, or for a reshape of
+    /// a transposed, non-contiguous view.
+    pub fn strided_view(&self, id: NodeId) -> Option<(NodeId, Vec<usize>)> {
+        let n = &self.nodes[id];
+        let dense = crate::interp::strides;
+        match &n.op {
+            Op::Input => Some((id, dense(&n.ty.shape))),
+            Op::Transpose(perm) => {
+                let (input, st) = self.strided_view(n.inputs[0])?;
+                Some((input, perm.iter().map(|&p| st[p]).collect()))
+            }
+            Op::Reshape(_) => {
+                let x = &self.nodes[n.inputs[0]].ty.shape;
+                let (input, st) = self.strided_view(n.inputs[0])?;
+                let want = dense(x);
+                let packed = (0..st.len()).all(|i| x[i] == 1 || st[i] == want[i]);
+                packed.then(|| (input, dense(&n.ty.shape)))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Compact, deterministic text form:

@@ -13,10 +13,9 @@
 //!
 //! A causal mask (an additive constant that masks key `j` of query row `i` exactly when
 //! `j > i + off`, `off ≥ 0`, with -inf or a value at least `-MASKED` below the row's visible
-//! ones) lets a block stop at the last
-//! key tile its last query row can see: the tiles past it would only add zeros. (Unless a
-//! hidden key's score is NaN: the reference then gives NaN rows, while skipped tiles are
-//! never read, as in FlashAttention's causal mode.)
+//! ones) lets a block stop at the last key tile its last query row can see: the tiles past
+//! it would only add zeros. (Unless a hidden key's score is NaN: the reference then gives
+//! NaN rows, while skipped tiles are never read, as in FlashAttention's causal mode.)
 
 use super::rows::{both, hold, lt, online_step};
 use super::unravel;
@@ -300,10 +299,11 @@ fn tiled(
         )),
         Box::new(Expr::I(s_len as i64 - 1)),
     );
+    let end = a.tiles_end(&mut e, last, tk);
     e.push(Stmt::For {
         var: tile,
         start: Expr::I(0),
-        end: a.tiles_end(last, tk),
+        end,
         step: Expr::I(1),
         uniform: true,
         body: tiles,
@@ -376,16 +376,17 @@ struct Attention {
 
 impl Attention {
     /// How many key tiles of `tile` keys a block must walk whose last query row is `last`:
-    /// all of them, or with a causal mask those up to the last key that row sees.
-    fn tiles_end(&self, last: Expr, tile: usize) -> Expr {
+    /// all of them, or with a causal mask those up to the last key that row sees (bound
+    /// once, before the loop).
+    fn tiles_end(&self, e: &mut Emitter, last: Expr, tile: usize) -> Expr {
         let all = Expr::I(self.keys.div_ceil(tile) as i64);
         match self.causal {
             None => all,
-            Some(off) => Expr::Index(
+            Some(off) => e.bind(Expr::Index(
                 IndexOp::Min,
                 Box::new(all),
                 Box::new(add(div(add(last, Expr::I(off as i64)), tile), Expr::I(1))),
-            ),
+            )),
         }
     }
 }
@@ -409,27 +410,26 @@ fn causal_offset(
     }
     // The mask: a constant input, or one cast to the scores' type (a large constant's cast
     // is not folded), its values rounded as the cast rounds them.
-    let (node, mask) = n.inputs.iter().find_map(|&m| {
+    let (node, m) = n.inputs.iter().find_map(|&m| {
         let (input, cast) = match body.nodes[m].op {
             Op::Cast(d) if d.is_float() => (body.nodes[m].inputs[0], Some(d)),
             _ => (m, None),
         };
         let k = body.inputs.iter().position(|&i| i == input)?;
         let t = constant(inputs[k])?;
-        let t = match cast {
-            Some(d) => std::sync::Arc::new(Tensor::from_f64(d, t.shape().to_vec(), &t.to_f64())),
-            None => t,
+        let values = match cast {
+            Some(d) => Tensor::from_f64(d, t.shape().to_vec(), &t.to_f64()).to_f64(),
+            None => t.to_f64(),
         };
-        Some((m, t))
+        Some((m, values))
     })?;
     // The shape the body reads it as (a reshape shares its input's buffer).
     let s = &body.nodes[node].ty.shape;
     let r = s.len();
     let read_as = r >= 2 && s[r - 2] == rows && s[r - 1] == keys;
-    if !read_as || s[..r - 2].iter().any(|&d| d != 1) || mask.numel() != rows * keys {
+    if !read_as || s[..r - 2].iter().any(|&d| d != 1) || m.len() != rows * keys {
         return None;
     }
-    let m = mask.to_f64();
     // In a row, the keys the row sees (a finite prefix) and those it does not.
     let split = |row: &[f64], seen: usize| {
         let (a, b) = row.split_at(seen);
@@ -751,10 +751,11 @@ fn tensor_core(
         Box::new(add(q0.clone(), i(block_rows - 1))),
         Box::new(i(s_len - 1)),
     );
+    let end = a.tiles_end(&mut e, last, KEYS);
     e.push(Stmt::For {
         var: tile,
         start: Expr::I(0),
-        end: a.tiles_end(last, KEYS),
+        end,
         step: Expr::I(1),
         uniform: true,
         body: walk,

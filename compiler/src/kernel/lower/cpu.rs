@@ -82,27 +82,10 @@ pub(super) fn view(
     id: NodeId,
     inputs: &[u32],
 ) -> Option<(u32, Vec<usize>, Vec<i64>)> {
-    let node = &body.nodes[id];
-    match &node.op {
-        Op::Input => {
-            let k = body.inputs.iter().position(|&i| i == id)?;
-            Some((inputs[k], node.ty.shape.clone(), contiguous(&node.ty.shape)))
-        }
-        Op::Transpose(perm) => {
-            let (b, shape, st) = view(body, node.inputs[0], inputs)?;
-            Some((
-                b,
-                perm.iter().map(|&p| shape[p]).collect(),
-                perm.iter().map(|&p| st[p]).collect(),
-            ))
-        }
-        Op::Reshape(_) => {
-            let (b, shape, st) = view(body, node.inputs[0], inputs)?;
-            is_contiguous(&shape, &st)
-                .then(|| (b, node.ty.shape.clone(), contiguous(&node.ty.shape)))
-        }
-        _ => None,
-    }
+    let (input, st) = body.strided_view(id)?;
+    let k = body.inputs.iter().position(|&i| i == input)?;
+    let st = st.iter().map(|&s| s as i64).collect();
+    Some((inputs[k], body.nodes[id].ty.shape.clone(), st))
 }
 
 /// The nodes reachable from `root`, as a graph of their own, with the kernel inputs they

@@ -349,10 +349,7 @@ pub fn fuse_producer(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
     let cons = body_of(c, n)?;
     for (i, &p) in cons.1.iter().enumerate() {
         let users = c.users(p);
-        let mut forms: Vec<(Graph, Vec<Id>)> =
-            c.nodes(p).iter().filter_map(|pn| body_of(c, pn)).collect();
-        forms.sort_by_key(|b| std::cmp::Reverse(b.0.nodes.len()));
-        for prod in forms {
+        for prod in producer_forms(c, p) {
             if users != 1 && !recompute_pays(c, p, &prod, users) {
                 continue;
             }
@@ -360,14 +357,24 @@ pub fn fuse_producer(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
             let Some(kind) = classify(&body) else {
                 continue;
             };
-            let op = Op::Fused(Arc::new(FusedKernel { kind, body }));
-            return Some(Build::Node(
-                op,
-                children.into_iter().map(Build::Class).collect(),
-            ));
+            return Some(kernel(kind, body, children));
         }
     }
     None
+}
+
+/// The fusible forms of class `p` (each node's body), largest first.
+fn producer_forms(c: &Ctx, p: Id) -> Vec<(Graph, Vec<Id>)> {
+    let mut forms: Vec<(Graph, Vec<Id>)> =
+        c.nodes(p).iter().filter_map(|pn| body_of(c, pn)).collect();
+    forms.sort_by_key(|b| std::cmp::Reverse(b.0.nodes.len()));
+    forms
+}
+
+/// A fused kernel node of `kind` computing `body` over the classes `children`.
+fn kernel(kind: KernelKind, body: Graph, children: Vec<Id>) -> Build {
+    let op = Op::Fused(Arc::new(FusedKernel { kind, body }));
+    Build::Node(op, children.into_iter().map(Build::Class).collect())
 }
 
 /// [`fuse_producer`] where the merged kernel holds a matrix product: the largest producer
@@ -397,12 +404,9 @@ pub fn fuse_producer_strided(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
             continue;
         }
         let users = c.users(p);
-        let mut forms: Vec<(Graph, Vec<Id>)> =
-            c.nodes(p).iter().filter_map(|pn| body_of(c, pn)).collect();
-        forms.sort_by_key(|b| std::cmp::Reverse(b.0.nodes.len()));
-        // Whether the form fuse_producer takes (the largest that classifies) gathers.
-        let mut largest_gathers = None;
-        for prod in forms {
+        // Past the form fuse_producer takes (the largest that classifies), which gathers.
+        let mut past_largest = false;
+        for prod in producer_forms(c, p) {
             if !cons_product && !has_product(&prod.0) {
                 continue;
             }
@@ -418,18 +422,14 @@ pub fn fuse_producer_strided(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
                 break;
             }
             let gathers = gathered_operands(&body).next().is_some();
-            match largest_gathers {
-                // fuse_producer adds that one already.
-                None if !gathers => continue 'inputs,
-                None => largest_gathers = Some(true),
-                Some(_) if gathers => {}
-                Some(_) => {
-                    let op = Op::Fused(Arc::new(FusedKernel { kind, body }));
-                    return Some(Build::Node(
-                        op,
-                        children.into_iter().map(Build::Class).collect(),
-                    ));
+            if !past_largest {
+                if !gathers {
+                    // fuse_producer adds this one already.
+                    continue 'inputs;
                 }
+                past_largest = true;
+            } else if !gathers {
+                return Some(kernel(kind, body, children));
             }
         }
     }
@@ -479,35 +479,7 @@ pub fn gathered_operands(g: &Graph) -> impl Iterator<Item = NodeId> + '_ {
         .iter()
         .filter(|n| n.op == Op::MatMul)
         .flat_map(|n| n.inputs.iter().copied())
-        .filter(|&x| strides_of(g, x).is_none())
-}
-
-/// The element strides of body node `id` read as a view of a body input, or `None` when it
-/// is not one (a reshape of a non-contiguous view, or a computed value).
-fn strides_of(g: &Graph, id: NodeId) -> Option<Vec<usize>> {
-    let n = &g.nodes[id];
-    let contiguous = |shape: &[usize]| {
-        let mut st = vec![1; shape.len()];
-        for i in (0..shape.len().saturating_sub(1)).rev() {
-            st[i] = st[i + 1] * shape[i + 1];
-        }
-        st
-    };
-    match &n.op {
-        Op::Input => Some(contiguous(&n.ty.shape)),
-        Op::Transpose(perm) => {
-            let st = strides_of(g, n.inputs[0])?;
-            Some(perm.iter().map(|&p| st[p]).collect())
-        }
-        Op::Reshape(_) => {
-            let x = &g.nodes[n.inputs[0]];
-            let st = strides_of(g, n.inputs[0])?;
-            let want = contiguous(&x.ty.shape);
-            let dense = (0..st.len()).all(|i| x.ty.shape[i] == 1 || st[i] == want[i]);
-            dense.then(|| contiguous(&n.ty.shape))
-        }
-        _ => None,
-    }
+        .filter(|&x| g.strided_view(x).is_none())
 }
 
 /// Whether recomputing an elementwise producer in each of its `users` moves fewer bytes
@@ -556,14 +528,7 @@ pub fn fuse_attention(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
             };
             let (body, children) = inline(&merged, i, &mm1);
             if classify(&body) == Some(KernelKind::Attention) {
-                let op = Op::Fused(Arc::new(FusedKernel {
-                    kind: KernelKind::Attention,
-                    body,
-                }));
-                return Some(Build::Node(
-                    op,
-                    children.into_iter().map(Build::Class).collect(),
-                ));
+                return Some(kernel(KernelKind::Attention, body, children));
             }
         }
     }
