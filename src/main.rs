@@ -446,15 +446,14 @@ fn write_kernels(
         eprintln!("warning: CUDA sources written, no cubins: {e}");
     }
     for (kernel, (name, src)) in program.kernels.iter().zip(&sources) {
-        if let Some(blas) = &kernel.blas {
-            if let Some(k) = compiled
-                .plan
-                .kernels
-                .iter_mut()
-                .find(|k| k.node == kernel.node)
-            {
-                k.cublas = Some(blas.to_string());
-            }
+        // The plan's entry for this kernel.
+        let planned = compiled
+            .plan
+            .kernels
+            .iter()
+            .position(|k| k.node == kernel.node);
+        if let (Some(p), Some(blas)) = (planned, &kernel.blas) {
+            compiled.plan.kernels[p].cublas = Some(blas.to_string());
         }
         let path = dir.join(format!("{name}.cu"));
         std::fs::write(&path, src).map_err(|e| io_error(&path, e))?;
@@ -483,13 +482,8 @@ fn write_kernels(
                 .first()
                 .map(|(_, r)| r.clone())
                 .unwrap_or_default();
-            if let Some(k) = compiled
-                .plan
-                .kernels
-                .iter_mut()
-                .find(|k| k.node == kernel.node)
-            {
-                k.cuda = Some(CudaResources {
+            if let Some(p) = planned {
+                compiled.plan.kernels[p].cuda = Some(CudaResources {
                     arch: arch.to_string(),
                     source: format!("kernels/{name}.cu"),
                     registers: r.registers,

@@ -437,40 +437,40 @@ fn gemm(g: &Gemm, cx: &mut Ctx, k: &Kernel) -> Result<()> {
 
 /// Runs a [`BlasGemm`] as cuBLASLt defines it (column-major operands, the epilogue, one
 /// rounding to the result's type).
-fn blas_gemm(g: &BlasGemm, cx: &mut Ctx, k: &Kernel) -> Result<()> {
+fn blas_gemm(g: &BlasGemm, buffers: &mut [Vec<f64>], dtypes: &[DType], k: &Kernel) -> Result<()> {
     let at = |x: &BlasMatrix, t: usize, r: usize, c: usize| {
         let (r, c) = if x.trans { (c, r) } else { (r, c) };
         t * x.batch_stride + r + c * x.ld
     };
-    let get = |cx: &Ctx, buf: u32, i: usize| -> Result<f64> {
-        cx.buffers[buf as usize]
+    let get = |buffers: &[Vec<f64>], buf: u32, i: usize| -> Result<f64> {
+        buffers[buf as usize]
             .get(i)
             .copied()
             .ok_or_else(|| err(k, format!("cublasLt reads b{buf}[{i}] out of bounds")))
     };
-    let d = cx.dtypes[g.d.buf as usize];
+    let d = dtypes[g.d.buf as usize];
     for t in 0..g.batch {
         for j in 0..g.n {
             for i in 0..g.m {
                 let mut acc = 0.0;
                 for p in 0..g.k {
-                    acc +=
-                        get(cx, g.a.buf, at(&g.a, t, i, p))? * get(cx, g.b.buf, at(&g.b, t, p, j))?;
+                    acc += get(buffers, g.a.buf, at(&g.a, t, i, p))?
+                        * get(buffers, g.b.buf, at(&g.b, t, p, j))?;
                 }
                 let mut x = g.alpha * acc;
                 if let Some(b) = g.bias {
-                    x += get(cx, b, i)?;
+                    x += get(buffers, b, i)?;
                 }
                 let o = at(&g.d, t, i, j);
                 if let Some(r) = g.residual {
-                    x += get(cx, r, o)?;
+                    x += get(buffers, r, o)?;
                 }
                 x = match g.activation {
                     Some(BlasActivation::Relu) => unary_f(UnaryOp::Relu, x),
                     Some(BlasActivation::GeluTanh) => unary_f(UnaryOp::GeluTanh, x),
                     None => x,
                 };
-                let out = &mut cx.buffers[g.d.buf as usize];
+                let out = &mut buffers[g.d.buf as usize];
                 let len = out.len();
                 *out.get_mut(o).ok_or_else(|| {
                     err(k, format!("cublasLt writes b{}[{o}] of {len}", g.d.buf))
@@ -852,17 +852,7 @@ pub fn run_with(
     }
     for k in &p.kernels {
         if let (Some(g), Products::Library) = (&k.blas, products) {
-            let mut cx = Ctx {
-                shared: std::cell::RefCell::new(SharedMem::new(&[])),
-                frags: Vec::new(),
-                buffers: &mut buffers,
-                dtypes: &dtypes,
-                precision: k.precision,
-                block: 0,
-                grid: 1,
-                block_dim: 1,
-            };
-            blas_gemm(g, &mut cx, k)?;
+            blas_gemm(g, &mut buffers, &dtypes, k)?;
             continue;
         }
         for block in 0..k.launch.grid {

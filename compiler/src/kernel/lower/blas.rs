@@ -10,7 +10,7 @@
 //! column-major `Cᵀ = Bᵀ×Aᵀ` (n×m), so the library's left operand is `Bᵀ`, its right one
 //! `Aᵀ`, and the bias (one value per column of `C`) is its per-row bias.
 
-use super::cpu::view;
+use super::cpu::{matrix, view};
 use crate::ir::{BinaryOp, DType, Graph, NodeId, Op, UnaryOp};
 use crate::kernel::ir::{BlasActivation, BlasGemm, BlasMatrix};
 
@@ -125,10 +125,11 @@ pub(super) fn blas_form(
     if ![m, n, k, count].into_iter().all(|v| v > 0 && int(v)) {
         return None;
     }
-    let a_stride = batch_stride(batch, &ashape, &ast)?;
-    let b_stride = batch_stride(batch, &bshape, &bst)?;
+    let (av, bv) = (
+        matrix(ab, &ashape, &ast, batch),
+        matrix(bb, &bshape, &bst, batch),
+    );
     let d_stride = if count > 1 { m * n } else { 0 };
-    let (ra, rb) = (ast.len(), bst.len());
     let call = BlasGemm {
         dtype,
         m: n,
@@ -136,9 +137,19 @@ pub(super) fn blas_form(
         k,
         batch: count,
         // Bᵀ (n×k): element (j, p) of B at p·row_stride + j·col_stride.
-        a: column_major(bb, (n, k), (bst[rb - 1], bst[rb - 2]), b_stride)?,
+        a: column_major(
+            bb,
+            (n, k),
+            (bv.col_stride, bv.row_stride),
+            batch_stride(batch, &bv.batch_strides)?,
+        )?,
         // Aᵀ (k×m): element (p, i) of A at i·row_stride + p·col_stride.
-        b: column_major(ab, (k, m), (ast[ra - 1], ast[ra - 2]), a_stride)?,
+        b: column_major(
+            ab,
+            (k, m),
+            (av.col_stride, av.row_stride),
+            batch_stride(batch, &av.batch_strides)?,
+        )?,
         d: BlasMatrix {
             buf: out,
             trans: false,
@@ -210,21 +221,14 @@ fn column_major(
     })
 }
 
-/// The one stride between consecutive products of the flattened `batch` for an operand of
-/// `shape` and `strides` (its leading dims broadcast against `batch`, right-aligned): 0 when
-/// every product reads the same matrix; `None` when the products are not evenly spaced.
-fn batch_stride(batch: &[usize], shape: &[usize], strides: &[i64]) -> Option<usize> {
-    let own = shape.len() - 2;
+/// The one stride between consecutive products of the flattened `batch`, given an operand's
+/// stride along each batch dim (0 where it is broadcast): 0 when every product reads the same
+/// matrix; `None` when the products are not evenly spaced.
+fn batch_stride(batch: &[usize], strides: &[i64]) -> Option<usize> {
     let mut per = None::<i64>;
     let mut later = 1i64;
     let mut broadcast = 0;
-    for (i, &extent) in batch.iter().enumerate().rev() {
-        let j = i as isize - (batch.len() as isize - own as isize);
-        let stride = if j < 0 || shape[j as usize] == 1 {
-            0
-        } else {
-            strides[j as usize]
-        };
+    for (&extent, &stride) in batch.iter().zip(strides).rev() {
         if extent > 1 {
             if stride == 0 {
                 broadcast += 1;
@@ -251,20 +255,16 @@ mod tests {
     #[test]
     fn batch_strides_flatten_only_when_evenly_spaced() {
         // [2, 3] batches of contiguous 4×5 matrices.
-        assert_eq!(
-            batch_stride(&[2, 3], &[2, 3, 4, 5], &[60, 20, 5, 1]),
-            Some(20)
-        );
+        assert_eq!(batch_stride(&[2, 3], &[60, 20]), Some(20));
         // A matrix shared by the whole batch.
-        assert_eq!(batch_stride(&[2, 3], &[4, 5], &[5, 1]), Some(0));
-        assert_eq!(
-            batch_stride(&[2, 3], &[1, 1, 4, 5], &[20, 20, 5, 1]),
-            Some(0)
-        );
+        assert_eq!(batch_stride(&[2, 3], &[0, 0]), Some(0));
         // Shared along one batch dim only: not one stride.
-        assert_eq!(batch_stride(&[2, 3], &[3, 4, 5], &[20, 5, 1]), None);
+        assert_eq!(batch_stride(&[2, 3], &[0, 20]), None);
         // Heads transposed out of order: batch (h, b) over a [b, h, …] buffer.
-        assert_eq!(batch_stride(&[2, 3], &[2, 3, 4, 5], &[20, 40, 5, 1]), None);
+        assert_eq!(batch_stride(&[2, 3], &[20, 40]), None);
+        // Extent-1 dims do not matter; an empty batch is one product.
+        assert_eq!(batch_stride(&[2, 1, 3], &[60, 7, 20]), Some(20));
+        assert_eq!(batch_stride(&[], &[]), Some(0));
     }
 
     #[test]

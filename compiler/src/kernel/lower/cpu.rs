@@ -181,7 +181,9 @@ fn elementwise_epilogue(body: &Graph, mm: NodeId) -> bool {
     true
 }
 
-fn matrix(buf: u32, shape: &[usize], st: &[i64], batch: &[usize]) -> MatrixView {
+/// Buffer `buf` read as a matrix operand of shape `shape` and strides `st` in a product over
+/// `batch`: its leading dims right-aligned with the batch (stride 0 where broadcast).
+pub(super) fn matrix(buf: u32, shape: &[usize], st: &[i64], batch: &[usize]) -> MatrixView {
     let r = shape.len();
     let nb = batch.len();
     let own = r - 2;
