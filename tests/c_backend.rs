@@ -70,6 +70,44 @@ fn zoo_graphs_match_reference() {
     }
 }
 
+/// The chain's loop (tanh, sqrt, sigmoid: latency-bound) runs as interleaved streams plus a
+/// tail (70 001 elements: chunks of 32 768 and 4 465, so the tail runs too; the zoo test
+/// above checks the values); LayerNorm's cheap normalization loop does not.
+#[test]
+fn latency_bound_loops_are_interleaved() {
+    use smelt::kernel::ir::Stmt;
+    let streams = |g: &Graph| -> Vec<usize> {
+        let s = session(g, true);
+        let p = s.cpu_model().unwrap().program().clone();
+        let mut found = Vec::new();
+        fn walk(stmts: &[Stmt], found: &mut Vec<usize>) {
+            for st in stmts {
+                match st {
+                    Stmt::For { body, .. } => {
+                        let stores = body
+                            .iter()
+                            .filter(|s| matches!(s, Stmt::Store { .. }))
+                            .count();
+                        if stores > 1 {
+                            found.push(stores);
+                        }
+                        walk(body, found);
+                    }
+                    Stmt::If { then, .. } => walk(then, found),
+                    _ => {}
+                }
+            }
+        }
+        for k in &p.kernels {
+            walk(&k.body, &mut found);
+        }
+        found
+    };
+    let chain = common::graphs::elementwise_chain(70_001).unwrap();
+    assert_eq!(streams(&chain), vec![4]);
+    assert!(streams(&common::graphs::layernorm(40, 96).unwrap()).is_empty());
+}
+
 #[test]
 fn matrix_products_are_library_calls() {
     let g = common::graphs::gpt2_block(2, 8, 16, 2).unwrap();

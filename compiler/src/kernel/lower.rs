@@ -39,6 +39,7 @@ mod attention;
 mod blas;
 mod cpu;
 mod gemm;
+mod interleave;
 mod rows;
 mod vector;
 pub use cpu::CPU_CHUNK;
@@ -128,6 +129,92 @@ fn rem(a: Expr, d: usize) -> Expr {
         (_, 1) => Expr::I(0),
         (Expr::I(x), d) => Expr::I(x % d as i64),
         (a, d) => Expr::Index(IndexOp::Rem, Box::new(a), Box::new(Expr::I(d as i64))),
+    }
+}
+
+/// `e` with each variable `x` for which `by(x)` is `Some` replaced by it, index arithmetic
+/// refolded.
+fn substitute(e: Expr, by: &dyn Fn(u32) -> Option<Expr>) -> Expr {
+    let s = |x: Box<Expr>| Box::new(substitute(*x, by));
+    match e {
+        Expr::Var(x) => by(x).unwrap_or(e),
+        Expr::F(_) | Expr::I(_) | Expr::Builtin(_) => e,
+        Expr::Load { buf, index } => Expr::Load {
+            buf,
+            index: s(index),
+        },
+        Expr::Shared { array, index } => Expr::Shared {
+            array,
+            index: s(index),
+        },
+        Expr::Unary(u, a) => Expr::Unary(u, s(a)),
+        Expr::Cast(d, a) => Expr::Cast(d, s(a)),
+        Expr::Binary(o, a, b) => Expr::Binary(o, s(a), s(b)),
+        Expr::Combine(o, a, b) => Expr::Combine(o, s(a), s(b)),
+        Expr::Select(c, a, b) => Expr::Select(s(c), s(a), s(b)),
+        Expr::Index(IndexOp::Add, a, b) => add(substitute(*a, by), substitute(*b, by)),
+        Expr::Index(IndexOp::Mul, a, b) => mul(substitute(*a, by), substitute(*b, by)),
+        Expr::Index(o, a, b) => match (o, substitute(*a, by), substitute(*b, by)) {
+            (IndexOp::Div, a, Expr::I(d)) if d > 0 => div(a, d as usize),
+            (IndexOp::Rem, a, Expr::I(d)) if d > 0 => rem(a, d as usize),
+            (o, a, b) => Expr::Index(o, Box::new(a), Box::new(b)),
+        },
+    }
+}
+
+/// [`substitute`] in every expression of `st` (variables it sets keep their names).
+fn substitute_stmt(st: Stmt, by: &dyn Fn(u32) -> Option<Expr>) -> Stmt {
+    let e = |x: Expr| substitute(x, by);
+    let all = |b: Vec<Stmt>| b.into_iter().map(|s| substitute_stmt(s, by)).collect();
+    match st {
+        Stmt::Let { var, value } => Stmt::Let {
+            var,
+            value: e(value),
+        },
+        Stmt::Store { buf, index, value } => Stmt::Store {
+            buf,
+            index: e(index),
+            value: e(value),
+        },
+        Stmt::SharedStore {
+            array,
+            index,
+            value,
+        } => Stmt::SharedStore {
+            array,
+            index: e(index),
+            value: e(value),
+        },
+        Stmt::LoadVec { vars, buf, index } => Stmt::LoadVec {
+            vars,
+            buf,
+            index: e(index),
+        },
+        Stmt::StoreVec { buf, index, values } => Stmt::StoreVec {
+            buf,
+            index: e(index),
+            values: values.into_iter().map(e).collect(),
+        },
+        Stmt::For {
+            var,
+            start,
+            end,
+            step,
+            uniform,
+            body,
+        } => Stmt::For {
+            var,
+            start: e(start),
+            end: e(end),
+            step: e(step),
+            uniform,
+            body: all(body),
+        },
+        Stmt::If { cond, then } => Stmt::If {
+            cond: e(cond),
+            then: all(then),
+        },
+        other => other,
     }
 }
 
@@ -1403,6 +1490,7 @@ pub fn lower_for(g: &Graph, target: Target) -> R<Program> {
     };
     if target == Target::Cpu {
         cpu::pack_weights(&mut program);
+        interleave::interleave(&mut program);
     }
     Ok(program)
 }

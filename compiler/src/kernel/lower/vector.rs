@@ -10,8 +10,8 @@
 //! Bodies with loops (reductions, convolutions, matrix products) are not vectorized.
 
 use super::{
-    add, builtin, div, emitter, mul, rem, unravel, Emitter, Kernel, Launch, MAX_GRID,
-    POINTWISE_BLOCK, R,
+    add, builtin, emitter, mul, substitute, substitute_stmt, unravel, Emitter, Kernel, Launch,
+    MAX_GRID, POINTWISE_BLOCK, R,
 };
 use crate::ir::{DType, Graph};
 use crate::kernel::ir::{Builtin, Expr, IndexOp, Precision, Stmt};
@@ -100,90 +100,6 @@ fn multiple_of(e: &Expr, w: i64, base: u32) -> bool {
             matches!(**n, Expr::I(n) if n % w == 0) && multiple_of(a, w, base)
         }
         _ => false,
-    }
-}
-
-/// `e` with variable `v` replaced by `by`, index arithmetic refolded.
-fn subst(e: Expr, v: u32, by: &Expr) -> Expr {
-    let s = |x: Box<Expr>| Box::new(subst(*x, v, by));
-    match e {
-        Expr::Var(x) if x == v => by.clone(),
-        Expr::F(_) | Expr::I(_) | Expr::Builtin(_) | Expr::Var(_) => e,
-        Expr::Load { buf, index } => Expr::Load {
-            buf,
-            index: s(index),
-        },
-        Expr::Shared { array, index } => Expr::Shared {
-            array,
-            index: s(index),
-        },
-        Expr::Unary(u, a) => Expr::Unary(u, s(a)),
-        Expr::Cast(d, a) => Expr::Cast(d, s(a)),
-        Expr::Binary(o, a, b) => Expr::Binary(o, s(a), s(b)),
-        Expr::Combine(o, a, b) => Expr::Combine(o, s(a), s(b)),
-        Expr::Select(c, a, b) => Expr::Select(s(c), s(a), s(b)),
-        Expr::Index(IndexOp::Add, a, b) => add(subst(*a, v, by), subst(*b, v, by)),
-        Expr::Index(IndexOp::Mul, a, b) => mul(subst(*a, v, by), subst(*b, v, by)),
-        Expr::Index(o, a, b) => match (o, subst(*a, v, by), subst(*b, v, by)) {
-            (IndexOp::Div, a, Expr::I(d)) if d > 0 => div(a, d as usize),
-            (IndexOp::Rem, a, Expr::I(d)) if d > 0 => rem(a, d as usize),
-            (o, a, b) => Expr::Index(o, Box::new(a), Box::new(b)),
-        },
-    }
-}
-
-fn subst_stmt(st: Stmt, v: u32, by: &Expr) -> Stmt {
-    let e = |x: Expr| subst(x, v, by);
-    let all = |b: Vec<Stmt>| b.into_iter().map(|s| subst_stmt(s, v, by)).collect();
-    match st {
-        Stmt::Let { var, value } => Stmt::Let {
-            var,
-            value: e(value),
-        },
-        Stmt::Store { buf, index, value } => Stmt::Store {
-            buf,
-            index: e(index),
-            value: e(value),
-        },
-        Stmt::SharedStore {
-            array,
-            index,
-            value,
-        } => Stmt::SharedStore {
-            array,
-            index: e(index),
-            value: e(value),
-        },
-        Stmt::LoadVec { vars, buf, index } => Stmt::LoadVec {
-            vars,
-            buf,
-            index: e(index),
-        },
-        Stmt::StoreVec { buf, index, values } => Stmt::StoreVec {
-            buf,
-            index: e(index),
-            values: values.into_iter().map(e).collect(),
-        },
-        Stmt::For {
-            var,
-            start,
-            end,
-            step,
-            uniform,
-            body,
-        } => Stmt::For {
-            var,
-            start: e(start),
-            end: e(end),
-            step: e(step),
-            uniform,
-            body: all(body),
-        },
-        Stmt::If { cond, then } => Stmt::If {
-            cond: e(cond),
-            then: all(then),
-        },
-        other => other,
     }
 }
 
@@ -283,9 +199,12 @@ pub(super) fn lower_pointwise_vector(
             return Ok(None);
         }
         for s in stmts {
-            e.push(subst_stmt(s, marker, &Expr::I(lane as i64)));
+            let lane = Expr::I(lane as i64);
+            e.push(substitute_stmt(s, &|x| (x == marker).then(|| lane.clone())));
         }
-        values.push(subst(v, marker, &Expr::I(lane as i64)));
+        values.push(substitute(v, &|x| {
+            (x == marker).then_some(Expr::I(lane as i64))
+        }));
     }
     e.lanes = None;
     e.push(Stmt::StoreVec {
