@@ -108,6 +108,67 @@ fn latency_bound_loops_are_interleaved() {
     assert!(streams(&common::graphs::layernorm(40, 96).unwrap()).is_empty());
 }
 
+/// Products read slices (heads split out of a fused QKV projection, a reversed slice) in
+/// place: the library call gets an offset and strides, negative ones included, and no
+/// kernel copies the operand out first.
+#[test]
+fn products_read_sliced_views_in_place() {
+    use smelt::ir::Op;
+    use smelt::kernel::ir::Stmt;
+    let mut b = smelt::GraphBuilder::new();
+    let (bs, s, h, dh) = (2, 8, 2, 8);
+    let d = h * dh;
+    let qkv = b.input("qkv", smelt::DType::F32, &[bs, s, 3 * d]).unwrap();
+    let head = |b: &mut smelt::GraphBuilder, i: usize| {
+        let op = Op::Slice {
+            starts: vec![0, 0, i * d],
+            steps: vec![1, 1, 1],
+            lens: vec![bs, s, d],
+        };
+        let x = b.op(op, &[qkv]).unwrap();
+        let x = b.reshape(x, &[bs, s, h, dh]).unwrap();
+        b.transpose(x, &[0, 2, 1, 3]).unwrap()
+    };
+    let (q, k, v) = (head(&mut b, 0), head(&mut b, 1), head(&mut b, 2));
+    let kt = b.transpose(k, &[0, 1, 3, 2]).unwrap();
+    let scores = b.matmul(q, kt).unwrap();
+    let p = b.softmax(scores, -1).unwrap();
+    let o = b.matmul(p, v).unwrap();
+    b.output("o", o).unwrap();
+    // Rows and columns of the input walked backward, every other column.
+    let rev = Op::Slice {
+        starts: vec![bs - 1, s - 1, 3 * d - 1],
+        steps: vec![-1, -1, -2],
+        lens: vec![bs, s, 3 * d / 2],
+    };
+    let r = b.op(rev, &[qkv]).unwrap();
+    let w = b.input("w", smelt::DType::F32, &[3 * d / 2, 5]).unwrap();
+    let y = b.matmul(r, w).unwrap();
+    b.output("y", y).unwrap();
+    let g = b.build().unwrap();
+    check(&g, true);
+    let s = session(&g, true);
+    let p = s.cpu_model().unwrap().program().clone();
+    let gemms: Vec<_> = p
+        .kernels
+        .iter()
+        .filter_map(|k| match k.body.as_slice() {
+            [Stmt::Gemm(g)] => Some(g.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gemms.len(), 3, "{p}");
+    assert!(gemms
+        .iter()
+        .any(|g| g.a.offset == 0 && g.b.offset == d as i64));
+    assert!(gemms.iter().any(|g| g.b.offset == 2 * d as i64));
+    assert!(gemms
+        .iter()
+        .any(|g| g.a.col_stride == -2 && g.a.row_stride < 0));
+    // Besides the three products: the softmax, and nothing that copies an operand.
+    assert_eq!(p.kernels.len(), 4, "{p}");
+}
+
 #[test]
 fn matrix_products_are_library_calls() {
     let g = common::graphs::gpt2_block(2, 8, 16, 2).unwrap();

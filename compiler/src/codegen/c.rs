@@ -222,7 +222,11 @@ impl Target for C {
         let bt = arr("batch", &batch, &mut s);
         let view = |name: &str, v: &MatrixView, s: &mut String| {
             let bs = arr(&format!("{name}_bs"), &v.batch_strides, s);
-            format!("b{}, {bs}, {}ll, {}ll", v.buf, v.row_stride, v.col_stride)
+            let at = match v.offset {
+                0 => format!("b{}", v.buf),
+                o => format!("b{} + {o}ll", v.buf),
+            };
+            format!("{at}, {bs}, {}ll, {}ll", v.row_stride, v.col_stride)
         };
         let c = view("c", &g.c, &mut s);
         let a = view("a", &g.a, &mut s);

@@ -109,29 +109,105 @@ impl Graph {
         self.nodes.iter().position(|n| n.name == name)
     }
 
-    /// Node `id` read as a strided view of an input of the graph: that input and the
-    /// element strides of `id`'s dims in it (a transpose permutes them; a reshape keeps the
-    /// view only when its operand is dense). `None` for a computed value, or for a reshape of
-    /// a transposed, non-contiguous view.
-    pub fn strided_view(&self, id: NodeId) -> Option<(NodeId, Vec<usize>)> {
+    /// Node `id` read as a strided view of an input of the graph: that input, the element
+    /// offset of `id`'s first element in it and the element strides of `id`'s dims (a
+    /// transpose permutes them, a slice moves the offset and scales them, a reshape regroups
+    /// them when the dims it merges are laid out one inside the other). `None` for a
+    /// computed value, or for a reshape that merges dims a transpose or slice separated.
+    pub fn strided_view(&self, id: NodeId) -> Option<(NodeId, i64, Vec<i64>)> {
         let n = &self.nodes[id];
-        let dense = crate::interp::strides;
+        let dense = |shape: &[usize]| -> Vec<i64> {
+            crate::interp::strides(shape)
+                .iter()
+                .map(|&s| s as i64)
+                .collect()
+        };
         match &n.op {
-            Op::Input => Some((id, dense(&n.ty.shape))),
+            Op::Input => Some((id, 0, dense(&n.ty.shape))),
             Op::Transpose(perm) => {
-                let (input, st) = self.strided_view(n.inputs[0])?;
-                Some((input, perm.iter().map(|&p| st[p]).collect()))
+                let (input, off, st) = self.strided_view(n.inputs[0])?;
+                Some((input, off, perm.iter().map(|&p| st[p]).collect()))
+            }
+            Op::Slice { starts, steps, .. } => {
+                let (input, mut off, mut st) = self.strided_view(n.inputs[0])?;
+                for (d, s) in st.iter_mut().enumerate() {
+                    off += starts[d] as i64 * *s;
+                    *s *= steps[d];
+                }
+                Some((input, off, st))
             }
             Op::Reshape(_) => {
                 let x = &self.nodes[n.inputs[0]].ty.shape;
-                let (input, st) = self.strided_view(n.inputs[0])?;
-                let want = dense(x);
-                let packed = (0..st.len()).all(|i| x[i] == 1 || st[i] == want[i]);
-                packed.then(|| (input, dense(&n.ty.shape)))
+                let (input, off, st) = self.strided_view(n.inputs[0])?;
+                let st = regroup_strides(x, &st, &n.ty.shape)?;
+                Some((input, off, st))
             }
             _ => None,
         }
     }
+}
+
+/// The strides of shape `to` reading the same elements, in the same order, as shape
+/// `from` with strides `st`, if one set of strides can: every group of `from` dims that
+/// `to` merges or splits must be laid out one inside the other. Size-1 dims get the stride
+/// a dense layout would give them (they are never stepped). A dense `from` gives dense
+/// strides.
+fn regroup_strides(from: &[usize], st: &[i64], to: &[usize]) -> Option<Vec<i64>> {
+    let dense = crate::interp::strides(to);
+    let numel: usize = from.iter().product();
+    let packed = crate::interp::strides(from)
+        .iter()
+        .zip(st)
+        .zip(from)
+        .all(|((&d, &s), &n)| n == 1 || d as i64 == s);
+    if packed || numel == 0 {
+        return Some(dense.iter().map(|&s| s as i64).collect());
+    }
+    // Dims of size > 1, with their strides.
+    let xs: Vec<(usize, i64)> = from
+        .iter()
+        .zip(st)
+        .filter(|(&n, _)| n > 1)
+        .map(|(&n, &s)| (n, s))
+        .collect();
+    let ys: Vec<usize> = (0..to.len()).filter(|&j| to[j] > 1).collect();
+    let mut out: Vec<Option<i64>> = vec![None; to.len()];
+    let (mut i, mut j) = (0, 0);
+    while i < xs.len() && j < ys.len() {
+        // The smallest run of dims on each side with equal products.
+        let (mut i2, mut j2) = (i + 1, j + 1);
+        let (mut px, mut py) = (xs[i].0, to[ys[j]]);
+        while px != py {
+            if px < py {
+                px *= xs.get(i2)?.0;
+                i2 += 1;
+            } else {
+                py *= to[*ys.get(j2)?];
+                j2 += 1;
+            }
+        }
+        // The merged `from` dims must nest: each one's stride its inner neighbour's span.
+        if (i..i2 - 1).any(|k| xs[k].1 != xs[k + 1].1 * xs[k + 1].0 as i64) {
+            return None;
+        }
+        let mut s = xs[i2 - 1].1;
+        for &y in ys[j..j2].iter().rev() {
+            out[y] = Some(s);
+            s *= to[y] as i64;
+        }
+        (i, j) = (i2, j2);
+    }
+    if i != xs.len() || j != ys.len() {
+        return None;
+    }
+    // Size-1 dims: never stepped; give them a dense-looking stride.
+    let mut inner = 1i64;
+    let mut st_out = vec![0i64; to.len()];
+    for d in (0..to.len()).rev() {
+        st_out[d] = out[d].unwrap_or(inner);
+        inner = st_out[d] * to[d] as i64;
+    }
+    Some(st_out)
 }
 
 /// Compact, deterministic text form:
@@ -181,5 +257,57 @@ impl fmt::Display for Graph {
             .collect();
         writeln!(f, "  return {}", outs.join(", "))?;
         write!(f, "}}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ir::{DType, GraphBuilder, Op};
+
+    fn slice(starts: &[usize], steps: &[i64], lens: &[usize]) -> Op {
+        Op::Slice {
+            starts: starts.to_vec(),
+            steps: steps.to_vec(),
+            lens: lens.to_vec(),
+        }
+    }
+
+    #[test]
+    fn strided_views_follow_slices_reshapes_and_transposes() {
+        let mut b = GraphBuilder::new();
+        let qkv = b.input("qkv", DType::F32, &[2, 8, 48]).unwrap();
+        // k: the middle third, heads split and moved before the sequence.
+        let k = b
+            .op(slice(&[0, 0, 16], &[1, 1, 1], &[2, 8, 16]), &[qkv])
+            .unwrap();
+        let heads = b.reshape(k, &[2, 8, 2, 8]).unwrap();
+        let kt = b.transpose(heads, &[0, 2, 1, 3]).unwrap();
+        // Merging batch and sequence again: they still nest (stride 384 = 8 · 48).
+        let rows = b.reshape(k, &[16, 1, 16]).unwrap();
+        // Merging the two heads' halves of a slice: not one stride.
+        let cols = b
+            .op(slice(&[0, 0, 0], &[1, 1, 1], &[2, 8, 16]), &[qkv])
+            .unwrap();
+        let half = b.reshape(cols, &[2, 8, 2, 8]).unwrap();
+        let swapped = b.transpose(half, &[0, 1, 3, 2]).unwrap();
+        let bad = b.reshape(swapped, &[2, 8, 16]).unwrap();
+        let merged = b.reshape(cols, &[2, 128]).unwrap();
+        // A reversed slice walks backward from its start.
+        let rev = b
+            .op(slice(&[1, 7, 47], &[-1, -2, -3], &[2, 4, 16]), &[qkv])
+            .unwrap();
+        b.output("y", rev).unwrap();
+        let g = b.build().unwrap();
+        let input = g.inputs[0];
+        let at = |v: crate::ir::Value| g.strided_view(v.0);
+        assert_eq!(at(kt), Some((input, 16, vec![384, 8, 48, 1])));
+        assert_eq!(at(heads), Some((input, 16, vec![384, 48, 8, 1])));
+        assert_eq!(at(rows), Some((input, 16, vec![48, 16, 1])));
+        assert_eq!(at(bad), None);
+        assert_eq!(at(merged), None);
+        assert_eq!(
+            at(rev),
+            Some((input, 384 + 7 * 48 + 47, vec![-384, -96, -3]))
+        );
     }
 }

@@ -395,7 +395,7 @@ fn exec_thread(stmts: &[Stmt], env: &mut Env, t: i64, cx: &mut Ctx, k: &Kernel) 
 fn gemm(g: &Gemm, cx: &mut Ctx, k: &Kernel) -> Result<()> {
     let batches: usize = g.batch.iter().product();
     let at = |v: &MatrixView, b: usize, r: usize, c: usize| -> i64 {
-        let mut off = 0i64;
+        let mut off = v.offset;
         let mut rest = b;
         for (d, &n) in g.batch.iter().enumerate().rev() {
             off += (rest % n) as i64 * v.batch_strides[d];

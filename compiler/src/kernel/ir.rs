@@ -309,12 +309,14 @@ pub enum Stmt {
 }
 
 /// A strided matrix operand of a [`Gemm`]: element `(batch…, r, c)` of buffer `buf` is at
-/// `Σ batch[i]·batch_strides[i] + r·row_stride + c·col_stride` (strides in elements; 0
-/// broadcasts).
+/// `offset + Σ batch[i]·batch_strides[i] + r·row_stride + c·col_stride` (strides in
+/// elements; 0 broadcasts).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MatrixView {
     /// Buffer.
     pub buf: u32,
+    /// Element of the first matrix's (0, 0).
+    pub offset: i64,
     /// Stride of each batch dim of the product.
     pub batch_strides: Vec<i64>,
     /// Stride between rows.

@@ -99,7 +99,8 @@ pub(super) fn blas_form(
         if body.nodes[x].ty.dtype != dtype || body.nodes[x].ty.rank() < 2 {
             return None;
         }
-        let v = view(body, x, inputs)?;
+        // cuBLASLt's operands start where their buffers do (no offset in the call).
+        let v = view(body, x, inputs).filter(|v| v.offset == 0)?;
         let mut id = x;
         while !matches!(body.nodes[id].op, Op::Input) {
             used[id] = true;
@@ -107,8 +108,8 @@ pub(super) fn blas_form(
         }
         Some(v)
     };
-    let (ab, ashape, ast) = operand(a, &mut used)?;
-    let (bb, bshape, bst) = operand(b, &mut used)?;
+    let av = operand(a, &mut used)?;
+    let bv = operand(b, &mut used)?;
     if !body
         .nodes
         .iter()
@@ -118,17 +119,14 @@ pub(super) fn blas_form(
         return None;
     }
     let r = shape.len();
-    let (m, n, k) = (shape[r - 2], shape[r - 1], ashape[ashape.len() - 1]);
+    let (m, n, k) = (shape[r - 2], shape[r - 1], av.shape[av.shape.len() - 1]);
     let batch = &shape[..r - 2];
     let count: usize = batch.iter().product();
     let int = |v: usize| i32::try_from(v).is_ok();
     if ![m, n, k, count].into_iter().all(|v| v > 0 && int(v)) {
         return None;
     }
-    let (av, bv) = (
-        matrix(ab, &ashape, &ast, batch),
-        matrix(bb, &bshape, &bst, batch),
-    );
+    let (av, bv) = (matrix(&av, batch), matrix(&bv, batch));
     let d_stride = if count > 1 { m * n } else { 0 };
     let call = BlasGemm {
         dtype,
@@ -138,14 +136,14 @@ pub(super) fn blas_form(
         batch: count,
         // Bᵀ (n×k): element (j, p) of B at p·row_stride + j·col_stride.
         a: column_major(
-            bb,
+            bv.buf,
             (n, k),
             (bv.col_stride, bv.row_stride),
             batch_stride(batch, &bv.batch_strides)?,
         )?,
         // Aᵀ (k×m): element (p, i) of A at i·row_stride + p·col_stride.
         b: column_major(
-            ab,
+            av.buf,
             (k, m),
             (av.col_stride, av.row_stride),
             batch_stride(batch, &av.batch_strides)?,

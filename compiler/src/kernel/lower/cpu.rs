@@ -68,24 +68,49 @@ fn contiguous(shape: &[usize]) -> Vec<i64> {
     strides(shape).iter().map(|&s| s as i64).collect()
 }
 
-fn is_contiguous(shape: &[usize], st: &[i64]) -> bool {
-    let want = contiguous(shape);
-    shape
-        .iter()
-        .zip(st.iter().zip(&want))
-        .all(|(&n, (a, b))| n == 1 || a == b)
+/// Elements of a buffer read as a tensor: `shape` from element `offset`, dim `d` stepping
+/// `strides[d]` elements.
+#[derive(Clone, Debug)]
+pub(super) struct View {
+    pub buf: u32,
+    pub offset: i64,
+    pub shape: Vec<usize>,
+    pub strides: Vec<i64>,
 }
 
-/// Node `id` as a strided view of a kernel input: (buffer, shape, strides).
-pub(super) fn view(
-    body: &Graph,
-    id: NodeId,
-    inputs: &[u32],
-) -> Option<(u32, Vec<usize>, Vec<i64>)> {
-    let (input, st) = body.strided_view(id)?;
+impl View {
+    /// The whole of `buf`, laid out densely as `shape`.
+    fn dense(buf: u32, shape: &[usize]) -> View {
+        View {
+            buf,
+            offset: 0,
+            shape: shape.to_vec(),
+            strides: contiguous(shape),
+        }
+    }
+
+    /// True when the view is its buffer's start laid out densely.
+    fn is_dense(&self) -> bool {
+        let want = contiguous(&self.shape);
+        self.offset == 0
+            && self
+                .shape
+                .iter()
+                .zip(self.strides.iter().zip(&want))
+                .all(|(&n, (a, b))| n == 1 || a == b)
+    }
+}
+
+/// Node `id` as a strided view of a kernel input.
+pub(super) fn view(body: &Graph, id: NodeId, inputs: &[u32]) -> Option<View> {
+    let (input, offset, strides) = body.strided_view(id)?;
     let k = body.inputs.iter().position(|&i| i == input)?;
-    let st = st.iter().map(|&s| s as i64).collect();
-    Some((inputs[k], body.nodes[id].ty.shape.clone(), st))
+    Some(View {
+        buf: inputs[k],
+        offset,
+        shape: body.nodes[id].ty.shape.clone(),
+        strides,
+    })
 }
 
 /// The nodes reachable from `root`, as a graph of their own, with the kernel inputs they
@@ -183,12 +208,14 @@ fn elementwise_epilogue(body: &Graph, mm: NodeId) -> bool {
 
 /// Buffer `buf` read as a matrix operand of shape `shape` and strides `st` in a product over
 /// `batch`: its leading dims right-aligned with the batch (stride 0 where broadcast).
-pub(super) fn matrix(buf: u32, shape: &[usize], st: &[i64], batch: &[usize]) -> MatrixView {
+pub(super) fn matrix(v: &View, batch: &[usize]) -> MatrixView {
+    let (shape, st) = (&v.shape, &v.strides);
     let r = shape.len();
     let nb = batch.len();
     let own = r - 2;
     MatrixView {
-        buf,
+        buf: v.buf,
+        offset: v.offset,
         batch_strides: (0..nb)
             .map(|i| {
                 let j = i as isize - (nb as isize - own as isize);
@@ -251,7 +278,7 @@ fn operand(
     what: &str,
     precision: Precision,
     sink: &mut Sink,
-) -> R<(u32, Vec<usize>, Vec<i64>)> {
+) -> R<View> {
     if body.nodes[x].ty.dtype == DType::F32 {
         if let Some(v) = view(body, x, inputs) {
             return Ok(v);
@@ -260,8 +287,7 @@ fn operand(
     let shape = body.nodes[x].ty.shape.clone();
     let buf = sink.scratch(&format!("{what}_{}", body.nodes[x].name), &shape);
     lower_value(body, x, inputs, buf, precision, sink)?;
-    let st = contiguous(&shape);
-    Ok((buf, shape, st))
+    Ok(View::dense(buf, &shape))
 }
 
 fn push_gemm(sink: &mut Sink, gemm: Gemm) {
@@ -317,8 +343,8 @@ fn matmul_product(
 ) -> R<(Graph, Vec<u32>)> {
     let what = body.nodes[mm].name.clone();
     let (a, b) = (body.nodes[mm].inputs[0], body.nodes[mm].inputs[1]);
-    let (ab, ashape, ast) = operand(body, inputs, a, &what, precision, sink)?;
-    let (bb, bshape, bst) = operand(body, inputs, b, &what, precision, sink)?;
+    let av = operand(body, inputs, a, &what, precision, sink)?;
+    let bv = operand(body, inputs, b, &what, precision, sink)?;
     let shape = body.nodes[mm].ty.shape.clone();
     let r = shape.len();
     let batch = shape[..r - 2].to_vec();
@@ -328,10 +354,10 @@ fn matmul_product(
         Gemm {
             m: shape[r - 2],
             n: shape[r - 1],
-            k: ashape[ashape.len() - 1],
-            a: matrix(ab, &ashape, &ast, &batch),
-            b: matrix(bb, &bshape, &bst, &batch),
-            c: matrix(dest, &shape, &contiguous(&shape), &batch),
+            k: av.shape[av.shape.len() - 1],
+            a: matrix(&av, &batch),
+            b: matrix(&bv, &batch),
+            c: matrix(&View::dense(dest, &shape), &batch),
             batch,
             b_panels: None,
         },
@@ -368,14 +394,16 @@ fn conv_product(
     let (x, w) = (node.inputs[0], node.inputs[1]);
     let bias = node.inputs.get(2).copied();
     let what = node.name.clone();
-    let (mut xb, xs, xst) = operand(body, inputs, x, &what, precision, sink)?;
-    if !is_contiguous(&xs, &xst) {
-        // A transposed view: gather from a contiguous copy.
+    let xv = operand(body, inputs, x, &what, precision, sink)?;
+    let (mut xb, xs) = (xv.buf, xv.shape.clone());
+    if !xv.is_dense() {
+        // A transposed or sliced view: gather from a contiguous copy.
         xb = sink.scratch(&format!("{what}.input"), &xs);
         lower_value(body, x, inputs, xb, precision, sink)?;
     }
-    let (mut wb, ws, wst) = operand(body, inputs, w, &what, precision, sink)?;
-    if !is_contiguous(&ws, &wst) {
+    let wv = operand(body, inputs, w, &what, precision, sink)?;
+    let (mut wb, ws) = (wv.buf, wv.shape.clone());
+    if !wv.is_dense() {
         wb = sink.scratch(&format!("{what}.weights"), &ws);
         lower_value(body, w, inputs, wb, precision, sink)?;
     }
@@ -412,18 +440,21 @@ fn conv_product(
             k,
             a: MatrixView {
                 buf: wb,
+                offset: 0,
                 batch_strides: vec![0],
                 row_stride: k as i64,
                 col_stride: 1,
             },
             b: MatrixView {
                 buf: cols,
+                offset: 0,
                 batch_strides: vec![(k * p) as i64],
                 row_stride: p as i64,
                 col_stride: 1,
             },
             c: MatrixView {
                 buf: dest,
+                offset: 0,
                 batch_strides: vec![(oc * p) as i64],
                 row_stride: p as i64,
                 col_stride: 1,
@@ -736,7 +767,7 @@ pub(super) fn pack_weights(p: &mut crate::kernel::ir::Program) {
         // Row by row of the weight: a row's elements land PANEL at a time, contiguously.
         for q in 0..k {
             for j in 0..n {
-                let at = q as i64 * g.b.row_stride + j as i64 * g.b.col_stride;
+                let at = g.b.offset + q as i64 * g.b.row_stride + j as i64 * g.b.col_stride;
                 packed[(j / PANEL) * k * PANEL + q * PANEL + j % PANEL] = values[at as usize];
             }
         }
