@@ -106,34 +106,51 @@ impl Target for C {
     }
 
     /// Innermost loops get `omp simd`, so they vectorize: a fold loop (`acc = combine(acc,
-    /// e)` last, `acc` read nowhere else) as a reduction (its order is not fixed; the GPU's
-    /// tree reorders too; float max/min keep NaN propagation through a flag beside a plain
-    /// max/min), any other loop when its iterations share no variable (each one it sets
-    /// is set before it is read). Iterations never share memory: a kernel reads a buffer it
-    /// writes only at the index it writes.
+    /// e)` last, `acc` read nowhere else; or several such folds of one op into distinct
+    /// accumulators, as interleaved streams end) as a reduction (its order is not fixed; the
+    /// GPU's tree reorders too; float max/min keep NaN propagation through a flag beside a
+    /// plain max/min), any other loop when its iterations share no variable (each one it
+    /// sets is set before it is read). Iterations never share memory: a kernel reads a
+    /// buffer it writes only at the index it writes.
     fn loop_pragma(&self, body: &[Stmt], int_var: &dyn Fn(u32) -> bool) -> Option<LoopPragma> {
         let mut private: Vec<u32> = Vec::new();
-        let fold = match body.last() {
-            Some(Stmt::Let {
-                var,
-                value: Expr::Combine(op, a, b),
-            }) if **a == Expr::Var(*var) && !vars_of(b).contains(var) => Some((*var, *op)),
-            _ => None,
-        };
-        let plain = match fold {
-            Some(_) => &body[..body.len() - 1],
-            None => body,
-        };
+        // The trailing folds, last first.
+        let mut folds: Vec<(u32, ReduceOp)> = Vec::new();
+        for s in body.iter().rev() {
+            match s {
+                Stmt::Let {
+                    var,
+                    value: Expr::Combine(op, a, b),
+                } if **a == Expr::Var(*var)
+                    && folds.iter().all(|&(acc, o)| o == *op && acc != *var) =>
+                {
+                    folds.push((*var, *op))
+                }
+                _ => break,
+            }
+        }
+        let is_acc = |v: u32| folds.iter().any(|&(acc, _)| acc == v);
+        let plain = &body[..body.len() - folds.len()];
+        let reads_acc = |e: &Expr| vars_of(e).iter().any(|&v| is_acc(v));
+        if body[plain.len()..].iter().any(|s| match s {
+            Stmt::Let {
+                value: Expr::Combine(_, _, e),
+                ..
+            } => reads_acc(e),
+            _ => true,
+        }) {
+            return None;
+        }
         for s in plain {
             let reads_unset = |e: &Expr| {
-                fold.is_some_and(|(acc, _)| vars_of(e).contains(&acc))
+                reads_acc(e)
                     || vars_of(e)
                         .iter()
                         .any(|v| is_set_in(plain, *v) && !private.contains(v))
             };
             match s {
                 Stmt::Let { var, value } => {
-                    if reads_unset(value) || fold.is_some_and(|(acc, _)| acc == *var) {
+                    if reads_unset(value) || is_acc(*var) {
                         return None;
                     }
                     private.push(*var);
@@ -155,11 +172,11 @@ impl Target for C {
             format!(" private({})", names.join(", "))
         };
         let mut nan_flag = None;
-        let line = match fold {
-            Some((acc, op)) => {
+        let line = match folds.first() {
+            Some(&(acc, op)) => {
                 // Float max/min: a plain combiner from ∓infinity (`smelt_fmax`/`smelt_fmin`
                 // in cpu.h; a NaN-propagating combiner made a softmax row's max loop ~1.4×
-                // slower), with NaN kept in a flag beside it.
+                // slower), with NaN kept in a flag beside it (for one accumulator).
                 let float_minmax = matches!(op, ReduceOp::Max | ReduceOp::Min) && !int_var(acc);
                 let id = match op {
                     ReduceOp::Sum => "+",
@@ -169,15 +186,22 @@ impl Target for C {
                     ReduceOp::Max => "max",
                     ReduceOp::Min => "min",
                 };
-                if float_minmax {
-                    nan_flag = Some(acc);
-                }
                 let flag = if float_minmax {
+                    if folds.len() > 1 {
+                        return None;
+                    }
+                    nan_flag = Some(acc);
                     format!(" reduction(|:nan_v{acc})")
                 } else {
                     String::new()
                 };
-                format!("#pragma omp simd reduction({id}:v{acc}){flag}{private}")
+                let mut accs: Vec<u32> = folds.iter().map(|&(acc, _)| acc).collect();
+                accs.sort_unstable();
+                let accs: Vec<String> = accs.iter().map(|v| format!("v{v}")).collect();
+                format!(
+                    "#pragma omp simd reduction({id}:{}){flag}{private}",
+                    accs.join(", ")
+                )
             }
             None => format!("#pragma omp simd{private}"),
         };

@@ -10,15 +10,18 @@
 //! together: iteration `i` of the new loop runs the body for `lo + i`, `lo + q + i`, … with
 //! statements interleaved (the first statement for every part, then the second, …), so
 //! that independent chains sit next to each other in the instruction stream. A tail loop
-//! runs the last `(hi - lo) mod STREAMS` iterations. Each part is still a contiguous walk,
-//! so the loop still vectorizes.
+//! runs the last `(hi - lo) mod STREAMS` iterations (none when the range is a constant
+//! multiple of it). Each part is still a contiguous walk, so the loop still vectorizes. A
+//! loop that folds a float sum or product (a softmax row's sum of exponentials) gets one
+//! accumulator per part, added into the first before the tail: the C renderer turns them
+//! into one multi-variable `omp simd` reduction.
 //!
 //! It is a kernel-IR rewrite, so the interpreter runs exactly what the C compiler gets.
 //! On the 10-op elementwise chain (tanh, sqrt, sigmoid) this took the 2-core machine from
 //! 7.8 to about 5.5 ms; a loop of cheap arithmetic only gets more memory streams from it
 //! and is left alone.
 
-use super::{add, mul, substitute, Expr, IndexOp, Program, Stmt};
+use super::{add, mul, substitute, Builtin, Expr, IndexOp, Program, ReduceOp, Stmt};
 use crate::ir::{BinaryOp, UnaryOp};
 use std::collections::HashMap;
 
@@ -32,14 +35,31 @@ const MIN_TRIP: i64 = 16 * STREAMS;
 /// Interleaves every latency-bound inner loop of the program's kernels.
 pub(super) fn interleave(program: &mut Program) {
     for k in &mut program.kernels {
-        let mut next = k.vars;
-        k.body = block(std::mem::take(&mut k.body), &mut next);
-        k.vars = next;
+        let mut cx = Cx {
+            next: k.vars,
+            // One thread per block (always, on the CPU): a loop stepping by the block's
+            // thread count steps by one.
+            unit_block: k.launch.block == 1,
+        };
+        k.body = block(std::mem::take(&mut k.body), &mut cx);
+        k.vars = cx.next;
     }
 }
 
-fn block(stmts: Vec<Stmt>, next: &mut u32) -> Vec<Stmt> {
-    let mut out = Vec::with_capacity(stmts.len());
+struct Cx {
+    next: u32,
+    unit_block: bool,
+}
+
+impl Cx {
+    fn fresh(&mut self) -> u32 {
+        self.next += 1;
+        self.next - 1
+    }
+}
+
+fn block(stmts: Vec<Stmt>, cx: &mut Cx) -> Vec<Stmt> {
+    let mut out: Vec<Stmt> = Vec::with_capacity(stmts.len());
     for s in stmts {
         match s {
             Stmt::For {
@@ -50,22 +70,41 @@ fn block(stmts: Vec<Stmt>, next: &mut u32) -> Vec<Stmt> {
                 uniform,
                 body,
             } => {
-                if step == Expr::I(1) && latency_bound(var, &start, &end, &body) {
-                    split(var, start, end, uniform, body, next, &mut out);
+                let unit = step == Expr::I(1)
+                    || (cx.unit_block && step == Expr::Builtin(Builtin::BlockDim));
+                let start = match start {
+                    Expr::Builtin(Builtin::Thread) if unit && cx.unit_block => Expr::I(0),
+                    start => start,
+                };
+                let shape = if unit {
+                    latency_bound(var, &start, &end, &body, out.last())
                 } else {
-                    out.push(Stmt::For {
+                    None
+                };
+                match shape {
+                    Some(fold) => {
+                        let l = Loop {
+                            var,
+                            start,
+                            end,
+                            uniform,
+                            body,
+                        };
+                        split(l, fold, cx, &mut out)
+                    }
+                    None => out.push(Stmt::For {
                         var,
                         start,
                         end,
                         step,
                         uniform,
-                        body: block(body, next),
-                    });
+                        body: block(body, cx),
+                    }),
                 }
             }
             Stmt::If { cond, then } => out.push(Stmt::If {
                 cond,
-                then: block(then, next),
+                then: block(then, cx),
             }),
             other => out.push(other),
         }
@@ -73,16 +112,59 @@ fn block(stmts: Vec<Stmt>, next: &mut u32) -> Vec<Stmt> {
     out
 }
 
-/// True for a loop worth interleaving: its body only sets variables and stores, every
-/// variable it reads is either set earlier in the same iteration or not set in the loop at
-/// all (no value flows between iterations, so no fold), every store's index depends on the
-/// loop variable, it runs a long-latency op, and it is not known to be short.
-fn latency_bound(var: u32, start: &Expr, end: &Expr, body: &[Stmt]) -> bool {
+/// A loop with a unit step.
+struct Loop {
+    var: u32,
+    start: Expr,
+    end: Expr,
+    uniform: bool,
+    body: Vec<Stmt>,
+}
+
+/// A sum or product folded into a float accumulator by a loop's last statement.
+#[derive(Clone, Copy)]
+struct Fold {
+    acc: u32,
+    op: ReduceOp,
+}
+
+/// `Some` for a loop worth interleaving (with its fold, if it ends in one): its body only
+/// sets variables and stores; every variable it reads is either set earlier in the same
+/// iteration or not set in the loop at all, except a float sum or product folded by the
+/// last statement (`acc = acc + e`, `acc` read nowhere else, and set to a float just before
+/// the loop); every store's index depends on the loop variable; it runs a long-latency op;
+/// and it is not known to be short. `before`: the statement before the loop.
+fn latency_bound(
+    var: u32,
+    start: &Expr,
+    end: &Expr,
+    body: &[Stmt],
+    before: Option<&Stmt>,
+) -> Option<Option<Fold>> {
     if let (Expr::I(a), Expr::I(b)) = (start, end) {
         if b - a < MIN_TRIP {
-            return false;
+            return None;
         }
     }
+    let fold = match (body.last(), before) {
+        (
+            Some(Stmt::Let {
+                var: acc,
+                value: Expr::Combine(op @ (ReduceOp::Sum | ReduceOp::Prod), a, e),
+            }),
+            Some(Stmt::Let {
+                var: init,
+                value: Expr::F(_),
+            }),
+        ) if **a == Expr::Var(*acc) && init == acc && !reads(e, *acc) => {
+            Some(Fold { acc: *acc, op: *op })
+        }
+        _ => None,
+    };
+    let (plain, last) = match fold {
+        Some(_) => (&body[..body.len() - 1], body.last()),
+        None => (body, None),
+    };
     let mut set: Vec<u32> = Vec::new();
     let set_in_body: Vec<u32> = body
         .iter()
@@ -101,68 +183,89 @@ fn latency_bound(var: u32, start: &Expr, end: &Expr, body: &[Stmt]) -> bool {
         ok
     };
     let mut slow = false;
-    for s in body {
+    for s in plain {
         match s {
             Stmt::Let { var: v, value } => {
                 if *v == var || set.contains(v) || !reads_ok(value, &set) {
-                    return false;
+                    return None;
                 }
                 slow |= has_slow_op(value);
                 set.push(*v);
             }
             Stmt::Store { index, value, .. } => {
                 if !reads_ok(index, &set) || !reads_ok(value, &set) || !reads(index, var) {
-                    return false;
+                    return None;
                 }
                 slow |= has_slow_op(value);
             }
-            _ => return false,
+            _ => return None,
         }
     }
-    slow
+    if let Some(Stmt::Let {
+        value: Expr::Combine(_, _, e),
+        ..
+    }) = last
+    {
+        if !reads_ok(e, &set) {
+            return None;
+        }
+        slow |= has_slow_op(e);
+    }
+    slow.then_some(fold)
 }
 
-/// `for var in start..end { body }` as the interleaved loop and its tail.
-fn split(
-    var: u32,
-    start: Expr,
-    end: Expr,
-    uniform: bool,
-    body: Vec<Stmt>,
-    next: &mut u32,
-    out: &mut Vec<Stmt>,
-) {
-    let mut fresh = || {
-        *next += 1;
-        *next - 1
+/// The loop as the interleaved loop and its tail. A fold gets one accumulator per part,
+/// combined into the first before the tail.
+fn split(l: Loop, fold: Option<Fold>, cx: &mut Cx, out: &mut Vec<Stmt>) {
+    let Loop {
+        var,
+        start,
+        end,
+        uniform,
+        body,
+    } = l;
+    // The parts' length: a constant when the range is.
+    let (lo, q) = match (&start, &end) {
+        (Expr::I(a), Expr::I(b)) => (Expr::I(*a), Expr::I((b - a) / STREAMS)),
+        _ => {
+            let (lo, q) = (cx.fresh(), cx.fresh());
+            out.push(Stmt::Let {
+                var: lo,
+                value: start,
+            });
+            let len = Expr::Index(IndexOp::Sub, Box::new(end.clone()), Box::new(Expr::Var(lo)));
+            out.push(Stmt::Let {
+                var: q,
+                value: Expr::Index(IndexOp::Div, Box::new(len), Box::new(Expr::I(STREAMS))),
+            });
+            (Expr::Var(lo), Expr::Var(q))
+        }
     };
-    let lo = fresh();
-    let q = fresh();
-    out.push(Stmt::Let {
-        var: lo,
-        value: start,
-    });
-    let len = Expr::Index(IndexOp::Sub, Box::new(end.clone()), Box::new(Expr::Var(lo)));
-    out.push(Stmt::Let {
-        var: q,
-        value: Expr::Index(IndexOp::Div, Box::new(len), Box::new(Expr::I(STREAMS))),
-    });
-    // Part 0 keeps the body's variables; part j renames each one it sets and reads the
-    // loop variable shifted by j·q.
+    // Part 0 keeps the body's variables; part j renames each one it sets (its accumulator
+    // included) and reads the loop variable shifted by j·q.
     let renames: Vec<HashMap<u32, u32>> = (0..STREAMS)
         .map(|j| {
             body.iter()
                 .filter_map(|s| match s {
-                    Stmt::Let { var: v, .. } if j > 0 => Some((*v, fresh())),
+                    Stmt::Let { var: v, .. } if j > 0 => Some((*v, cx.fresh())),
                     _ => None,
                 })
                 .collect()
         })
         .collect();
+    if let Some(f) = fold {
+        let identity = Expr::F(f.op.identity());
+        for names in &renames[1..] {
+            out.push(Stmt::Let {
+                var: names[&f.acc],
+                value: identity.clone(),
+            });
+        }
+    }
     let mut parts = Vec::with_capacity(body.len() * STREAMS as usize);
     for s in &body {
         for (j, names) in renames.iter().enumerate() {
-            let shifted = add(Expr::Var(var), mul(Expr::I(j as i64), Expr::Var(q)));
+            let shifted = add(Expr::Var(var), mul(Expr::I(j as i64), q.clone()));
             let by = |x: u32| {
                 if x == var {
                     Some(shifted.clone())
@@ -184,22 +287,38 @@ fn split(
             });
         }
     }
+    let tail_start = add(lo.clone(), mul(Expr::I(STREAMS), q.clone()));
+    let whole = tail_start == end;
     out.push(Stmt::For {
         var,
-        start: Expr::Var(lo),
-        end: add(Expr::Var(lo), Expr::Var(q)),
+        start: lo.clone(),
+        end: add(lo, q),
         step: Expr::I(1),
         uniform,
         body: parts,
     });
-    out.push(Stmt::For {
-        var,
-        start: add(Expr::Var(lo), mul(Expr::I(STREAMS), Expr::Var(q))),
-        end,
-        step: Expr::I(1),
-        uniform,
-        body,
-    });
+    if let Some(f) = fold {
+        for names in &renames[1..] {
+            out.push(Stmt::Let {
+                var: f.acc,
+                value: Expr::Combine(
+                    f.op,
+                    Box::new(Expr::Var(f.acc)),
+                    Box::new(Expr::Var(names[&f.acc])),
+                ),
+            });
+        }
+    }
+    if !whole {
+        out.push(Stmt::For {
+            var,
+            start: tail_start,
+            end,
+            step: Expr::I(1),
+            uniform,
+            body,
+        });
+    }
 }
 
 /// An op whose inlined form is a long dependent chain (or a slow divider/sqrt unit).
@@ -277,6 +396,11 @@ mod tests {
 
     /// `y = op(x)` over N elements in blocks of PER: `for v0 in b·PER..min(N, b·PER + PER)`.
     fn program(body: Vec<Stmt>, vars: u32) -> Program {
+        program_with(vec![], body, vec![], vars)
+    }
+
+    /// `pre`, the loop, then `post`, in each block.
+    fn program_with(pre: Vec<Stmt>, body: Vec<Stmt>, post: Vec<Stmt>, vars: u32) -> Program {
         let start = mul(Expr::Builtin(Builtin::Block), Expr::I(PER));
         let end = Expr::Index(
             IndexOp::Min,
@@ -307,14 +431,19 @@ mod tests {
                 vars,
                 shared: vec![],
                 frags: vec![],
-                body: vec![Stmt::For {
-                    var: 0,
-                    start,
-                    end,
-                    step: Expr::I(1),
-                    uniform: true,
-                    body,
-                }],
+                body: [
+                    pre,
+                    vec![Stmt::For {
+                        var: 0,
+                        start,
+                        end,
+                        step: Expr::I(1),
+                        uniform: true,
+                        body,
+                    }],
+                    post,
+                ]
+                .concat(),
                 blas: None,
             }],
         }
@@ -379,9 +508,59 @@ mod tests {
     }
 
     #[test]
+    fn a_latency_bound_sum_gets_an_accumulator_per_part() {
+        // v2 = 0; for v0 { v1 = exp(x / 8); v2 = v2 + v1 }; y[b·PER] = v2
+        let fold = |acc: u32, e: Expr| Stmt::Let {
+            var: acc,
+            value: Expr::Combine(
+                crate::kernel::ir::ReduceOp::Sum,
+                Box::new(Expr::Var(acc)),
+                Box::new(e),
+            ),
+        };
+        let body = vec![
+            Stmt::Let {
+                var: 1,
+                value: Expr::Unary(
+                    UnaryOp::Exp,
+                    Box::new(Expr::Binary(BinaryOp::Mul, x(0), Box::new(Expr::F(0.125)))),
+                ),
+            },
+            fold(2, Expr::Var(1)),
+        ];
+        let init = vec![Stmt::Let {
+            var: 2,
+            value: Expr::F(0.0),
+        }];
+        let out = vec![Stmt::Store {
+            buf: 1,
+            index: mul(Expr::Builtin(Builtin::Block), Expr::I(PER)),
+            value: Expr::Var(2),
+        }];
+        let before = program_with(init, body, out, 3);
+        let mut after = before.clone();
+        interleave(&mut after);
+        let k = &after.kernels[0];
+        // The three other parts' accumulators start at 0 and are added in before the tail.
+        let zeros = k
+            .body
+            .iter()
+            .filter(|s| matches!(s, Stmt::Let { value: Expr::F(z), .. } if *z == 0.0))
+            .count();
+        assert_eq!(zeros, STREAMS as usize, "{k:?}");
+        assert_eq!(loops(&after), 2);
+        let (want, got) = (run(&before), run(&after));
+        let sums = (0..N).step_by(PER as usize);
+        for i in sums {
+            assert!((want[i] - got[i]).abs() <= 1e-6 * want[i].abs(), "{i}");
+            assert!(want[i] > 100.0);
+        }
+    }
+
+    #[test]
     fn cheap_folding_short_and_carried_loops_are_left_alone() {
         let cheap = vec![store(Expr::Binary(BinaryOp::Add, x(0), x(0)))];
-        // acc = acc + exp(x): a value flows between iterations.
+        // acc = acc + exp(x) with no float start right before the loop (so no known type).
         let fold = vec![
             Stmt::Let {
                 var: 1,
