@@ -681,8 +681,12 @@ fn fmt_block(f: &mut fmt::Formatter<'_>, stmts: &[Stmt], depth: usize) -> fmt::R
             Stmt::Barrier => writeln!(f, "{pad}barrier")?,
             Stmt::Gemm(g) => {
                 let v = |m: &MatrixView| {
+                    let at = match m.offset {
+                        0 => String::new(),
+                        o => format!("+{o}"),
+                    };
                     format!(
-                        "b{}{:?}/{}/{}",
+                        "b{}{at}{:?}/{}/{}",
                         m.buf, m.batch_strides, m.row_stride, m.col_stride
                     )
                 };
