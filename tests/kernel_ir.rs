@@ -655,7 +655,9 @@ fn cublas_forms_cover_product_epilogues() {
     use smelt::DType;
     /// A product `x·w` (`w` given transposed when `transposed`), then each part asked for;
     /// `covered`: whether cuBLASLt's epilogue covers it. A label starting with "permuted"
-    /// reads x [b, m, k] as a transpose of [m, b, k].
+    /// reads x [b, m, k] as a transpose of [m, b, k]; one starting with "sliced" reads x as
+    /// columns 3.. of [.., m, k + 7] and w as rows 2.. of [k + 2, n] (operands starting
+    /// inside their buffers).
     #[derive(Clone, Copy, Default)]
     struct Case {
         label: &'static str,
@@ -721,6 +723,14 @@ fn cublas_forms_cover_product_epilogues() {
             ..base
         },
         Case {
+            label: "sliced x and w",
+            batch: &[2],
+            mkn: (12, 20, 24),
+            bias: true,
+            act: Some(UnaryOp::Relu),
+            ..base
+        },
+        Case {
             label: "permuted x",
             batch: &[3],
             mkn: (20, 16, 24),
@@ -760,15 +770,45 @@ fn cublas_forms_cover_product_epilogues() {
             let mut b = smelt::GraphBuilder::new();
             let mut sa = batch.to_vec();
             sa.extend([m, k]);
+            let sliced = label.starts_with("sliced");
+            let slice = |b: &mut smelt::GraphBuilder, x, shape: &[usize], axis: usize, from| {
+                let mut starts = vec![0; shape.len()];
+                starts[axis] = from;
+                let mut lens = shape.to_vec();
+                lens[axis] -= from;
+                let op = smelt::ir::Op::Slice {
+                    starts,
+                    steps: vec![1; shape.len()],
+                    lens,
+                };
+                b.op(op, &[x]).unwrap()
+            };
             let x = if label.starts_with("permuted") {
                 let xt = b.input("xt", d, &[m, batch[0], k]).unwrap();
                 b.transpose(xt, &[1, 0, 2]).unwrap()
+            } else if sliced {
+                let mut wide = sa.clone();
+                *wide.last_mut().unwrap() += 7;
+                let xw = b.input("xw", d, &wide).unwrap();
+                // Columns 3..k+3 of k+7.
+                let x = slice(&mut b, xw, &wide, wide.len() - 1, 3);
+                let mut lens = sa.clone();
+                *lens.last_mut().unwrap() = k;
+                let op = smelt::ir::Op::Slice {
+                    starts: vec![0; lens.len()],
+                    steps: vec![1; lens.len()],
+                    lens,
+                };
+                b.op(op, &[x]).unwrap()
             } else {
                 b.input("x", d, &sa).unwrap()
             };
             let w = if transposed {
                 let wt = b.input("wt", d, &[n, k]).unwrap();
                 b.transpose(wt, &[1, 0]).unwrap()
+            } else if sliced {
+                let ww = b.input("ww", d, &[k + 2, n]).unwrap();
+                slice(&mut b, ww, &[k + 2, n], 0, 2)
             } else {
                 b.input("w", d, &[k, n]).unwrap()
             };
@@ -796,6 +836,11 @@ fn cublas_forms_cover_product_epilogues() {
             let label = format!("{d} {label}");
             assert_eq!(p.kernels.len(), 1, "{label}: one kernel\n{p}");
             assert_eq!(p.kernels[0].blas.is_some(), covered, "{label}\n{p}");
+            if sliced {
+                let g = p.kernels[0].blas.as_ref().unwrap();
+                // cuBLASLt's a is wᵀ (from row 2 of n columns), its b is xᵀ (from column 3).
+                assert_eq!((g.a.offset, g.b.offset), (2 * n, 3), "{label}\n{p}");
+            }
             if label.ends_with("bias+relu, batch") {
                 // A weight shared by a contiguous batch: one product of all its rows.
                 let g = p.kernels[0].blas.as_ref().unwrap();

@@ -440,7 +440,7 @@ fn gemm(g: &Gemm, cx: &mut Ctx, k: &Kernel) -> Result<()> {
 fn blas_gemm(g: &BlasGemm, buffers: &mut [Vec<f64>], dtypes: &[DType], k: &Kernel) -> Result<()> {
     let at = |x: &BlasMatrix, t: usize, r: usize, c: usize| {
         let (r, c) = if x.trans { (c, r) } else { (r, c) };
-        t * x.batch_stride + r + c * x.ld
+        x.offset + t * x.batch_stride + r + c * x.ld
     };
     let get = |buffers: &[Vec<f64>], buf: u32, i: usize| -> Result<f64> {
         buffers[buf as usize]

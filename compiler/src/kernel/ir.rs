@@ -428,6 +428,10 @@ pub struct BlasMatrix {
     pub ld: usize,
     /// Elements between consecutive products of the batch (0: every product reads the same).
     pub batch_stride: usize,
+    /// Element of the first product's (0, 0): the call's pointer is the buffer's plus this
+    /// (a slice of a buffer, such as one head's columns of a fused QKV projection).
+    #[serde(default)]
+    pub offset: usize,
 }
 
 /// The activations cuBLASLt applies in a matmul's epilogue.
@@ -444,7 +448,14 @@ impl fmt::Display for BlasGemm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let x = |name: &str, m: &BlasMatrix| {
             let t = if m.trans { "ᵀ" } else { "" };
-            format!("{name}=b{}{t} ld {} stride {}", m.buf, m.ld, m.batch_stride)
+            let at = match m.offset {
+                0 => String::new(),
+                o => format!("+{o}"),
+            };
+            format!(
+                "{name}=b{}{at}{t} ld {} stride {}",
+                m.buf, m.ld, m.batch_stride
+            )
         };
         let mut sum = String::from("alpha·a×b");
         if let Some(b) = self.bias {

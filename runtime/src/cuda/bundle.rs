@@ -442,7 +442,8 @@ pub fn blas_fits(g: &BlasGemm, buffers: &[BufferSpec]) -> Result<(), String> {
         (g.batch - 1)
             .checked_mul(x.batch_stride)?
             .checked_add((cols - 1).checked_mul(x.ld)?)?
-            .checked_add(rows)
+            .checked_add(rows)?
+            .checked_add(x.offset)
     };
     let stored = |x: &BlasMatrix, r: usize, c: usize| if x.trans { (c, r) } else { (r, c) };
     let (ar, ac) = stored(&g.a, g.m, g.k);
@@ -501,6 +502,7 @@ mod tests {
             trans: false,
             ld,
             batch_stride,
+            offset: 0,
         };
         let g = BlasGemm {
             dtype: DType::F32,
@@ -553,6 +555,17 @@ mod tests {
         refused(&x, "reaches past b");
         let mut x = g.clone();
         x.a.ld = 3;
+        refused(&x, "reaches past a");
+        // An operand starting inside its buffer: b reaches its buffer's last element, so
+        // one element in is one too far; with a longer buffer it fits.
+        let mut x = g.clone();
+        x.b.offset = 1;
+        refused(&x, "reaches past b");
+        let mut longer = bufs.clone();
+        longer[1] = buffer("b", 91);
+        assert_eq!(blas_fits(&x, &longer), Ok(()));
+        let mut x = g.clone();
+        x.a.offset = usize::MAX;
         refused(&x, "reaches past a");
         let mut x = g.clone();
         x.bias = Some(0);

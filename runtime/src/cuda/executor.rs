@@ -177,10 +177,14 @@ impl CudaModel {
                     calls.push(None);
                     continue;
                 };
+                // An operand may start inside its buffer (a slice).
+                let elem = g.dtype.size() as u64;
+                let start =
+                    |x: &smelt_compiler::kernel::ir::BlasMatrix| at(x.buf) + x.offset as u64 * elem;
                 let ptrs = Pointers {
-                    a: at(g.a.buf),
-                    b: at(g.b.buf),
-                    d: at(g.d.buf),
+                    a: start(&g.a),
+                    b: start(&g.b),
+                    d: start(&g.d),
                     bias: g.bias.map(at),
                     residual: g.residual.map(at),
                     workspace: (base + ws_offset as u64, ws_bytes),

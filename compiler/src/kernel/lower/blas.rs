@@ -99,8 +99,7 @@ pub(super) fn blas_form(
         if body.nodes[x].ty.dtype != dtype || body.nodes[x].ty.rank() < 2 {
             return None;
         }
-        // cuBLASLt's operands start where their buffers do (no offset in the call).
-        let v = view(body, x, inputs).filter(|v| v.offset == 0)?;
+        let v = view(body, x, inputs)?;
         let mut id = x;
         while !matches!(body.nodes[id].op, Op::Input) {
             used[id] = true;
@@ -136,14 +135,14 @@ pub(super) fn blas_form(
         batch: count,
         // Bᵀ (n×k): element (j, p) of B at p·row_stride + j·col_stride.
         a: column_major(
-            bv.buf,
+            (bv.buf, usize::try_from(bv.offset).ok()?),
             (n, k),
             (bv.col_stride, bv.row_stride),
             batch_stride(batch, &bv.batch_strides)?,
         )?,
         // Aᵀ (k×m): element (p, i) of A at i·row_stride + p·col_stride.
         b: column_major(
-            av.buf,
+            (av.buf, usize::try_from(av.offset).ok()?),
             (k, m),
             (av.col_stride, av.row_stride),
             batch_stride(batch, &av.batch_strides)?,
@@ -153,6 +152,7 @@ pub(super) fn blas_form(
             trans: false,
             ld: n,
             batch_stride: d_stride,
+            offset: 0,
         },
         alpha,
         bias,
@@ -188,10 +188,10 @@ fn fold_batch(g: BlasGemm) -> BlasGemm {
 }
 
 /// The column-major operand of a `rows × cols` matrix whose element (r, c) is at
-/// `r·strides.0 + c·strides.1`: stored as is when its rows are contiguous, transposed when
-/// its columns are; `None` when neither.
+/// `offset + r·strides.0 + c·strides.1` of `buf`: stored as is when its rows are
+/// contiguous, transposed when its columns are; `None` when neither.
 fn column_major(
-    buf: u32,
+    (buf, offset): (u32, usize),
     (rows, cols): (usize, usize),
     (sr, sc): (i64, i64),
     batch_stride: usize,
@@ -216,6 +216,7 @@ fn column_major(
         trans,
         ld,
         batch_stride,
+        offset,
     })
 }
 
@@ -268,18 +269,18 @@ mod tests {
     #[test]
     fn operands_are_stored_or_transposed() {
         // Rows contiguous (column-major as is).
-        let x = column_major(0, (4, 5), (1, 4), 0).unwrap();
+        let x = column_major((0, 0), (4, 5), (1, 4), 0).unwrap();
         assert_eq!((x.trans, x.ld), (false, 4));
         // Columns contiguous: the stored 5×4 matrix, read transposed.
-        let x = column_major(0, (4, 5), (5, 1), 0).unwrap();
+        let x = column_major((0, 0), (4, 5), (5, 1), 0).unwrap();
         assert_eq!((x.trans, x.ld), (true, 5));
         // Padded rows: a leading dim past the row count.
-        let x = column_major(0, (4, 5), (1, 8), 0).unwrap();
+        let x = column_major((0, 0), (4, 5), (1, 8), 0).unwrap();
         assert_eq!((x.trans, x.ld), (false, 8));
         // Neither dim contiguous.
-        assert!(column_major(0, (4, 5), (2, 8), 0).is_none());
+        assert!(column_major((0, 0), (4, 5), (2, 8), 0).is_none());
         // One column: any stride is fine, the leading dim is the row count.
-        let x = column_major(0, (4, 1), (1, 99), 0).unwrap();
+        let x = column_major((0, 0), (4, 1), (1, 99), 0).unwrap();
         assert_eq!((x.trans, x.ld), (false, 4));
     }
 }
