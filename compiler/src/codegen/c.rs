@@ -297,24 +297,11 @@ pub fn io_slots(program: &Program) -> Vec<Option<usize>> {
 /// The variables `e` reads.
 fn vars_of(e: &Expr) -> Vec<u32> {
     let mut out = Vec::new();
-    fn walk(e: &Expr, out: &mut Vec<u32>) {
-        match e {
-            Expr::Var(x) => out.push(*x),
-            Expr::F(_) | Expr::I(_) | Expr::Builtin(_) => {}
-            Expr::Load { index, .. } | Expr::Shared { index, .. } => walk(index, out),
-            Expr::Unary(_, a) | Expr::Cast(_, a) => walk(a, out),
-            Expr::Binary(_, a, b) | Expr::Combine(_, a, b) | Expr::Index(_, a, b) => {
-                walk(a, out);
-                walk(b, out);
-            }
-            Expr::Select(c, a, b) => {
-                walk(c, out);
-                walk(a, out);
-                walk(b, out);
-            }
+    e.walk(&mut |x| {
+        if let Expr::Var(v) = x {
+            out.push(*v);
         }
-    }
-    walk(e, &mut out);
+    });
     out
 }
 

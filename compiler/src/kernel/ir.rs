@@ -349,6 +349,27 @@ pub struct Gemm {
     pub b_panels: Option<usize>,
 }
 
+impl Expr {
+    /// Calls `f` on the expression and on each of its subexpressions.
+    pub fn walk(&self, f: &mut dyn FnMut(&Expr)) {
+        f(self);
+        match self {
+            Expr::F(_) | Expr::I(_) | Expr::Var(_) | Expr::Builtin(_) => {}
+            Expr::Load { index, .. } | Expr::Shared { index, .. } => index.walk(f),
+            Expr::Unary(_, a) | Expr::Cast(_, a) => a.walk(f),
+            Expr::Binary(_, a, b) | Expr::Combine(_, a, b) | Expr::Index(_, a, b) => {
+                a.walk(f);
+                b.walk(f);
+            }
+            Expr::Select(c, a, b) => {
+                c.walk(f);
+                a.walk(f);
+                b.walk(f);
+            }
+        }
+    }
+}
+
 impl Stmt {
     /// True when any statement is a collective (reduction, barrier, fragment operation),
     /// nested ones included.

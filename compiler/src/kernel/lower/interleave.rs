@@ -175,7 +175,7 @@ fn latency_bound(
         .collect();
     let reads_ok = |e: &Expr, set: &[u32]| {
         let mut ok = true;
-        walk(e, &mut |x| {
+        e.walk(&mut |x| {
             if let Expr::Var(v) = x {
                 ok &= !set_in_body.contains(v) || set.contains(v);
             }
@@ -324,7 +324,7 @@ fn split(l: Loop, fold: Option<Fold>, cx: &mut Cx, out: &mut Vec<Stmt>) {
 /// An op whose inlined form is a long dependent chain (or a slow divider/sqrt unit).
 fn has_slow_op(e: &Expr) -> bool {
     let mut slow = false;
-    walk(e, &mut |x| {
+    e.walk(&mut |x| {
         slow |= match x {
             Expr::Unary(op, _) => !matches!(
                 op,
@@ -354,27 +354,8 @@ fn has_slow_op(e: &Expr) -> bool {
 
 fn reads(e: &Expr, var: u32) -> bool {
     let mut found = false;
-    walk(e, &mut |x| found |= *x == Expr::Var(var));
+    e.walk(&mut |x| found |= *x == Expr::Var(var));
     found
-}
-
-/// Calls `f` on `e` and each of its subexpressions.
-fn walk(e: &Expr, f: &mut dyn FnMut(&Expr)) {
-    f(e);
-    match e {
-        Expr::F(_) | Expr::I(_) | Expr::Var(_) | Expr::Builtin(_) => {}
-        Expr::Load { index, .. } | Expr::Shared { index, .. } => walk(index, f),
-        Expr::Unary(_, a) | Expr::Cast(_, a) => walk(a, f),
-        Expr::Binary(_, a, b) | Expr::Combine(_, a, b) | Expr::Index(_, a, b) => {
-            walk(a, f);
-            walk(b, f);
-        }
-        Expr::Select(c, a, b) => {
-            walk(c, f);
-            walk(a, f);
-            walk(b, f);
-        }
-    }
 }
 
 #[cfg(test)]
