@@ -60,6 +60,8 @@ fn zoo_graphs_match_reference() {
     let graphs = [
         common::graphs::elementwise_chain(70_001).unwrap(),
         common::graphs::softmax(33, 300).unwrap(),
+        // Rows of 301: the interleaved row loops' tails run too.
+        common::graphs::softmax(7, 301).unwrap(),
         common::graphs::layernorm(40, 96).unwrap(),
         common::graphs::gelu_mlp(8, 32, 128).unwrap(),
         common::graphs::conv_relu_stack(3, 2, 4, 9).unwrap(),
@@ -72,10 +74,11 @@ fn zoo_graphs_match_reference() {
 
 /// The chain's loop (tanh, sqrt, sigmoid: latency-bound) runs as interleaved streams plus a
 /// tail (70 001 elements: chunks of 32 768 and 4 465, so the tail runs too; the zoo test
-/// above checks the values); LayerNorm's cheap normalization loop does not.
+/// above checks the values), and so do softmax's sum of exponentials (one accumulator per
+/// stream) and its division; LayerNorm's cheap loops do not.
 #[test]
 fn latency_bound_loops_are_interleaved() {
-    use smelt::kernel::ir::Stmt;
+    use smelt::kernel::ir::{Expr, Stmt};
     let streams = |g: &Graph| -> Vec<usize> {
         let s = session(g, true);
         let p = s.cpu_model().unwrap().program().clone();
@@ -88,8 +91,13 @@ fn latency_bound_loops_are_interleaved() {
                             .iter()
                             .filter(|s| matches!(s, Stmt::Store { .. }))
                             .count();
-                        if stores > 1 {
-                            found.push(stores);
+                        let folds = body
+                            .iter()
+                            .filter(|s| matches!(s, Stmt::Let { var, value: Expr::Combine(_, a, _) } if **a == Expr::Var(*var)))
+                            .count();
+                        let inner = !body.iter().any(|s| matches!(s, Stmt::For { .. }));
+                        if inner && stores.max(folds) > 1 {
+                            found.push(stores.max(folds));
                         }
                         walk(body, found);
                     }
@@ -105,6 +113,11 @@ fn latency_bound_loops_are_interleaved() {
     };
     let chain = common::graphs::elementwise_chain(70_001).unwrap();
     assert_eq!(streams(&chain), vec![4]);
+    // exp-and-sum (4 stores, 4 folds), then the division.
+    assert_eq!(
+        streams(&common::graphs::softmax(7, 301).unwrap()),
+        vec![4, 4]
+    );
     assert!(streams(&common::graphs::layernorm(40, 96).unwrap()).is_empty());
 }
 

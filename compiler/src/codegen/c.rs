@@ -177,7 +177,8 @@ impl Target for C {
                 // Float max/min: a plain combiner from ∓infinity (`smelt_fmax`/`smelt_fmin`
                 // in cpu.h; a NaN-propagating combiner made a softmax row's max loop ~1.4×
                 // slower), with NaN kept in a flag beside it (for one accumulator).
-                let float_minmax = matches!(op, ReduceOp::Max | ReduceOp::Min) && !int_var(acc);
+                let float_minmax = matches!(op, ReduceOp::Max | ReduceOp::Min)
+                    && folds.iter().any(|&(a, _)| !int_var(a));
                 let id = match op {
                     ReduceOp::Sum => "+",
                     ReduceOp::Prod => "*",

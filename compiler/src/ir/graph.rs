@@ -130,9 +130,15 @@ impl Graph {
             }
             Op::Slice { starts, steps, .. } => {
                 let (input, mut off, mut st) = self.strided_view(n.inputs[0])?;
+                let x = &self.nodes[n.inputs[0]].ty.shape;
                 for (d, s) in st.iter_mut().enumerate() {
-                    off += starts[d] as i64 * *s;
-                    *s *= steps[d];
+                    off = off.checked_add(i64::try_from(starts[d]).ok()?.checked_mul(*s)?)?;
+                    // A dim of one element is never stepped (its step may be anything).
+                    *s = if n.ty.shape[d] <= 1 || x[d] <= 1 {
+                        *s
+                    } else {
+                        s.checked_mul(steps[d])?
+                    };
                 }
                 Some((input, off, st))
             }
@@ -296,6 +302,15 @@ mod tests {
         let rev = b
             .op(slice(&[1, 7, 47], &[-1, -2, -3], &[2, 4, 16]), &[qkv])
             .unwrap();
+        // Reversing the last two dims keeps them nested: flattened, one backward walk.
+        let back = b
+            .op(slice(&[0, 7, 47], &[1, -1, -1], &[2, 8, 48]), &[qkv])
+            .unwrap();
+        let flat = b.reshape(back, &[2, 384]).unwrap();
+        // A one-element dim may have any step (it is never taken).
+        let one = b
+            .op(slice(&[0, 3, 0], &[1, 1 << 60, 1], &[2, 1, 48]), &[qkv])
+            .unwrap();
         b.output("y", rev).unwrap();
         let g = b.build().unwrap();
         let input = g.inputs[0];
@@ -309,5 +324,7 @@ mod tests {
             at(rev),
             Some((input, 384 + 7 * 48 + 47, vec![-384, -96, -3]))
         );
+        assert_eq!(at(flat), Some((input, 7 * 48 + 47, vec![384, -1])));
+        assert_eq!(at(one), Some((input, 3 * 48, vec![384, 48, 1])));
     }
 }

@@ -407,7 +407,7 @@ impl Stmt {
 /// `d[i, j] = act(alpha · Σ_p op(a)[i, p] · op(b)[p, j] + bias[i] + residual[i, j])`
 ///
 /// where a column-major operand `x` (leading dim `ld`) has element `(r, c)` at
-/// `t·batch_stride + r + c·ld`, and `op(x)` is `x` or, when `trans`, its transpose (`op(a)` is
+/// `offset + t·batch_stride + r + c·ld`, and `op(x)` is `x` or, when `trans`, its transpose (`op(a)` is
 /// m×k, `op(b)` k×n). `residual` is laid out as `d`. Products accumulate in f32 (f64 in the
 /// interpreter); the result is rounded to `dtype` once, after the epilogue.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -18,8 +18,12 @@ use std::path::Path;
 
 /// First bytes of every bundle.
 pub const MAGIC: &[u8; 8] = b"SMELTBDL";
-/// The format this build writes and reads.
-pub const VERSION: u32 = 1;
+/// The format this build writes. Version 2 added the element offset of a cuBLASLt call's
+/// operands (`BlasMatrix::offset`): a runtime that reads only version 1 must refuse such a
+/// bundle rather than drop the offset and read the wrong elements.
+pub const VERSION: u32 = 2;
+/// The formats this build reads (a version 1 bundle's calls all have offset 0).
+pub const READS: std::ops::RangeInclusive<u32> = 1..=VERSION;
 
 /// Where a blob lies in the data section.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,9 +311,11 @@ impl Bundle {
             return Err(err("not a smelt bundle (bad magic)"));
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-        if version != VERSION {
+        if !READS.contains(&version) {
             return Err(err(format!(
-                "bundle format version {version}, but this smelt reads version {VERSION}: rebuild it with `smelt compile MODEL --bundle FILE`"
+                "bundle format version {version}, but this smelt reads versions {}-{}: rebuild it with `smelt compile MODEL --bundle FILE`",
+                READS.start(),
+                READS.end()
             )));
         }
         if !cache::verify(bytes) {
@@ -323,7 +329,7 @@ impl Bundle {
             .ok_or_else(|| err("manifest length past the end"))?;
         let manifest: Manifest =
             serde_json::from_slice(&body[20..end]).map_err(|e| err(format!("manifest: {e}")))?;
-        if manifest.version != VERSION {
+        if manifest.version != version {
             return Err(err("manifest version differs from the header's"));
         }
         let data = body[end..].to_vec();
@@ -463,6 +469,10 @@ pub fn blas_fits(g: &BlasGemm, buffers: &[BufferSpec]) -> Result<(), String> {
                 ))
             }
         }
+    }
+    if g.d.offset != 0 {
+        // The residual is passed at its buffer's start, laid out as d.
+        return Err("writes a result that does not start at its buffer's start".into());
     }
     let span = (g.n - 1) * g.d.ld + g.m;
     if g.d.trans || (g.batch > 1 && g.d.batch_stride < span) {

@@ -186,7 +186,8 @@ fn latency_bound(
     for s in plain {
         match s {
             Stmt::Let { var: v, value } => {
-                if *v == var || set.contains(v) || !reads_ok(value, &set) {
+                let resets_acc = fold.is_some_and(|f| f.acc == *v);
+                if *v == var || resets_acc || set.contains(v) || !reads_ok(value, &set) {
                     return None;
                 }
                 slow |= has_slow_op(value);
@@ -565,6 +566,30 @@ mod tests {
             interleave(&mut after);
             assert_eq!(after, before);
         }
+        // A sum whose accumulator the body also sets (acc = exp(x); acc = acc + x): the
+        // last iteration's value, not a sum, even with a float start before the loop.
+        let reset = vec![
+            Stmt::Let {
+                var: 1,
+                value: Expr::Unary(UnaryOp::Exp, x(0)),
+            },
+            Stmt::Let {
+                var: 1,
+                value: Expr::Combine(
+                    crate::kernel::ir::ReduceOp::Sum,
+                    Box::new(Expr::Var(1)),
+                    x(0),
+                ),
+            },
+        ];
+        let init = vec![Stmt::Let {
+            var: 1,
+            value: Expr::F(0.0),
+        }];
+        let before = program_with(init, reset, vec![], 2);
+        let mut after = before.clone();
+        interleave(&mut after);
+        assert_eq!(after, before);
         let slow = vec![store(Expr::Unary(UnaryOp::Exp, x(0)))];
         let mut short = program(slow, 1);
         let Stmt::For { start, end, .. } = &mut short.kernels[0].body[0] else {
