@@ -18,7 +18,8 @@ use super::c_style::{Ctx, LoopPragma, Target};
 use super::RenderError;
 use crate::ir::DType;
 use crate::kernel::ir::{
-    Builtin, Combiner, Expr, Gemm, Kernel, MatrixView, Precision, Program, ReduceOp, Scope, Stmt,
+    Builtin, Combiner, Gemm, Iterations, Kernel, MatrixView, Precision, Program, ReduceOp, Scope,
+    Stmt,
 };
 use std::fmt::Write;
 
@@ -113,56 +114,10 @@ impl Target for C {
     /// sets is set before it is read). Iterations never share memory: a kernel reads a
     /// buffer it writes only at the index it writes.
     fn loop_pragma(&self, body: &[Stmt], int_var: &dyn Fn(u32) -> bool) -> Option<LoopPragma> {
-        let mut private: Vec<u32> = Vec::new();
-        // The trailing folds, last first.
-        let mut folds: Vec<(u32, ReduceOp)> = Vec::new();
-        for s in body.iter().rev() {
-            match s {
-                Stmt::Let {
-                    var,
-                    value: Expr::Combine(op, a, b),
-                } if **a == Expr::Var(*var)
-                    && folds.iter().all(|&(acc, o)| o == *op && acc != *var) =>
-                {
-                    folds.push((*var, *op))
-                }
-                _ => break,
-            }
-        }
-        let is_acc = |v: u32| folds.iter().any(|&(acc, _)| acc == v);
-        let plain = &body[..body.len() - folds.len()];
-        let reads_acc = |e: &Expr| vars_of(e).iter().any(|&v| is_acc(v));
-        if body[plain.len()..].iter().any(|s| match s {
-            Stmt::Let {
-                value: Expr::Combine(_, _, e),
-                ..
-            } => reads_acc(e),
-            _ => true,
-        }) {
-            return None;
-        }
-        for s in plain {
-            let reads_unset = |e: &Expr| {
-                reads_acc(e)
-                    || vars_of(e)
-                        .iter()
-                        .any(|v| is_set_in(plain, *v) && !private.contains(v))
-            };
-            match s {
-                Stmt::Let { var, value } => {
-                    if reads_unset(value) || is_acc(*var) {
-                        return None;
-                    }
-                    private.push(*var);
-                }
-                Stmt::Store { index, value, .. } => {
-                    if reads_unset(index) || reads_unset(value) {
-                        return None;
-                    }
-                }
-                _ => return None,
-            }
-        }
+        let Iterations {
+            sets: mut private,
+            folds,
+        } = Stmt::independent_iterations(body)?;
         private.sort_unstable();
         private.dedup();
         let private = if private.is_empty() {
@@ -293,23 +248,6 @@ pub fn io_slots(program: &Program) -> Vec<Option<usize>> {
         }
     }
     slots
-}
-
-/// The variables `e` reads.
-fn vars_of(e: &Expr) -> Vec<u32> {
-    let mut out = Vec::new();
-    e.walk(&mut |x| {
-        if let Expr::Var(v) = x {
-            out.push(*v);
-        }
-    });
-    out
-}
-
-/// True when a statement of `body` (not nested) sets `v`.
-fn is_set_in(body: &[Stmt], v: u32) -> bool {
-    body.iter()
-        .any(|s| matches!(s, Stmt::Let { var, .. } if *var == v))
 }
 
 fn has_gemm(stmts: &[Stmt]) -> bool {

@@ -116,25 +116,18 @@ impl Graph {
     /// computed value, or for a reshape that merges dims a transpose or slice separated.
     pub fn strided_view(&self, id: NodeId) -> Option<(NodeId, i64, Vec<i64>)> {
         let n = &self.nodes[id];
-        let dense = |shape: &[usize]| -> Vec<i64> {
-            crate::interp::strides(shape)
-                .iter()
-                .map(|&s| s as i64)
-                .collect()
-        };
         match &n.op {
-            Op::Input => Some((id, 0, dense(&n.ty.shape))),
+            Op::Input => Some((id, 0, dense_strides(&n.ty.shape))),
             Op::Transpose(perm) => {
                 let (input, off, st) = self.strided_view(n.inputs[0])?;
                 Some((input, off, perm.iter().map(|&p| st[p]).collect()))
             }
             Op::Slice { starts, steps, .. } => {
                 let (input, mut off, mut st) = self.strided_view(n.inputs[0])?;
-                let x = &self.nodes[n.inputs[0]].ty.shape;
                 for (d, s) in st.iter_mut().enumerate() {
                     off = off.checked_add(i64::try_from(starts[d]).ok()?.checked_mul(*s)?)?;
                     // A dim of one element is never stepped (its step may be anything).
-                    *s = if n.ty.shape[d] <= 1 || x[d] <= 1 {
+                    *s = if n.ty.shape[d] <= 1 {
                         *s
                     } else {
                         s.checked_mul(steps[d])?
@@ -153,21 +146,22 @@ impl Graph {
     }
 }
 
+/// Element strides of a dense row-major layout of `shape`.
+pub(crate) fn dense_strides(shape: &[usize]) -> Vec<i64> {
+    crate::interp::strides(shape)
+        .iter()
+        .map(|&s| s as i64)
+        .collect()
+}
+
 /// The strides of shape `to` reading the same elements, in the same order, as shape
 /// `from` with strides `st`, if one set of strides can: every group of `from` dims that
 /// `to` merges or splits must be laid out one inside the other. Size-1 dims get the stride
-/// a dense layout would give them (they are never stepped). A dense `from` gives dense
+/// a dense layout would give them (they are never stepped), so a dense `from` gives dense
 /// strides.
 fn regroup_strides(from: &[usize], st: &[i64], to: &[usize]) -> Option<Vec<i64>> {
-    let dense = crate::interp::strides(to);
-    let numel: usize = from.iter().product();
-    let packed = crate::interp::strides(from)
-        .iter()
-        .zip(st)
-        .zip(from)
-        .all(|((&d, &s), &n)| n == 1 || d as i64 == s);
-    if packed || numel == 0 {
-        return Some(dense.iter().map(|&s| s as i64).collect());
+    if from.contains(&0) {
+        return Some(dense_strides(to));
     }
     // Dims of size > 1, with their strides.
     let xs: Vec<(usize, i64)> = from

@@ -10,6 +10,7 @@ mod tensor;
 
 pub use builder::{normalize_axis, GraphBuilder, Value};
 pub use dtype::{fmt_shape, DType, TensorType};
+pub(crate) use graph::dense_strides;
 pub use graph::{Graph, Node, NodeId};
 pub use infer::{
     broadcast_shapes, checked_numel, infer, matmul_shape, reduced_shape, MAX_ELEMENTS,

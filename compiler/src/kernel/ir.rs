@@ -370,7 +370,88 @@ impl Expr {
     }
 }
 
+/// What a loop body whose iterations share no variable sets: see
+/// [`Stmt::independent_iterations`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Iterations {
+    /// The variables the statements before the folds set, in order (once per setting).
+    pub sets: Vec<u32>,
+    /// The trailing folds `acc = combine(acc, e)`, last first: one op, distinct
+    /// accumulators.
+    pub folds: Vec<(u32, ReduceOp)>,
+}
+
 impl Stmt {
+    /// The loop body's [`Iterations`] when its iterations share no variable: it only sets
+    /// variables and stores; every variable a statement reads that the body sets was set
+    /// earlier in the same iteration; except trailing folds `acc = combine(acc, e)` of one
+    /// op into distinct accumulators, which nothing else in the body reads or sets.
+    /// (Memory is not looked at: a kernel reads a buffer it writes only at the index it
+    /// writes.)
+    pub fn independent_iterations(body: &[Stmt]) -> Option<Iterations> {
+        let mut folds: Vec<(u32, ReduceOp)> = Vec::new();
+        for s in body.iter().rev() {
+            match s {
+                Stmt::Let {
+                    var,
+                    value: Expr::Combine(op, a, _),
+                } if **a == Expr::Var(*var)
+                    && folds.iter().all(|&(acc, o)| o == *op && acc != *var) =>
+                {
+                    folds.push((*var, *op))
+                }
+                _ => break,
+            }
+        }
+        let is_acc = |v: u32| folds.iter().any(|&(acc, _)| acc == v);
+        let plain = &body[..body.len() - folds.len()];
+        let set_in_plain = |v: u32| {
+            plain
+                .iter()
+                .any(|s| matches!(s, Stmt::Let { var, .. } if *var == v))
+        };
+        let mut sets: Vec<u32> = Vec::new();
+        // Reads an accumulator, or a variable the body sets later.
+        let reads_unset = |e: &Expr, sets: &[u32]| {
+            let mut bad = false;
+            e.walk(&mut |x| {
+                if let Expr::Var(v) = x {
+                    bad |= is_acc(*v) || (set_in_plain(*v) && !sets.contains(v));
+                }
+            });
+            bad
+        };
+        for s in plain {
+            match s {
+                Stmt::Let { var, value } => {
+                    if reads_unset(value, &sets) || is_acc(*var) {
+                        return None;
+                    }
+                    sets.push(*var);
+                }
+                Stmt::Store { index, value, .. } => {
+                    if reads_unset(index, &sets) || reads_unset(value, &sets) {
+                        return None;
+                    }
+                }
+                _ => return None,
+            }
+        }
+        // What the folds add reads no accumulator (every plain variable is set by now).
+        for s in &body[plain.len()..] {
+            if let Stmt::Let {
+                value: Expr::Combine(_, _, e),
+                ..
+            } = s
+            {
+                if reads_unset(e, &sets) {
+                    return None;
+                }
+            }
+        }
+        Some(Iterations { sets, folds })
+    }
+
     /// True when any statement is a collective (reduction, barrier, fragment operation),
     /// nested ones included.
     pub fn has_collective(stmts: &[Stmt]) -> bool {

@@ -9,10 +9,10 @@
 //! added in the epilogue.
 
 use super::{
-    add, and, builtin, div, emitter, mul, reads_writes, rem, single_row_axis, strides, unravel,
-    Builtin, Emitter, Expr, IndexOp, Kernel, Launch, Precision, Stmt, R,
+    add, and, builtin, div, emitter, mul, reads_writes, rem, single_row_axis, unravel, Builtin,
+    Emitter, Expr, IndexOp, Kernel, Launch, Precision, Stmt, R,
 };
-use crate::ir::{DType, Graph, Node, NodeId, Op};
+use crate::ir::{dense_strides, DType, Graph, Node, NodeId, Op};
 use crate::kernel::ir::{BufferDecl, Gemm, MatrixView};
 
 /// Elements of work per block: each block is one task of the thread pool.
@@ -64,10 +64,6 @@ fn is_library_matmul(body: &Graph, id: NodeId) -> bool {
         })
 }
 
-fn contiguous(shape: &[usize]) -> Vec<i64> {
-    strides(shape).iter().map(|&s| s as i64).collect()
-}
-
 /// Elements of a buffer read as a tensor: `shape` from element `offset`, dim `d` stepping
 /// `strides[d]` elements.
 #[derive(Clone, Debug)]
@@ -85,13 +81,13 @@ impl View {
             buf,
             offset: 0,
             shape: shape.to_vec(),
-            strides: contiguous(shape),
+            strides: dense_strides(shape),
         }
     }
 
     /// True when the view is its buffer's start laid out densely.
     fn is_dense(&self) -> bool {
-        let want = contiguous(&self.shape);
+        let want = dense_strides(&self.shape);
         self.offset == 0
             && self
                 .shape

@@ -128,12 +128,12 @@ struct Fold {
     op: ReduceOp,
 }
 
-/// `Some` for a loop worth interleaving (with its fold, if it ends in one): its body only
-/// sets variables and stores; every variable it reads is either set earlier in the same
-/// iteration or not set in the loop at all, except a float sum or product folded by the
-/// last statement (`acc = acc + e`, `acc` read nowhere else, and set to a float just before
-/// the loop); every store's index depends on the loop variable; it runs a long-latency op;
-/// and it is not known to be short. `before`: the statement before the loop.
+/// `Some` for a loop worth interleaving (with its fold, if it ends in one): its iterations
+/// share no variable ([`Stmt::independent_iterations`], the test the C renderer's `omp simd`
+/// makes too) and it sets each variable once and not the loop variable; it folds at most a
+/// float sum or product (`acc = acc + e`, `acc` set to a float just before the loop); every
+/// store's index depends on the loop variable; it runs a long-latency op; and it is not
+/// known to be short. `before`: the statement before the loop.
 fn latency_bound(
     var: u32,
     start: &Expr,
@@ -146,73 +146,34 @@ fn latency_bound(
             return None;
         }
     }
-    let fold = match (body.last(), before) {
+    let shape = Stmt::independent_iterations(body)?;
+    // The loop variable is not set, nor any variable twice (each part renames its own).
+    let mut sets = shape.sets.clone();
+    sets.sort_unstable();
+    sets.dedup();
+    if sets.len() != shape.sets.len() || sets.contains(&var) {
+        return None;
+    }
+    let fold = match (shape.folds.as_slice(), before) {
+        ([], _) => None,
         (
-            Some(Stmt::Let {
-                var: acc,
-                value: Expr::Combine(op @ (ReduceOp::Sum | ReduceOp::Prod), a, e),
-            }),
+            [(acc, op @ (ReduceOp::Sum | ReduceOp::Prod))],
             Some(Stmt::Let {
                 var: init,
                 value: Expr::F(_),
             }),
-        ) if **a == Expr::Var(*acc) && init == acc && !reads(e, *acc) => {
-            Some(Fold { acc: *acc, op: *op })
-        }
-        _ => None,
+        ) if init == acc => Some(Fold { acc: *acc, op: *op }),
+        _ => return None,
     };
-    let (plain, last) = match fold {
-        Some(_) => (&body[..body.len() - 1], body.last()),
-        None => (body, None),
-    };
-    let mut set: Vec<u32> = Vec::new();
-    let set_in_body: Vec<u32> = body
-        .iter()
-        .filter_map(|s| match s {
-            Stmt::Let { var, .. } => Some(*var),
-            _ => None,
-        })
-        .collect();
-    let reads_ok = |e: &Expr, set: &[u32]| {
-        let mut ok = true;
-        e.walk(&mut |x| {
-            if let Expr::Var(v) = x {
-                ok &= !set_in_body.contains(v) || set.contains(v);
-            }
-        });
-        ok
-    };
-    let mut slow = false;
-    for s in plain {
-        match s {
-            Stmt::Let { var: v, value } => {
-                let resets_acc = fold.is_some_and(|f| f.acc == *v);
-                if *v == var || resets_acc || set.contains(v) || !reads_ok(value, &set) {
-                    return None;
-                }
-                slow |= has_slow_op(value);
-                set.push(*v);
-            }
-            Stmt::Store { index, value, .. } => {
-                if !reads_ok(index, &set) || !reads_ok(value, &set) || !reads(index, var) {
-                    return None;
-                }
-                slow |= has_slow_op(value);
-            }
-            _ => return None,
-        }
-    }
-    if let Some(Stmt::Let {
-        value: Expr::Combine(_, _, e),
-        ..
-    }) = last
-    {
-        if !reads_ok(e, &set) {
-            return None;
-        }
-        slow |= has_slow_op(e);
-    }
-    slow.then_some(fold)
+    let stores_indexed = body.iter().all(|s| match s {
+        Stmt::Store { index, .. } => reads(index, var),
+        _ => true,
+    });
+    let slow = body.iter().any(|s| match s {
+        Stmt::Let { value, .. } | Stmt::Store { value, .. } => has_slow_op(value),
+        _ => false,
+    });
+    (stores_indexed && slow).then_some(fold)
 }
 
 /// The loop as the interleaved loop and its tail. A fold gets one accumulator per part,
