@@ -282,3 +282,142 @@ fn broken_masked_selection_patterns_are_left_alone() {
         .to_string();
     expect(err, "NonZero");
 }
+
+#[test]
+fn nd_gathers_and_scatters_check_their_indices() {
+    let gnd = |attrs| om::node("GatherND", "g", &["x", "i"], &["y"], attrs);
+    let idx = |dims: &[usize], v: &[i64]| {
+        smelt::onnx::tensor_to_proto("i", &Tensor::i64(dims.to_vec(), v.to_vec()))
+    };
+    // The indices' last dim addresses more dims than the data has.
+    expect(
+        import_err(gnd(vec![]), &[2, 3], vec![idx(&[1, 3], &[0, 0, 0])]),
+        "must be 1..=2",
+    );
+    expect(
+        import_err(
+            gnd(vec![om::int("batch_dims", -1)]),
+            &[2, 3],
+            vec![idx(&[1, 1], &[0])],
+        ),
+        "batch_dims -1 is negative",
+    );
+    expect(
+        import_err(
+            gnd(vec![om::int("batch_dims", 2)]),
+            &[2, 3],
+            vec![idx(&[2, 1], &[0, 0])],
+        ),
+        "must be below both ranks",
+    );
+    // Constant out-of-range indices fold at import and are reported there.
+    let data = smelt::onnx::tensor_to_proto("d", &Tensor::f32([2, 3], vec![1.0; 6]));
+    let consts = om::model(
+        vec![om::node("GatherND", "g", &["d", "i"], &["y"], vec![])],
+        vec![],
+        vec![om::value("y", 1, vec![])],
+        vec![data, idx(&[1, 2], &[0, 3])],
+        17,
+    );
+    let err = import_bytes(
+        &om::bytes(&consts),
+        None,
+        "m.onnx",
+        &ImportOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    expect(err, "index 3 out of range for a dim of size 3");
+    let snd = om::node("ScatterND", "s", &["x", "i", "u"], &["y"], vec![]);
+    let upd = smelt::onnx::tensor_to_proto("u", &Tensor::f32([2], vec![1.0, 2.0]));
+    expect(
+        import_err(snd, &[2, 3], vec![idx(&[1, 1], &[0]), upd]),
+        "scatter_nd updates must be f32 [1,3] (indices [1,1], data [2,3]), got f32 [2]",
+    );
+    let snd = om::node(
+        "ScatterND",
+        "s",
+        &["x", "i", "u"],
+        &["y"],
+        vec![om::str_attr("reduction", "avg")],
+    );
+    let upd = smelt::onnx::tensor_to_proto("u", &Tensor::f32([1, 3], vec![1.0; 3]));
+    expect(
+        import_err(snd, &[2, 3], vec![idx(&[1, 1], &[0]), upd]),
+        "unknown reduction 'avg'",
+    );
+}
+
+#[test]
+fn fused_transformer_ops_check_their_shapes() {
+    let x = |name: &str, dims: &[usize]| {
+        let n = dims.iter().product();
+        smelt::onnx::tensor_to_proto(name, &Tensor::f32(dims.to_vec(), vec![0.5; n]))
+    };
+    // Query heads that key/value heads cannot share.
+    let att = om::node("Attention", "a", &["x", "k", "v"], &["y"], vec![]);
+    expect(
+        import_err(
+            att,
+            &[1, 3, 4, 8],
+            vec![x("k", &[1, 2, 4, 8]), x("v", &[1, 2, 4, 8])],
+        ),
+        "3 query heads cannot share 2 key/value heads",
+    );
+    let att = om::node("Attention", "a", &["x", "k", "v"], &["y"], vec![]);
+    expect(
+        import_err(
+            att,
+            &[1, 4, 8],
+            vec![x("k", &[1, 4, 8]), x("v", &[1, 4, 8])],
+        ),
+        "3-D inputs need the attribute 'q_num_heads'",
+    );
+    let att = om::node(
+        "Attention",
+        "a",
+        &["x", "k", "v"],
+        &["y"],
+        vec![om::int("left_window_size", -2)],
+    );
+    expect(
+        import_err(
+            att,
+            &[1, 2, 4, 8],
+            vec![x("k", &[1, 2, 4, 8]), x("v", &[1, 2, 4, 8])],
+        ),
+        "left_window_size -2 must be -1 or nonnegative",
+    );
+    let rot = om::node("RotaryEmbedding", "r", &["x", "c", "s"], &["y"], vec![]);
+    expect(
+        import_err(
+            rot,
+            &[1, 2, 4, 8],
+            vec![x("c", &[1, 4, 3]), x("s", &[1, 4, 3])],
+        ),
+        "cos cache (after position_ids) is [1,4,3], expected [1, 4, 4] for input [1,2,4,8]",
+    );
+    let rot = om::node(
+        "RotaryEmbedding",
+        "r",
+        &["x", "c", "s"],
+        &["y"],
+        vec![om::int("rotary_embedding_dim", 3)],
+    );
+    expect(
+        import_err(
+            rot,
+            &[1, 2, 4, 8],
+            vec![x("c", &[1, 4, 4]), x("s", &[1, 4, 4])],
+        ),
+        "rotary_embedding_dim 3 must be even",
+    );
+    let rms = om::node(
+        "RMSNormalization",
+        "n",
+        &["x", "w"],
+        &["y"],
+        vec![om::int("axis", 2)],
+    );
+    expect(import_err(rms, &[2, 3], vec![x("w", &[3])]), "axis 2");
+}

@@ -193,3 +193,56 @@ fn masked_reductions_have_a_static_form_only_for_full_masks() {
         vec![(0..20).filter(|i| i % 3 == 0).sum::<i32>() as f64]
     );
 }
+
+#[test]
+fn nonzero_of_a_constant_mask_folds_at_import() {
+    // x[:, nonzero(mask)] with a constant mask: the indices are known at import, so the
+    // gather has a static shape; the same mask as an input is refused with the node named.
+    let mask = Tensor::from_i64(smelt::DType::Bool, vec![5], &[0, 1, 1, 0, 1]);
+    let nodes = || {
+        vec![
+            om::node("NonZero", "nz", &["mask"], &["idx"], vec![]),
+            om::node("Squeeze", "sq", &["idx", "zero"], &["cols"], vec![]),
+            om::node(
+                "Gather",
+                "g",
+                &["x", "cols"],
+                &["y"],
+                vec![om::int("axis", 1)],
+            ),
+        ]
+    };
+    let zero = smelt::onnx::tensor_to_proto("zero", &Tensor::i64([1], vec![0]));
+    let m = om::model(
+        nodes(),
+        vec![om::f32_value("x", &[2, 5])],
+        vec![om::value("y", 1, vec![])],
+        vec![smelt::onnx::tensor_to_proto("mask", &mask), zero.clone()],
+        17,
+    );
+    let g = smelt::onnx::import_bytes(&om::bytes(&m), None, "m.onnx", &ImportOptions::default())
+        .unwrap();
+    assert_eq!(g.nodes[g.outputs[0].1].ty.shape, vec![2, 3]);
+    assert!(!g.nodes.iter().any(|n| n.op.name() == "nonzero"), "{g}");
+    let x = Tensor::f32([2, 5], (0..10).map(|i| i as f32).collect());
+    let out = interp::run(&g, &HashMap::from([("x".to_string(), x)])).unwrap();
+    assert_eq!(out[0].1.to_f64(), vec![1.0, 2.0, 4.0, 6.0, 7.0, 9.0]);
+
+    let m = om::model(
+        nodes(),
+        vec![
+            om::f32_value("x", &[2, 5]),
+            om::value("mask", 9, vec![om::Dim::N(5)]),
+        ],
+        vec![om::value("y", 1, vec![])],
+        vec![zero],
+        17,
+    );
+    let err = smelt::onnx::import_bytes(&om::bytes(&m), None, "m.onnx", &ImportOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("node 'nz' (NonZero)") && err.contains("output shape depends on tensor data"),
+        "{err}"
+    );
+}

@@ -364,7 +364,9 @@ impl<'a, T: Target> Ctx<'a, T> {
                 let o = op.symbol();
                 match op {
                     IndexOp::Min => format!("{}({x}, {y})", self.target.int_fn("min")),
-                    IndexOp::Lt | IndexOp::Ge | IndexOp::And => format!("(long long)({x} {o} {y})"),
+                    IndexOp::Lt | IndexOp::Ge | IndexOp::Eq | IndexOp::And => {
+                        format!("(long long)({x} {o} {y})")
+                    }
                     _ => format!("({x} {o} {y})"),
                 }
             }

@@ -2,7 +2,7 @@
 //! indices and picks them, so values keep their exact dtype.
 
 use super::strides;
-use crate::ir::{Data, PadMode, Tensor, TensorType};
+use crate::ir::{Data, PadMode, ScatterReduction, Tensor, TensorType};
 
 /// Visits every multi-index of `shape` in row-major order.
 fn for_each_index(shape: &[usize], mut f: impl FnMut(&[usize])) {
@@ -165,6 +165,113 @@ pub fn gather_elements(x: &Tensor, ind: &Tensor, axis: usize) -> Result<Tensor, 
         return Err(e);
     }
     Ok(x.gather_flat(ind.shape().to_vec(), &idx))
+}
+
+/// The flat offset in `data` of the slice that row `row` of GatherND/ScatterND `indices`
+/// (its last dim, `m` coordinates) addresses, the `batch` leading dims taken from `lead`.
+fn nd_offset(
+    data: &[usize],
+    lead: &[usize],
+    batch: usize,
+    coords: &[i64],
+) -> Result<usize, String> {
+    let s = strides(data);
+    let mut f = 0;
+    for (d, &b) in lead[..batch].iter().enumerate() {
+        f += b * s[d];
+    }
+    for (k, &c) in coords.iter().enumerate() {
+        f += norm_index(c, data[batch + k])? * s[batch + k];
+    }
+    Ok(f)
+}
+
+/// ONNX GatherND.
+pub fn gather_nd(
+    x: &Tensor,
+    ind: &Tensor,
+    batch_dims: usize,
+    out: &TensorType,
+) -> Result<Tensor, String> {
+    let iv = ind.to_i64();
+    let is = ind.shape();
+    let m = is[is.len() - 1];
+    let slice: usize = x.shape()[batch_dims + m..].iter().product();
+    let mut idx = Vec::with_capacity(out.numel());
+    let mut err = None;
+    let mut row = 0;
+    for_each_index(&is[..is.len() - 1], |lead| {
+        match nd_offset(x.shape(), lead, batch_dims, &iv[row * m..(row + 1) * m]) {
+            Ok(f) => idx.extend(f..f + slice),
+            Err(e) => err = err.take().or(Some(e)),
+        }
+        row += 1;
+    });
+    match err {
+        Some(e) => Err(e),
+        None => Ok(x.gather_flat(out.shape.clone(), &idx)),
+    }
+}
+
+/// ONNX ScatterND: updates apply in row-major order of `indices`' leading dims.
+pub fn scatter_nd(
+    x: &Tensor,
+    ind: &Tensor,
+    upd: &Tensor,
+    reduction: ScatterReduction,
+) -> Result<Tensor, String> {
+    let iv = ind.to_i64();
+    let is = ind.shape();
+    let m = is[is.len() - 1];
+    let slice: usize = x.shape()[m..].iter().product();
+    let rows = iv.len() / m.max(1);
+    let mut targets = Vec::with_capacity(rows);
+    for r in 0..rows {
+        targets.push(nd_offset(x.shape(), &[], 0, &iv[r * m..(r + 1) * m])?);
+    }
+    if reduction == ScatterReduction::None {
+        // Pick each element from data or from the last update landing on it: exact in
+        // every dtype.
+        let joined = concat_flat(&[x, upd]);
+        let mut idx: Vec<usize> = (0..x.numel()).collect();
+        for (r, &t) in targets.iter().enumerate() {
+            for e in 0..slice {
+                idx[t + e] = x.numel() + r * slice + e;
+            }
+        }
+        return Ok(joined.gather_flat(x.shape().to_vec(), &idx));
+    }
+    if x.dtype().is_float() {
+        let (mut v, u) = (x.to_f64(), upd.to_f64());
+        for (r, &t) in targets.iter().enumerate() {
+            for e in 0..slice {
+                let (a, b) = (v[t + e], u[r * slice + e]);
+                v[t + e] = match reduction {
+                    ScatterReduction::Add => a + b,
+                    ScatterReduction::Mul => a * b,
+                    ScatterReduction::Max => a.max(b),
+                    ScatterReduction::Min => a.min(b),
+                    ScatterReduction::None => b,
+                };
+            }
+        }
+        Ok(Tensor::from_f64(x.dtype(), x.shape().to_vec(), &v))
+    } else {
+        let (mut v, u) = (x.to_i64(), upd.to_i64());
+        for (r, &t) in targets.iter().enumerate() {
+            for e in 0..slice {
+                let (a, b) = (v[t + e], u[r * slice + e]);
+                v[t + e] = match reduction {
+                    ScatterReduction::Add => a.wrapping_add(b),
+                    ScatterReduction::Mul => a.wrapping_mul(b),
+                    ScatterReduction::Max => a.max(b),
+                    ScatterReduction::Min => a.min(b),
+                    ScatterReduction::None => b,
+                };
+            }
+        }
+        Ok(Tensor::from_i64(x.dtype(), x.shape().to_vec(), &v))
+    }
 }
 
 /// Pads (or crops, for negative amounts) each dim.

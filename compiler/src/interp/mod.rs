@@ -150,6 +150,8 @@ pub fn eval(op: &Op, x: &[&Tensor], out: &TensorType) -> std::result::Result<Ten
         Op::Slice { starts, steps, .. } => layout::slice(x[0], starts, steps, &out.shape),
         Op::Gather { axis } => layout::gather(x[0], x[1], *axis, out)?,
         Op::GatherElements { axis } => layout::gather_elements(x[0], x[1], *axis)?,
+        Op::GatherND { batch_dims } => layout::gather_nd(x[0], x[1], *batch_dims, out)?,
+        Op::ScatterND { reduction } => layout::scatter_nd(x[0], x[1], x[2], *reduction)?,
         Op::Pad { pads, mode } => layout::pad(x[0], pads, *mode, out),
         Op::Trilu { upper, k } => layout::trilu(x[0], *upper, *k),
         Op::CumSum {

@@ -61,6 +61,40 @@ fn same_dtype(a: &TensorType, b: &TensorType) -> Result<(), String> {
     Ok(())
 }
 
+/// The number of data dims (`m`) one row of GatherND/ScatterND indices addresses, after
+/// checking the indices' dtype, rank and shared batch dims.
+fn nd_index_depth(x: &TensorType, i: &TensorType, batch_dims: usize) -> Result<usize, String> {
+    if !matches!(i.dtype, DType::I64 | DType::I32) {
+        return Err(format!("nd indices must be i64 or i32, got {}", i.dtype));
+    }
+    if i.rank() == 0 || x.rank() == 0 {
+        return Err("nd data and indices must have rank 1 or more".into());
+    }
+    if batch_dims >= i.rank().min(x.rank()) {
+        return Err(format!(
+            "batch_dims {batch_dims} must be below both ranks (data {}, indices {})",
+            x.rank(),
+            i.rank()
+        ));
+    }
+    let m = i.shape[i.rank() - 1];
+    if m == 0 || m > x.rank() - batch_dims {
+        return Err(format!(
+            "the indices' last dim ({m}) must be 1..={} for data {} with batch_dims {batch_dims}",
+            x.rank() - batch_dims,
+            fmt_shape(&x.shape)
+        ));
+    }
+    if x.shape[..batch_dims] != i.shape[..batch_dims] {
+        return Err(format!(
+            "batch dims differ: data {}, indices {}",
+            fmt_shape(&x.shape),
+            fmt_shape(&i.shape)
+        ));
+    }
+    Ok(m)
+}
+
 fn check_axis(axis: usize, rank: usize) -> Result<(), String> {
     if axis >= rank {
         return Err(format!("axis {axis} out of range for rank {rank}"));
@@ -442,6 +476,36 @@ fn infer_op(op: &Op, inputs: &[TensorType]) -> Result<TensorType, String> {
                 return Err("gather_elements indices must be i64/i32 of the data's rank".into());
             }
             Ok(TensorType::new(x.dtype, i.shape.clone()))
+        }
+        Op::GatherND { batch_dims } => {
+            arity(op, inputs, 2, 2)?;
+            let (x, i) = (&inputs[0], &inputs[1]);
+            let m = nd_index_depth(x, i, *batch_dims)?;
+            let mut out = i.shape[..i.rank() - 1].to_vec();
+            out.extend(&x.shape[batch_dims + m..]);
+            Ok(TensorType::new(x.dtype, out))
+        }
+        Op::ScatterND { reduction } => {
+            arity(op, inputs, 3, 3)?;
+            let (x, i, u) = (&inputs[0], &inputs[1], &inputs[2]);
+            let m = nd_index_depth(x, i, 0)?;
+            let mut want = i.shape[..i.rank() - 1].to_vec();
+            want.extend(&x.shape[m..]);
+            if u.shape != want || u.dtype != x.dtype {
+                return Err(format!(
+                    "scatter_nd updates must be {} {} (indices {}, data {}), got {} {}",
+                    x.dtype,
+                    fmt_shape(&want),
+                    fmt_shape(&i.shape),
+                    fmt_shape(&x.shape),
+                    u.dtype,
+                    fmt_shape(&u.shape)
+                ));
+            }
+            if *reduction != super::op::ScatterReduction::None && x.dtype == DType::Bool {
+                return Err(format!("scatter_nd reduction {reduction:?} on bool data"));
+            }
+            Ok(x.clone())
         }
         Op::Pad { pads, mode } => {
             arity(op, inputs, 1, 1)?;

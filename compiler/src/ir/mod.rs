@@ -16,8 +16,8 @@ pub use infer::{
     broadcast_shapes, checked_numel, infer, matmul_shape, reduced_shape, MAX_ELEMENTS,
 };
 pub use op::{
-    BinaryOp, Conv2d, FusedKernel, KernelKind, Op, PadMode, Pool2d, PoolKind, ReduceKind, UnaryOp,
-    F64,
+    BinaryOp, Conv2d, FusedKernel, KernelKind, Op, PadMode, Pool2d, PoolKind, ReduceKind,
+    ScatterReduction, UnaryOp, F64,
 };
 pub use storage::with_storage;
 pub use tensor::{Data, Tensor};

@@ -216,6 +216,19 @@ pub enum PadMode {
     Wrap,
 }
 
+/// How ScatterND combines an update with the element it lands on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum ScatterReduction {
+    /// The update replaces the element.
+    None,
+    Add,
+    Mul,
+    Max,
+    Min,
+}
+
 /// What kind of kernel a fused group is, which decides how it is lowered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -337,6 +350,21 @@ pub enum Op {
         /// Axis.
         axis: usize,
     },
+    /// `(data, indices)` ONNX GatherND: the last dim of `indices` (m) addresses data dims
+    /// `batch_dims..batch_dims + m`; the first `batch_dims` dims of both are shared. Negative
+    /// indices count from the end.
+    GatherND {
+        /// Leading dims shared by data and indices.
+        batch_dims: usize,
+    },
+    /// `(data, indices, updates)` ONNX ScatterND: a copy of `data` where the slices addressed
+    /// by the last dim of `indices` are replaced by (or combined with) `updates`; where
+    /// several updates address one slice they apply in order (so with no reduction the last
+    /// one wins).
+    ScatterND {
+        /// How an update combines with the element it lands on.
+        reduction: ScatterReduction,
+    },
     /// `(x)` padded; (before, after) per dim, negative crops.
     Pad {
         /// (before, after) per dim.
@@ -392,6 +420,8 @@ impl Op {
             Op::Slice { .. } => "slice".into(),
             Op::Gather { .. } => "gather".into(),
             Op::GatherElements { .. } => "gather_elements".into(),
+            Op::GatherND { .. } => "gather_nd".into(),
+            Op::ScatterND { .. } => "scatter_nd".into(),
             Op::Pad { .. } => "pad".into(),
             Op::Trilu { .. } => "trilu".into(),
             Op::CumSum { .. } => "cumsum".into(),
@@ -443,6 +473,8 @@ impl Op {
                 format!("axis={axis}")
             }
             Op::Gather { axis } | Op::GatherElements { axis } => format!("axis={axis}"),
+            Op::GatherND { batch_dims } => format!("batch_dims={batch_dims}"),
+            Op::ScatterND { reduction } => format!("reduction={reduction:?}"),
             Op::LayerNorm { axis, epsilon } => format!("axis={axis}, epsilon={epsilon}"),
             Op::Reduce { axes, keepdims, .. } => format!("axes={axes:?}, keepdims={keepdims}"),
             Op::ArgReduce {

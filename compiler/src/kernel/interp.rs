@@ -217,6 +217,7 @@ fn eval(e: &Expr, env: &Env, t: i64, cx: &Ctx, k: &Kernel) -> Result<Val> {
                 IndexOp::Rem => x % y,
                 IndexOp::Lt => (x < y) as i64,
                 IndexOp::Ge => (x >= y) as i64,
+                IndexOp::Eq => (x == y) as i64,
                 IndexOp::And => (x != 0 && y != 0) as i64,
                 IndexOp::Min => x.min(y),
             })

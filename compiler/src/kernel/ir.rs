@@ -51,6 +51,8 @@ pub enum IndexOp {
     Lt,
     /// 1 if a >= b else 0.
     Ge,
+    /// 1 if a == b else 0.
+    Eq,
     /// 1 if both are nonzero else 0.
     And,
     /// The smaller of the two.
@@ -68,6 +70,7 @@ impl IndexOp {
             IndexOp::Rem => "%",
             IndexOp::Lt => "<",
             IndexOp::Ge => ">=",
+            IndexOp::Eq => "==",
             IndexOp::And => "&&",
             IndexOp::Min => "min",
         }

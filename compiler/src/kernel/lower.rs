@@ -15,7 +15,8 @@ use super::ir::{
     Scope, Stmt,
 };
 use crate::ir::{
-    broadcast_shapes, DType, Graph, KernelKind, Node, NodeId, Op, ReduceKind, UnaryOp,
+    broadcast_shapes, DType, Graph, KernelKind, Node, NodeId, Op, ReduceKind, ScatterReduction,
+    UnaryOp,
 };
 use std::collections::HashMap;
 use thiserror::Error;
@@ -539,6 +540,8 @@ impl<'a> Emitter<'a> {
                 inner[*axis] = wrap_negative(i, n);
                 self.load(x, &inner)?
             }
+            Op::GatherND { batch_dims } => self.gather_nd(id, *batch_dims, idx)?,
+            Op::ScatterND { reduction } => self.scatter_nd(id, *reduction, idx)?,
             Op::Concat { axis } => self.concat(id, *axis, idx)?,
             Op::Pad { pads, mode } => self.pad(id, pads, *mode, idx)?,
             Op::Trilu { upper, k } => {
@@ -810,6 +813,83 @@ impl<'a> Emitter<'a> {
         inner.push(wrap_negative(i, n));
         inner.extend_from_slice(&idx[axis + ir..]);
         self.load(x, &inner)
+    }
+
+    /// The data dims that row `lead` of ND indices `ind` addresses (its last dim read at
+    /// every coordinate, negative ones wrapped against `dims`).
+    fn nd_coords(&mut self, ind: NodeId, lead: &[Expr], dims: &[usize]) -> R<Vec<Expr>> {
+        let mut coords = Vec::with_capacity(dims.len());
+        for (k, &n) in dims.iter().enumerate() {
+            let mut at = lead.to_vec();
+            at.push(Expr::I(k as i64));
+            let c = self.value(ind, &at)?;
+            coords.push(wrap_negative(c, n));
+        }
+        Ok(coords)
+    }
+
+    fn gather_nd(&mut self, id: NodeId, batch: usize, idx: &[Expr]) -> R<Expr> {
+        let node = self.node(id);
+        let (x, ind) = (node.inputs[0], node.inputs[1]);
+        let xs = self.node(x).ty.shape.clone();
+        let q = self.node(ind).ty.rank();
+        let m = self.node(ind).ty.shape[q - 1];
+        let mut inner = idx[..batch].to_vec();
+        inner.extend(self.nd_coords(ind, &idx[..q - 1], &xs[batch..batch + m])?);
+        inner.extend_from_slice(&idx[q - 1..]);
+        self.load(x, &inner)
+    }
+
+    /// `acc = data[p]; for each update row u (in order): if indices[u] addresses p:
+    /// acc = combine(acc, updates[u, ...])`, serially in this thread.
+    fn scatter_nd(&mut self, id: NodeId, reduction: ScatterReduction, idx: &[Expr]) -> R<Expr> {
+        use crate::ir::BinaryOp as B;
+        let node = self.node(id);
+        let (x, ind, upd) = (node.inputs[0], node.inputs[1], node.inputs[2]);
+        let xs = self.node(x).ty.shape.clone();
+        let is = self.node(ind).ty.shape.clone();
+        let (lead, m) = (&is[..is.len() - 1], is[is.len() - 1]);
+        let start = self.value(x, idx)?;
+        let acc = self.var();
+        self.push(Stmt::Let {
+            var: acc,
+            value: start,
+        });
+        let j = self.var();
+        self.open();
+        let row = unravel(&Expr::Var(j), lead);
+        let coords = self.nd_coords(ind, &row, &xs[..m])?;
+        let hit = coords
+            .into_iter()
+            .zip(idx)
+            .map(|(c, i)| Expr::Index(IndexOp::Eq, Box::new(c), Box::new(i.clone())))
+            .reduce(|a, b| Expr::Index(IndexOp::And, Box::new(a), Box::new(b)))
+            .expect("m >= 1");
+        let mut at = row;
+        at.extend_from_slice(&idx[m..]);
+        let u = self.value(upd, &at)?;
+        let old = Box::new(Expr::Var(acc));
+        let new = match reduction {
+            ScatterReduction::None => u,
+            ScatterReduction::Add => Expr::Binary(B::Add, old.clone(), Box::new(u)),
+            ScatterReduction::Mul => Expr::Binary(B::Mul, old.clone(), Box::new(u)),
+            ScatterReduction::Max => Expr::Binary(B::Max, old.clone(), Box::new(u)),
+            ScatterReduction::Min => Expr::Binary(B::Min, old.clone(), Box::new(u)),
+        };
+        self.push(Stmt::Let {
+            var: acc,
+            value: Expr::Select(Box::new(hit), Box::new(new), old),
+        });
+        let body = self.close();
+        self.push(Stmt::For {
+            var: j,
+            start: Expr::I(0),
+            end: Expr::I(lead.iter().product::<usize>() as i64),
+            step: Expr::I(1),
+            uniform: false,
+            body,
+        });
+        Ok(Expr::Var(acc))
     }
 
     fn concat(&mut self, id: NodeId, axis: usize, idx: &[Expr]) -> R<Expr> {

@@ -72,8 +72,10 @@ pub fn import_bytes(
 /// The op types this importer translates (default ONNX domain).
 pub const SUPPORTED_OPS: &[&str] = ops::SUPPORTED;
 
-/// Ops rejected because their output shape depends on tensor data.
-pub const DATA_DEPENDENT_OPS: &[&str] = &["NonZero", "Unique", "Compress", "NonMaxSuppression"];
+/// Ops rejected because their output shape depends on tensor data. (`NonZero` is imported
+/// when its input is known at import, a constant mask, and rejected with the same reason
+/// otherwise.)
+pub const DATA_DEPENDENT_OPS: &[&str] = &["Unique", "Compress", "NonMaxSuppression"];
 
 /// Imports a decoded model.
 pub fn import_model(

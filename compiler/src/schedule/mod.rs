@@ -126,6 +126,7 @@ pub fn flops(op: &Op, ins: &[&crate::ir::TensorType], out: &crate::ir::TensorTyp
         | Op::Concat { .. } => 0,
         Op::Gather { .. }
         | Op::GatherElements { .. }
+        | Op::GatherND { .. }
         | Op::Pad { .. }
         | Op::Trilu { .. }
         | Op::Cast(_) => 0,
@@ -142,6 +143,8 @@ pub fn flops(op: &Op, ins: &[&crate::ir::TensorType], out: &crate::ir::TensorTyp
         }
         Op::Pool(p) => n * (p.kernel[0] * p.kernel[1]) as u64,
         Op::Reduce { .. } | Op::ArgReduce { .. } | Op::CumSum { .. } => ins[0].numel() as u64,
+        // Each output element compares its position with every update's.
+        Op::ScatterND { .. } => n * ins[1].numel() as u64,
         Op::Softmax { .. } | Op::LogSoftmax { .. } => 5 * n,
         Op::LayerNorm { .. } => 8 * n,
         Op::Fused(k) => k

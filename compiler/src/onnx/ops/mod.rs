@@ -2,6 +2,7 @@
 //! type; the translations themselves are grouped by topic in the submodules.
 
 mod elementwise;
+mod fused;
 mod nn;
 mod shape;
 
@@ -15,7 +16,7 @@ use crate::error::Result;
 use crate::interp;
 use crate::ir::{
     broadcast_shapes, fmt_shape, infer, normalize_axis, BinaryOp, DType, Graph, GraphBuilder, Op,
-    ReduceKind, Tensor, Value, F64,
+    ReduceKind, ScatterReduction, Tensor, Value, F64,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ pub const SUPPORTED: &[&str] = &[
     "Asinh",
     "Atan",
     "Atanh",
+    "Attention",
     "AveragePool",
     "BatchNormalization",
     "Cast",
@@ -59,6 +61,7 @@ pub const SUPPORTED: &[&str] = &[
     "Floor",
     "Gather",
     "GatherElements",
+    "GatherND",
     "Gelu",
     "Gemm",
     "GlobalAveragePool",
@@ -84,6 +87,7 @@ pub const SUPPORTED: &[&str] = &[
     "Mod",
     "Mul",
     "Neg",
+    "NonZero",
     "Not",
     "Or",
     "Pad",
@@ -103,7 +107,10 @@ pub const SUPPORTED: &[&str] = &[
     "ReduceSumSquare",
     "Relu",
     "Reshape",
+    "RMSNormalization",
+    "RotaryEmbedding",
     "Round",
+    "ScatterND",
     "Selu",
     "Shape",
     "Sigmoid",
@@ -531,6 +538,9 @@ impl Importer {
                 self.emit(&name, Op::Concat { axis }, &xs)?
             }
             "Split" => return self.split(c),
+            "Attention" => return self.attention(c, &name),
+            "RMSNormalization" => self.rms_normalization(c, &name)?,
+            "RotaryEmbedding" => self.rotary_embedding(c, &name)?,
             "Slice" => self.slice(c, &name)?,
             "Gather" => {
                 let x = c.req(0)?;
@@ -541,6 +551,24 @@ impl Importer {
                 let x = c.req(0)?;
                 let axis = normalize_axis(c.attrs.int_or("axis", 0)?, self.ty(x).rank())?;
                 self.emit(&name, Op::GatherElements { axis }, &[x, c.req(1)?])?
+            }
+            "GatherND" => {
+                let b = c.attrs.int_or("batch_dims", 0)?;
+                let batch_dims =
+                    usize::try_from(b).map_err(|_| format!("batch_dims {b} is negative"))?;
+                self.emit(&name, Op::GatherND { batch_dims }, &[c.req(0)?, c.req(1)?])?
+            }
+            "ScatterND" => {
+                let reduction = match c.attrs.string_or("reduction", "none")?.as_str() {
+                    "none" => ScatterReduction::None,
+                    "add" => ScatterReduction::Add,
+                    "mul" => ScatterReduction::Mul,
+                    "max" => ScatterReduction::Max,
+                    "min" => ScatterReduction::Min,
+                    other => return Err(format!("unknown reduction '{other}'")),
+                };
+                let ins = [c.req(0)?, c.req(1)?, c.req(2)?];
+                self.emit(&name, Op::ScatterND { reduction }, &ins)?
             }
             "Pad" => self.pad(c, &name)?,
             "Constant" => {
@@ -579,6 +607,29 @@ impl Importer {
                 self.konst(&name, Tensor::i64([], vec![n]))?
             }
             "Range" => self.range(c, &name)?,
+            "NonZero" => {
+                let x = c.req(0)?;
+                let Some(t) = self.constant(x) else {
+                    return Err(format!(
+                        "input '{}' is computed at run time, so the output shape depends on tensor data, which would force a host sync; smelt compiles static shapes only (NonZero of a constant folds)",
+                        c.input_name(0)
+                    ));
+                };
+                let s = t.shape().to_vec();
+                if s.is_empty() {
+                    return Err("NonZero of a scalar has no dims to index".into());
+                }
+                let strides = crate::interp::strides(&s);
+                let hits: Vec<usize> = (t.to_f64().iter().enumerate())
+                    .filter(|(_, v)| **v != 0.0)
+                    .map(|(i, _)| i)
+                    .collect();
+                let mut coords = Vec::with_capacity(s.len() * hits.len());
+                for (d, st) in strides.iter().enumerate() {
+                    coords.extend(hits.iter().map(|&f| ((f / st) % s[d]) as i64));
+                }
+                self.konst(&name, Tensor::i64([s.len(), hits.len()], coords))?
+            }
             "Trilu" => {
                 let k = self.const_scalar(c, 1, "k")?.unwrap_or(0.0) as i64;
                 let upper = c.attrs.int_or("upper", 1)? != 0;

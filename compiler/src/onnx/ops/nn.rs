@@ -14,7 +14,7 @@ const MAX_WINDOW_ATTR: i64 = i32::MAX as i64;
 
 impl Importer {
     /// `sqrt(var + eps)`, the denominator of the normalizations.
-    fn std_dev(&mut self, var: Value, eps: f64, name: &str) -> R<Value> {
+    pub(super) fn std_dev(&mut self, var: Value, eps: f64, name: &str) -> R<Value> {
         let e = self.scalar_like(&format!("{name}/eps"), var, eps)?;
         let ve = self.bin(&format!("{name}/var_eps"), BinaryOp::Add, var, e)?;
         self.un(&format!("{name}/std"), UnaryOp::Sqrt, ve)
