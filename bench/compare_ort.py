@@ -1,7 +1,10 @@
 """Times smelt (fused and unfused, C backend) and ONNX Runtime (all graph optimizations, the
 same thread count) on one model in one run, checks that they agree, and prints the ratios.
 
-Usage: compare_ort.py MODEL.onnx [--runs N] [--threads T] [--json FILE]
+Usage: compare_ort.py MODEL.onnx [--runs N] [--threads T] [--json FILE] [--shape NAME=AxB ...]
+                      [--inputs DIR]
+`--shape` fixes symbolic input dims (for both); `--inputs DIR` feeds ORT and the agreement
+check the stored `DIR/NAME.npy` instead of random values (token ids must be in range).
 smelt is run as `$SMELT_BIN bench` (default target/release/smelt)."""
 
 import argparse
@@ -20,12 +23,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NP_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64}
 
 
-def random_inputs(sess, seed):
+def parse_shapes(specs):
+    return {n: [int(d) for d in dims.split("x")] for n, dims in (s.split("=", 1) for s in specs)}
+
+
+def random_inputs(sess, seed, shapes):
     rng = np.random.default_rng(seed)
     out = {}
     for i in sess.get_inputs():
         dt = NP_TYPES[i.type]
-        shape = [int(d) for d in i.shape]
+        shape = shapes.get(i.name) or [int(d) for d in i.shape]
         if np.issubdtype(dt, np.floating):
             out[i.name] = rng.uniform(-2, 2, shape).astype(dt)
         else:
@@ -33,7 +40,11 @@ def random_inputs(sess, seed):
     return out
 
 
-def time_ort(model, threads, runs, warmup):
+def stored_inputs(sess, folder):
+    return {i.name: np.load(os.path.join(folder, i.name + ".npy")) for i in sess.get_inputs()}
+
+
+def time_ort(model, threads, runs, warmup, shapes, folder):
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = threads
@@ -42,7 +53,10 @@ def time_ort(model, threads, runs, warmup):
     t = time.perf_counter()
     sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     load_ms = (time.perf_counter() - t) * 1e3
-    sets = [random_inputs(sess, 1), random_inputs(sess, 2)]
+    if folder:
+        sets = [stored_inputs(sess, folder)] * 2
+    else:
+        sets = [random_inputs(sess, 1, shapes), random_inputs(sess, 2, shapes)]
     for i in range(max(warmup, 1)):
         sess.run(None, sets[i % 2])
     ms = []
@@ -57,9 +71,13 @@ def smelt_bin():
     return os.environ.get("SMELT_BIN", os.path.join(ROOT, "target", "release", "smelt"))
 
 
-def check_agreement(model, sess, feeds, tmp):
+def shape_args(specs):
+    return [a for s in specs for a in ("--shape", s)]
+
+
+def check_agreement(model, sess, feeds, tmp, specs):
     """smelt run (fused, C backend) on ORT's inputs gives ORT's outputs."""
-    args = [smelt_bin(), "run", model, "--output-dir", os.path.join(tmp, "out")]
+    args = [smelt_bin(), "run", model, "--output-dir", os.path.join(tmp, "out")] + shape_args(specs)
     for name, a in feeds.items():
         p = os.path.join(tmp, f"in_{len(args)}.npy")
         np.save(p, a)
@@ -81,22 +99,25 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--json")
+    ap.add_argument("--shape", action="append", default=[])
+    ap.add_argument("--inputs")
     a = ap.parse_args()
+    shapes = parse_shapes(a.shape)
     with tempfile.TemporaryDirectory() as tmp:
         sj = os.path.join(tmp, "smelt.json")
         # ONNX Runtime is timed before and after smelt and keeps its better median, so that
         # noise on a shared machine does not favour smelt.
-        _, _, before = time_ort(a.model, a.threads, a.runs, a.warmup)
+        _, _, before = time_ort(a.model, a.threads, a.runs, a.warmup, shapes, a.inputs)
         subprocess.run(
             [smelt_bin(), "bench", a.model, "--runs", str(a.runs), "--warmup", str(a.warmup),
-             "--threads", str(a.threads), "--json", sj],
+             "--threads", str(a.threads), "--json", sj] + shape_args(a.shape),
             check=True, stdout=subprocess.DEVNULL,
         )
         smelt = json.load(open(sj))
-        sess, feeds, ortt = time_ort(a.model, a.threads, a.runs, a.warmup)
+        sess, feeds, ortt = time_ort(a.model, a.threads, a.runs, a.warmup, shapes, a.inputs)
         if before["median_ms"] < ortt["median_ms"]:
             ortt = before
-        worst = check_agreement(a.model, sess, feeds, tmp)
+        worst = check_agreement(a.model, sess, feeds, tmp, a.shape)
     r = {
         "model": a.model,
         "threads": a.threads,

@@ -327,3 +327,108 @@ fn integer_row_kernels_compile() {
         compile_all(&format!("integer rows {d} {len}"), &b.build().unwrap());
     }
 }
+
+/// The real-model corpus (`tests/models/real`): every kernel of every model's fused plan
+/// compiles for sm_80 and sm_90 with no spills. Kernels with the same body (the same layer
+/// in another model or at another depth) compile once; they are compiled many to a program,
+/// on every core, since NVRTC's time is mostly per program.
+#[test]
+fn real_model_kernels_compile_without_spills() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/models/real");
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("model.onnx").exists())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 20, "the corpus is in {}", root.display());
+    // Body (with the kernel's name taken out) -> where it was first seen.
+    let mut bodies: std::collections::BTreeMap<String, String> = Default::default();
+    let mut kernels = 0;
+    for d in &dirs {
+        let model = d.file_name().unwrap().to_string_lossy().to_string();
+        let mut opts = ImportOptions::default();
+        if let Ok(s) = std::fs::read_to_string(d.join("shapes.txt")) {
+            for spec in s.split_whitespace() {
+                let (n, dims) = spec.split_once('=').unwrap();
+                opts.shapes.insert(
+                    n.into(),
+                    dims.split('x').map(|x| x.parse().unwrap()).collect(),
+                );
+            }
+        }
+        let g = import_file(&d.join("model.onnx"), &opts).unwrap();
+        let c = compile(&g, &Options::default()).unwrap();
+        let program = lower(&c.graph).unwrap();
+        for (name, src) in cuda::render(&program).unwrap_or_else(|e| panic!("{model}: {e}")) {
+            kernels += 1;
+            let body = src.replace(&name, "KERNEL");
+            bodies.entry(body).or_insert(format!("{model} {name}"));
+        }
+    }
+    let unique: Vec<(String, String)> = bodies
+        .into_iter()
+        .enumerate()
+        .map(|(i, (body, origin))| (body.replace("KERNEL", &format!("u{i}")), origin))
+        .collect();
+    let origin: std::collections::HashMap<String, String> = unique
+        .iter()
+        .enumerate()
+        .map(|(i, (_, o))| (format!("u{i}"), o.clone()))
+        .collect();
+    let programs: Vec<String> = unique
+        .chunks(32)
+        .map(|c| {
+            c.iter()
+                .map(|(s, _)| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect();
+    let jobs: Vec<(&str, &str)> = programs
+        .iter()
+        .flat_map(|p| ["sm_80", "sm_90"].map(|arch| (p.as_str(), arch)))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut bad = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&(src, arch)) = jobs.get(i) else {
+                            break;
+                        };
+                        match nvrtc::compile(&format!("corpus{i}.cu"), src, arch) {
+                            Err(e) => bad.push(format!("{arch}: {e}")),
+                            Ok(out) => {
+                                for (f, r) in &out.resources {
+                                    if (r.spill_stores, r.spill_loads) != (0, 0) {
+                                        bad.push(format!(
+                                            "{arch}: {} spills {} / {} bytes",
+                                            origin.get(f).unwrap_or(f),
+                                            r.spill_stores,
+                                            r.spill_loads
+                                        ));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    bad
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    eprintln!(
+        "{kernels} kernels, {} distinct bodies, compiled for sm_80 and sm_90",
+        unique.len()
+    );
+}
