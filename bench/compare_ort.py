@@ -107,7 +107,8 @@ def main():
         sj = os.path.join(tmp, "smelt.json")
         # ONNX Runtime is timed before and after smelt and keeps its better median, so that
         # noise on a shared machine does not favour smelt.
-        _, _, before = time_ort(a.model, a.threads, a.runs, a.warmup, shapes, a.inputs)
+        # Only the times are kept: the session (and its thread pool) is gone before smelt runs.
+        before = time_ort(a.model, a.threads, a.runs, a.warmup, shapes, a.inputs)[2]
         subprocess.run(
             [smelt_bin(), "bench", a.model, "--runs", str(a.runs), "--warmup", str(a.warmup),
              "--threads", str(a.threads), "--json", sj] + shape_args(a.shape),

@@ -640,3 +640,75 @@ fn warm_up_then_run() {
     let g = common::graphs::gpt2_block(1, 4, 8, 2).unwrap();
     Session::new(g, Device::Interp).unwrap().warm_up().unwrap();
 }
+
+/// Grouped convolutions run as the direct kernel (each tap adds a contiguous run of an input
+/// row over the columns it sees): depthwise and two channels per group, strides, dilations,
+/// padding wider than the window on one side only, a window wider than the image, a bias, a
+/// weight that is computed rather than stored, and a fused epilogue.
+#[test]
+fn grouped_convolutions_match_reference() {
+    use smelt::ir::{Conv2d, Op};
+    use smelt::DType;
+    // channels, group, out channels, image h×w, kernel, strides, pads, dilations
+    struct Case(
+        usize,
+        usize,
+        usize,
+        [usize; 2],
+        [usize; 2],
+        [usize; 2],
+        [usize; 4],
+        [usize; 2],
+    );
+    let cases = [
+        Case(8, 8, 8, [9, 11], [7, 7], [1, 1], [3, 3, 3, 3], [1, 1]),
+        Case(6, 3, 6, [10, 10], [3, 3], [2, 2], [1, 1, 1, 1], [1, 1]),
+        Case(4, 2, 8, [8, 9], [3, 2], [1, 2], [0, 4, 2, 0], [2, 1]),
+        Case(3, 3, 6, [5, 5], [3, 3], [1, 1], [0, 0, 0, 0], [1, 1]),
+        Case(2, 2, 2, [3, 4], [5, 7], [1, 1], [2, 3, 2, 3], [1, 1]),
+        Case(4, 4, 4, [6, 7], [3, 3], [3, 2], [1, 0, 1, 2], [2, 2]),
+    ];
+    for (k, Case(c, group, oc, [h, w], [kh, kw], strides, pads, dilations)) in
+        cases.into_iter().enumerate()
+    {
+        let mut b = smelt::GraphBuilder::new();
+        let x = b.input("x", DType::F32, &[2, c, h, w]).unwrap();
+        let wt = b.constant(common::random_tensor(
+            DType::F32,
+            &[oc, c / group, kh, kw],
+            40 + k as u64,
+        ));
+        // Every other case computes its weight (scaled by an input) and skips the bias.
+        let (wt, bias) = if k % 2 == 1 {
+            let s = b.input("s", DType::F32, &[1]).unwrap();
+            (b.mul(wt, s).unwrap(), None)
+        } else {
+            (
+                wt,
+                Some(b.constant(common::random_tensor(DType::F32, &[oc], 50 + k as u64))),
+            )
+        };
+        let conv = Op::Conv(Conv2d {
+            strides,
+            pads,
+            dilations,
+            group,
+        });
+        let mut ins = vec![x, wt];
+        ins.extend(bias);
+        let y = b.op(conv, &ins).unwrap();
+        let y = b.relu(y).unwrap();
+        b.output("y", y).unwrap();
+        let g = b.build().unwrap();
+        for fuse in [true, false] {
+            let s = session(&g, fuse);
+            let p = s.cpu_model().unwrap().program().clone();
+            assert!(
+                p.kernels.iter().any(|k| k.name.ends_with("grouped_conv")),
+                "case {k}: no direct kernel\n{p}"
+            );
+        }
+        check(&g, true);
+        check(&g, false);
+    }
+}

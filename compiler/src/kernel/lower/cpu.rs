@@ -6,7 +6,9 @@
 //! elementwise over the product's shape. A 2-D convolution (one group) is the same product:
 //! weights [oc, c·kh·kw] × columns [c·kh·kw, oh·ow] per image, the columns gathered by an
 //! im2col kernel (for a 1×1, stride-1, unpadded convolution, the image itself), the bias
-//! added in the epilogue.
+//! added in the epilogue. A grouped convolution (a depthwise one above all) is a direct loop
+//! instead: per output row, each window tap adds its weight times a contiguous run of the
+//! input row to the output row, over the range of columns the tap sees inside the image.
 
 use super::{
     add, and, builtin, div, emitter, mul, reads_writes, rem, single_row_axis, unravel, Builtin,
@@ -236,7 +238,9 @@ pub(super) fn lower_node(
     precision: Precision,
     sink: &mut Sink,
 ) -> R<()> {
-    let is_product = |b: &Graph, i: NodeId| is_library_matmul(b, i) || is_library_conv(b, i);
+    let is_product = |b: &Graph, i: NodeId| {
+        is_library_matmul(b, i) || is_library_conv(b, i) || is_grouped_conv(b, i)
+    };
     if !(0..body.nodes.len()).any(|i| is_product(body, i)) {
         let name = sink.name(sink.op);
         let k = match row_axis {
@@ -253,6 +257,8 @@ pub(super) fn lower_node(
     while let Some(p) = (0..body.nodes.len()).find(|&i| is_product(&body, i)) {
         let (b, i) = if is_library_conv(&body, p) {
             conv_product(&body, &inputs, p, out, out_f32, precision, sink)?
+        } else if is_grouped_conv(&body, p) {
+            grouped_conv_product(&body, &inputs, p, out, out_f32, precision, sink)?
         } else {
             matmul_product(&body, &inputs, p, out, out_f32, precision, sink)?
         };
@@ -481,13 +487,222 @@ fn conv_product(
 }
 
 fn is_library_conv(body: &Graph, id: NodeId) -> bool {
+    is_f32_conv(body, id, |group| group == 1)
+}
+
+fn is_grouped_conv(body: &Graph, id: NodeId) -> bool {
+    is_f32_conv(body, id, |group| group > 1)
+}
+
+fn is_f32_conv(body: &Graph, id: NodeId, group: impl Fn(usize) -> bool) -> bool {
     let n = &body.nodes[id];
-    matches!(&n.op, Op::Conv(c) if c.group == 1)
+    matches!(&n.op, Op::Conv(c) if group(c.group))
         && n.ty.dtype == DType::F32
         && n.ty.rank() == 4
         && n.inputs
             .iter()
             .all(|&a| body.nodes[a].ty.dtype == DType::F32)
+}
+
+/// A dense f32 copy of body node `x` (a view of it when it is one already).
+fn dense_operand(
+    body: &Graph,
+    inputs: &[u32],
+    x: NodeId,
+    what: &str,
+    precision: Precision,
+    sink: &mut Sink,
+) -> R<(u32, Vec<usize>)> {
+    let v = operand(body, inputs, x, what, precision, sink)?;
+    if v.is_dense() {
+        return Ok((v.buf, v.shape));
+    }
+    let buf = sink.scratch(&format!("{what}.dense_{}", body.nodes[x].name), &v.shape);
+    lower_value(body, x, inputs, buf, precision, sink)?;
+    Ok((buf, v.shape))
+}
+
+/// Lowers grouped convolution `cv` of `body` to a direct kernel (see the module doc);
+/// returns the body with the convolution replaced by its result plus its bias, and the
+/// inputs that body reads.
+fn grouped_conv_product(
+    body: &Graph,
+    inputs: &[u32],
+    cv: NodeId,
+    out: u32,
+    out_f32: bool,
+    precision: Precision,
+    sink: &mut Sink,
+) -> R<(Graph, Vec<u32>)> {
+    let node = body.nodes[cv].clone();
+    let Op::Conv(c) = &node.op else {
+        unreachable!("a convolution")
+    };
+    let what = node.name.clone();
+    let (xb, xs) = dense_operand(body, inputs, node.inputs[0], &what, precision, sink)?;
+    let (wb, ws) = dense_operand(body, inputs, node.inputs[1], &what, precision, sink)?;
+    let dest = destination(body, cv, (out, inputs.contains(&out)), out_f32, sink);
+    let name = sink.name("grouped_conv");
+    let kern = grouped_conv(c, (xb, &xs), (wb, &ws), (dest, &node.ty.shape), name);
+    sink.push(kern);
+    let oc = ws[0];
+    let bias = node.inputs.get(2).copied();
+    let g = replace_node(body, cv, &mut |g, product, map| {
+        let b = bias?;
+        let rb = g.nodes.len();
+        g.nodes.push(Node {
+            name: format!("{}.bias", node.name),
+            op: Op::Reshape(vec![oc, 1, 1]),
+            inputs: vec![map(b)],
+            ty: crate::ir::TensorType::new(DType::F32, vec![oc, 1, 1]),
+        });
+        Some(Node {
+            op: Op::Binary(crate::ir::BinaryOp::Add),
+            inputs: vec![product, rb],
+            ..node.clone()
+        })
+    });
+    let mut ins = inputs.to_vec();
+    ins.push(dest);
+    Ok((g, ins))
+}
+
+/// The direct grouped convolution `y[b, o, oy, :] = sum over (ci, ky, kx) of w[o, ci, ky, kx]
+/// × x[b, group(o)·cpg + ci, iy, ix(:)]`: blocks of output rows; per row, the row is zeroed,
+/// then each tap whose input row is inside the image adds along the output columns whose
+/// input column is (a range known when lowering, so the inner loop has no test).
+fn grouped_conv(
+    c: &crate::ir::Conv2d,
+    (x, xs): (u32, &[usize]),
+    (w, ws): (u32, &[usize]),
+    (y, ys): (u32, &[usize]),
+    name: String,
+) -> Kernel {
+    let (channels, h, wd) = (xs[1], xs[2] as i64, xs[3] as i64);
+    let (oc, cpg, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
+    let (oh, ow) = (ys[2], ys[3]);
+    let ocpg = oc / c.group;
+    let rows = ys[0] * oc * oh;
+    let per = (CPU_CHUNK / (ow * cpg * kh * kw).max(1)).max(1);
+    let [sy, sx] = c.strides.map(|s| s as i64);
+    let [dy, dx] = c.dilations.map(|d| d as i64);
+    let (pt, pl) = (c.pads[0] as i64, c.pads[1] as i64);
+    let g = Graph::default();
+    let mut e = emitter(&g, &[]);
+    let (r, ox, ci, ky, wv) = (e.var(), e.var(), e.var(), e.var(), e.var());
+    let row = Expr::Var(r);
+    let (b, o, oy) = (
+        div(row.clone(), oc * oh),
+        rem(div(row.clone(), oh), oc),
+        rem(row.clone(), oh),
+    );
+    let at = |col: Expr| add(mul(row.clone(), Expr::I(ow as i64)), col);
+    let range = |var: u32, lo: i64, hi: i64, body: Vec<Stmt>| Stmt::For {
+        var,
+        start: Expr::I(lo),
+        end: Expr::I(hi),
+        step: Expr::I(1),
+        uniform: false,
+        body,
+    };
+    let load = |buf: u32, index: Expr| Expr::Load {
+        buf,
+        index: Box::new(index),
+    };
+    let zero = range(
+        ox,
+        0,
+        ow as i64,
+        vec![Stmt::Store {
+            buf: y,
+            index: at(Expr::Var(ox)),
+            value: Expr::F(0.0),
+        }],
+    );
+    // Input row iy = oy·sy + ky·dy - pt of channel group(o)·cpg + ci.
+    let iy = Expr::Index(
+        IndexOp::Sub,
+        Box::new(add(mul(oy, Expr::I(sy)), mul(Expr::Var(ky), Expr::I(dy)))),
+        Box::new(Expr::I(pt)),
+    );
+    let inside = and(
+        Expr::Index(IndexOp::Ge, Box::new(iy.clone()), Box::new(Expr::I(0))),
+        Expr::Index(IndexOp::Lt, Box::new(iy.clone()), Box::new(Expr::I(h))),
+    );
+    let channel = add(
+        mul(div(o.clone(), ocpg), Expr::I(cpg as i64)),
+        Expr::Var(ci),
+    );
+    let in_row = mul(
+        add(
+            mul(add(mul(b, Expr::I(channels as i64)), channel), Expr::I(h)),
+            iy,
+        ),
+        Expr::I(wd),
+    );
+    let mut taps = Vec::new();
+    for kx in 0..kw as i64 {
+        // Columns ox with 0 <= ox·sx + kx·dx - pl < wd.
+        let first = pl - kx * dx;
+        let lo = (first.max(0) + sx - 1) / sx;
+        let hi = ((wd - 1 + first).div_euclid(sx) + 1).clamp(0, ow as i64);
+        if hi <= lo {
+            continue;
+        }
+        let weight = add(
+            mul(
+                add(
+                    mul(
+                        add(mul(o.clone(), Expr::I(cpg as i64)), Expr::Var(ci)),
+                        Expr::I(kh as i64),
+                    ),
+                    Expr::Var(ky),
+                ),
+                Expr::I(kw as i64),
+            ),
+            Expr::I(kx),
+        );
+        taps.push(Stmt::Let {
+            var: wv,
+            value: load(w, weight),
+        });
+        let col = Expr::Index(
+            IndexOp::Sub,
+            Box::new(add(mul(Expr::Var(ox), Expr::I(sx)), Expr::I(kx * dx))),
+            Box::new(Expr::I(pl)),
+        );
+        let sum = Expr::Binary(
+            crate::ir::BinaryOp::Add,
+            Box::new(load(y, at(Expr::Var(ox)))),
+            Box::new(Expr::Binary(
+                crate::ir::BinaryOp::Mul,
+                Box::new(Expr::Var(wv)),
+                Box::new(load(x, add(in_row.clone(), col))),
+            )),
+        );
+        taps.push(range(
+            ox,
+            lo,
+            hi,
+            vec![Stmt::Store {
+                buf: y,
+                index: at(Expr::Var(ox)),
+                value: sum,
+            }],
+        ));
+    }
+    let per_ky = vec![Stmt::If {
+        cond: inside,
+        then: taps,
+    }];
+    let per_ci = vec![range(ky, 0, kh as i64, per_ky)];
+    let per_row = vec![zero, range(ci, 0, cpg as i64, per_ci)];
+    e.push(chunk_loop(r, rows, per, per_row));
+    let launch = Launch {
+        grid: rows.div_ceil(per).max(1),
+        block: 1,
+    };
+    e.finish(name, launch, Precision::F32, &[x, w], y)
 }
 
 /// Builds the node that replaces a product (see [`replace_node`]).
