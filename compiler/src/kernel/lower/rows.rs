@@ -17,8 +17,8 @@
 
 use super::{
     add, and, broadcast_shapes, builtin, div, div_f, emitter, exp_sub, finish_reduce, identity_of,
-    inv_std, mul, reduce_op, rem, row_ops, row_space, square, unravel, zero_of, Emitter,
-    LowerError, MAX_GRID, R, ROW_BLOCK,
+    inv_std, mul, reduce_op, rem, single_row_axis, square, unravel, zero_of, Emitter, LowerError,
+    MAX_GRID, R, ROW_BLOCK,
 };
 use crate::ir::{BinaryOp, Graph, NodeId, Op};
 use crate::kernel::ir::{
@@ -563,4 +563,24 @@ impl Rows<'_> {
         }
         Ok(())
     }
+}
+
+/// The row ops of a body (reductions and normalizations along trailing dims), in order.
+pub(super) fn row_ops(body: &Graph) -> Vec<NodeId> {
+    (0..body.nodes.len())
+        .filter(|&id| {
+            let n = &body.nodes[id];
+            let rank = n.inputs.first().map(|&a| body.nodes[a].ty.rank());
+            rank.and_then(|r| single_row_axis(&n.op, r)).is_some()
+        })
+        .collect()
+}
+
+/// A row kernel's iteration space: the input shape of its first row op.
+pub(super) fn row_space(body: &Graph, ops: &[NodeId], name: &str) -> R<Vec<usize>> {
+    let first = *ops.first().ok_or_else(|| LowerError::Unsupported {
+        node: name.to_string(),
+        op: "row kernel without a row op".into(),
+    })?;
+    Ok(body.nodes[body.nodes[first].inputs[0]].ty.shape.clone())
 }
