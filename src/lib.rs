@@ -38,7 +38,7 @@ pub use smelt_compiler::kernel;
 pub use smelt_compiler::onnx;
 pub use smelt_compiler::optimize;
 pub use smelt_compiler::schedule;
-pub use smelt_compiler::{compile, Compiled};
+pub use smelt_compiler::{compile, compile_for, Compiled};
 pub use smelt_runtime::{Device, Session, SessionOptions};
 
 /// The facade's error type: everything the CLI and the API can report.

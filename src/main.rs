@@ -233,14 +233,15 @@ fn run(cli: Cli) -> Result<(), Error> {
                 ))
             })?;
             let graph = model.load()?;
+            // Optimized once; lowered and laid out once per target.
             let mut compiled = compile(&graph, fast_math, !no_fuse)?;
+            let cpu = compiled.retarget(smelt::kernel::Target::Cpu)?;
             std::fs::create_dir_all(&out_dir).map_err(|e| io_error(&out_dir, e))?;
             let target = smelt::codegen::cuda::Cuda { fast_math };
-            write_kernels(&mut compiled, &out_dir, &archs, &target)?;
+            write_kernels(&mut compiled, &cpu, &out_dir, &archs, &target)?;
             if let Some(path) = &bundle {
                 let b = smelt_runtime::cuda::bundle::Bundle::build_for(
-                    &compiled.graph,
-                    &compiled.plan,
+                    &compiled,
                     &archs,
                     &smelt_runtime::cache::dir(),
                     &target,
@@ -422,39 +423,31 @@ fn run(cli: Cli) -> Result<(), Error> {
     }
 }
 
-/// Lowers the plan, writes `DIR/model.c` (the C backend's source), `DIR/kernels/<kernel>.cu`,
-/// its PTX and cubin per architecture, and, where NVRTC is installed, the
-/// cubins for `arch` with their registers and spills recorded in the plan.
+/// Writes `DIR/model.c` (the C backend's source: `cpu`'s program), `DIR/kernels/<kernel>.cu`
+/// (the GPU program's), and, where NVRTC is installed, each kernel's PTX and cubin per
+/// architecture in `archs`, recording the first architecture's registers and spills in the
+/// plan (its kernels are the program's, in order).
 fn write_kernels(
     compiled: &mut smelt::Compiled,
+    cpu: &smelt::Compiled,
     out_dir: &Path,
     archs: &[String],
     target: &smelt::codegen::cuda::Cuda,
 ) -> Result<(), Error> {
     use smelt::schedule::CudaResources;
-    let program = smelt::kernel::lower(&compiled.graph).map_err(|e| Error::Usage(e.to_string()))?;
-    let sources = smelt::codegen::cuda::render_for(target, &program)
-        .map_err(|e| Error::Usage(e.to_string()))?;
+    let sources = smelt::codegen::cuda::render_for(target, &compiled.program)
+        .map_err(|e| Error::Compiler(e.into()))?;
     let dir = out_dir.join("kernels");
     std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
     // The C backend's translation unit, as `--device cpu` compiles it.
-    let (_, _, c_src) = smelt_runtime::cpu::source(&compiled.graph)?;
+    let c_src = smelt::codegen::c::render(&cpu.program).map_err(|e| Error::Compiler(e.into()))?;
     let c_path = out_dir.join("model.c");
     std::fs::write(&c_path, c_src).map_err(|e| io_error(&c_path, e))?;
     let nvrtc = smelt_runtime::cuda::nvrtc::version();
     if let Err(e) = &nvrtc {
         eprintln!("warning: CUDA sources written, no cubins: {e}");
     }
-    for (kernel, (name, src)) in program.kernels.iter().zip(&sources) {
-        // The plan's entry for this kernel.
-        let planned = compiled
-            .plan
-            .kernels
-            .iter()
-            .position(|k| k.node == kernel.node);
-        if let (Some(p), Some(blas)) = (planned, &kernel.blas) {
-            compiled.plan.kernels[p].cublas = Some(blas.to_string());
-        }
+    for (planned, (name, src)) in compiled.plan.kernels.iter_mut().zip(&sources) {
         let path = dir.join(format!("{name}.cu"));
         std::fs::write(&path, src).map_err(|e| io_error(&path, e))?;
         if nvrtc.is_err() {
@@ -482,15 +475,13 @@ fn write_kernels(
                 .first()
                 .map(|(_, r)| r.clone())
                 .unwrap_or_default();
-            if let Some(p) = planned {
-                compiled.plan.kernels[p].cuda = Some(CudaResources {
-                    arch: arch.to_string(),
-                    source: format!("kernels/{name}.cu"),
-                    registers: r.registers,
-                    stack_bytes: r.stack_bytes,
-                    spill_bytes: r.spill_stores + r.spill_loads,
-                });
-            }
+            planned.cuda = Some(CudaResources {
+                arch: arch.to_string(),
+                source: format!("kernels/{name}.cu"),
+                registers: r.registers,
+                stack_bytes: r.stack_bytes,
+                spill_bytes: r.spill_stores + r.spill_loads,
+            });
         }
     }
     Ok(())

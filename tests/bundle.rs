@@ -12,7 +12,7 @@ fn build() -> (smelt::Compiled, Bundle) {
     let g = common::graphs::gpt2_block(1, 8, 16, 2).unwrap();
     let c = smelt::compile(&g, &Options::default()).unwrap();
     let archs = vec!["sm_80".to_string(), "sm_90".to_string()];
-    let b = Bundle::build(&c.graph, &c.plan, &archs, &smelt_runtime::cache::dir()).unwrap();
+    let b = Bundle::build(&c, &archs, &smelt_runtime::cache::dir()).unwrap();
     (c, b)
 }
 
@@ -30,8 +30,8 @@ fn bundles_round_trip_and_reject_bad_files() {
     let plan: serde_json::Value = serde_json::from_str(&c.plan.to_json()).unwrap();
     assert_eq!(back.manifest.plan, plan);
     // Every kernel has a cubin per arch, equal to what NVRTC makes of its source.
-    let program = smelt::kernel::lower(&c.graph).unwrap();
-    let sources = smelt::codegen::cuda::render(&program).unwrap();
+    let program = &c.program;
+    let sources = smelt::codegen::cuda::render(program).unwrap();
     assert_eq!(back.manifest.launches.len(), program.kernels.len());
     for (name, src) in &sources {
         for arch in ["sm_80", "sm_90"] {

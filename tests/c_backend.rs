@@ -304,20 +304,21 @@ fn compiled_code_is_cached_and_verified() {
 #[test]
 fn the_arena_reuses_dead_buffers() {
     let g = common::graphs::gpt2_block(2, 8, 16, 2).unwrap();
-    let c = smelt::compile(
+    let c = smelt::compile_for(
         &g,
         &Options {
             fuse: false,
             ..Options::default()
         },
+        smelt::kernel::Target::Cpu,
     )
     .unwrap();
-    let (program, plan, _) = smelt_runtime::cpu::source(&c.graph).unwrap();
-    let life = smelt::schedule::arena::program_lifetimes(&program);
-    let slots = smelt::codegen::c::io_slots(&program);
+    let (program, plan) = (&c.program, &c.program.layout);
+    let life = smelt::schedule::arena::program_lifetimes(program);
+    let slots = &plan.slots;
     let held: usize = life
         .iter()
-        .zip(&slots)
+        .zip(slots)
         .filter(|(_, s)| s.is_none())
         .map(|(l, _)| l.bytes.div_ceil(64) * 64)
         .sum();
@@ -342,9 +343,9 @@ fn sources_are_deterministic() {
     let sources = || {
         let g = common::graphs::gpt2_block(2, 8, 16, 2).unwrap();
         let c = smelt::compile(&g, &Options::default()).unwrap();
-        let (_, _, c_src) = smelt_runtime::cpu::source(&c.graph).unwrap();
-        let program = smelt::kernel::lower(&c.graph).unwrap();
-        let cuda = smelt::codegen::cuda::render(&program).unwrap();
+        let cpu = c.retarget(smelt::kernel::Target::Cpu).unwrap();
+        let c_src = smelt::codegen::c::render(&cpu.program).unwrap();
+        let cuda = smelt::codegen::cuda::render(&c.program).unwrap();
         (c_src, cuda)
     };
     assert_eq!(sources(), sources());

@@ -327,7 +327,9 @@ fn check_case(
         }
     }
     // So does the C backend (CPU lowering, generated C, the system compiler).
-    let model = smelt_runtime::cpu::CpuModel::new(&opt, 2)
+    let cpu = smelt::kernel::lower_for(&opt, smelt::kernel::Target::Cpu)
+        .map_err(|e| TestCaseError::fail(format!("CPU lowering: {e}\nafter:\n{opt}")))?;
+    let model = smelt_runtime::cpu::CpuModel::new(&cpu, 2)
         .map_err(|e| TestCaseError::fail(format!("C backend: {e}\nafter:\n{opt}")))?;
     let compiled = model
         .run(&feeds)

@@ -34,6 +34,12 @@ pub enum Error {
         /// What is wrong, naming the node when there is one.
         message: String,
     },
+    /// The optimized graph could not be lowered to the kernel IR.
+    #[error(transparent)]
+    Lower(#[from] crate::kernel::LowerError),
+    /// A lowered kernel could not be rendered to source text.
+    #[error(transparent)]
+    Render(#[from] crate::codegen::RenderError),
     /// Reading a file failed.
     #[error("{path}: {source}")]
     Io {

@@ -15,19 +15,31 @@ pub mod schedule;
 
 pub use error::{Error, Result};
 
-/// The result of compiling a graph: the optimized graph, its schedule, and what the
-/// optimizer did.
+/// The result of compiling a graph for a target: the optimized graph and what the optimizer
+/// did, the program lowered from it and laid out in memory (the one hand-off to a runtime),
+/// and the plan derived from that program (`plan.json`).
 #[derive(Debug)]
 pub struct Compiled {
     /// The optimized graph (fused kernels are `Op::Fused` nodes).
     pub graph: ir::Graph,
-    /// Kernels, buffers, bytes and flops: what lowering consumes.
-    pub plan: schedule::Plan,
     /// Pass timings, rule counts, stop reason.
     pub report: optimize::Report,
+    /// The lowered program, with every buffer's place: what the runtime executes.
+    pub program: kernel::Program,
+    /// Kernels, buffers, bytes and flops of that program, as a user reads them.
+    pub plan: schedule::Plan,
 }
 
-/// Optimizes and schedules a graph.
+impl Compiled {
+    /// The same optimized graph lowered and laid out for another target (the optimizer
+    /// does not run again).
+    pub fn retarget(&self, target: kernel::Target) -> Result<Compiled> {
+        lay_out(self.graph.clone(), self.report.clone(), target)
+    }
+}
+
+/// Optimizes a graph, lowers it for the GPU and lays it out: [`compile_for`] with
+/// [`Target::Gpu`](kernel::Target::Gpu), whose plan is the one `smelt compile` writes.
 ///
 /// ```
 /// use smelt_compiler::ir::{DType, GraphBuilder};
@@ -44,11 +56,43 @@ pub struct Compiled {
 /// # Ok::<(), smelt_compiler::Error>(())
 /// ```
 pub fn compile(graph: &ir::Graph, opts: &optimize::Options) -> Result<Compiled> {
+    compile_for(graph, opts, kernel::Target::Gpu)
+}
+
+/// The pipeline: optimizes `graph`, lowers the optimized graph for `target` and plans its
+/// memory, once each.
+///
+/// ```
+/// use smelt_compiler::ir::{DType, GraphBuilder};
+/// use smelt_compiler::kernel::Target;
+/// use smelt_compiler::{compile_for, optimize::Options};
+/// let mut g = GraphBuilder::new();
+/// let x = g.input("x", DType::F32, &[4, 8])?;
+/// let y = g.softmax(x, -1)?;
+/// g.output("y", y)?;
+/// let c = compile_for(&g.build()?, &Options::default(), Target::Cpu)?;
+/// assert_eq!(c.program.kernels.len(), 1);
+/// // The input and the output stay in the caller's memory on the CPU: both have a slot.
+/// assert!(c.program.layout.slots.iter().all(|s| s.is_some()));
+/// assert!(c.plan.buffers.iter().all(|b| b.offset.is_none()));
+/// # Ok::<(), smelt_compiler::Error>(())
+/// ```
+pub fn compile_for(
+    graph: &ir::Graph,
+    opts: &optimize::Options,
+    target: kernel::Target,
+) -> Result<Compiled> {
     let (graph, report) = optimize::optimize(graph, opts)?;
-    let plan = schedule::schedule(&graph);
+    lay_out(graph, report, target)
+}
+
+fn lay_out(graph: ir::Graph, report: optimize::Report, target: kernel::Target) -> Result<Compiled> {
+    let program = kernel::lower_for(&graph, target)?;
+    let plan = schedule::Plan::of(&graph, &program);
     Ok(Compiled {
         graph,
-        plan,
         report,
+        program,
+        plan,
     })
 }

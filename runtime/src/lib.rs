@@ -183,26 +183,29 @@ impl Session {
             Device::Cuda => {
                 // Everything compiles and loads here (warm-up): the first run only launches.
                 let dev = cuda::device::probe().map_err(Error::NoCudaDevice)?;
-                let compiled = smelt_compiler::compile(&graph, &opts.optimize)?;
+                let compiled = smelt_compiler::compile_for(
+                    &graph,
+                    &opts.optimize,
+                    smelt_compiler::kernel::Target::Gpu,
+                )?;
                 let dir = opts.cache_dir.clone().unwrap_or_else(cache::dir);
                 let target = smelt_compiler::codegen::cuda::Cuda {
                     fast_math: opts.optimize.fast_math,
                 };
-                let bundle = cuda::bundle::Bundle::build_for(
-                    &compiled.graph,
-                    &compiled.plan,
-                    &[dev.arch()],
-                    &dir,
-                    &target,
-                )?;
+                let bundle =
+                    cuda::bundle::Bundle::build_for(&compiled, &[dev.arch()], &dir, &target)?;
                 Backend::Cuda(Box::new(cuda::executor::CudaModel::load(&bundle)?))
             }
             Device::Interp => Backend::Interp,
             Device::Cpu => {
-                let compiled = smelt_compiler::compile(&graph, &opts.optimize)?;
+                let compiled = smelt_compiler::compile_for(
+                    &graph,
+                    &opts.optimize,
+                    smelt_compiler::kernel::Target::Cpu,
+                )?;
                 let dir = opts.cache_dir.clone().unwrap_or_else(cache::dir);
                 Backend::Cpu(Box::new(cpu::CpuModel::with_cache(
-                    &compiled.graph,
+                    &compiled.program,
                     opts.threads,
                     &dir,
                     opts.reuse_loaded,

@@ -677,9 +677,41 @@ pub struct Fragment {
     pub dtype: DType,
 }
 
-/// A lowered program: buffers and kernels in launch order.
+/// What a program is lowered for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// A GPU: blocks of many threads, block reductions, matrix products as loops.
+    #[default]
+    Gpu,
+    /// The CPU: one thread per block, each block a contiguous share of the work (the C
+    /// renderer runs blocks on a thread pool), f32 matrix products as library [`Gemm`]
+    /// calls.
+    Cpu,
+}
+
+/// Where a program's buffers live: one arena, planned once when the program is lowered
+/// ([`crate::kernel::layout`]), plus, on the CPU, the caller's own memory for the graph's
+/// inputs and outputs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Layout {
+    /// Offset of each buffer in the arena (0, unused, for a buffer with a slot).
+    pub offsets: Vec<usize>,
+    /// The caller's pointer slot of each buffer passed in place, if it is one: on the CPU,
+    /// the graph inputs first (in order), then each output buffer a kernel writes (in
+    /// order, once). None on the GPU, where every buffer is in the arena.
+    pub slots: Vec<Option<usize>>,
+    /// Arena bytes (every offset + size within it, 64-byte aligned).
+    pub size: usize,
+}
+
+/// A lowered program laid out in memory: buffers with their places, kernels in launch order.
+/// The one value the compiler hands to the runtimes and to every artifact (`plan.json`, the
+/// C source, CUDA sources and bundles).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Program {
+    /// What it was lowered for.
+    pub target: Target,
     /// Every buffer.
     pub buffers: Vec<BufferDecl>,
     /// Graph inputs: (input name, buffer).
@@ -690,6 +722,8 @@ pub struct Program {
     pub outputs: Vec<(String, u32)>,
     /// Kernels in launch order.
     pub kernels: Vec<Kernel>,
+    /// Where each buffer lives.
+    pub layout: Layout,
 }
 
 impl fmt::Display for Expr {

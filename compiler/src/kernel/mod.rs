@@ -3,7 +3,8 @@
 
 pub mod interp;
 pub mod ir;
+pub mod layout;
 pub mod lower;
 
-pub use ir::{Kernel, Program};
-pub use lower::{lower, lower_for, LowerError, Target};
+pub use ir::{Kernel, Layout, Program, Target};
+pub use lower::{lower, lower_for, lowerings, LowerError};

@@ -1,11 +1,14 @@
-//! The schedule: the optimized graph as an ordered list of kernels over named buffers, with
-//! the bytes and flops of each and an arena placement — the value lowering consumes and
-//! `smelt compile` writes as `plan.json`.
+//! The plan: what a laid-out program runs, in the terms a user reads (`plan.json`, `smelt
+//! inspect`): its kernels in launch order with the graph ops each covers, the bytes each
+//! moves and its flops, and every buffer with its place. It is derived from the program
+//! ([`Plan::of`]), so it is exactly what the runtimes execute.
 
 pub mod arena;
 pub mod gpu_model;
 
-use crate::ir::{DType, Graph, KernelKind, NodeId, Op};
+use crate::ir::{DType, Graph, KernelKind, Node, Op};
+use crate::kernel::ir::Stmt;
+use crate::kernel::{Program, Target};
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -13,14 +16,16 @@ use std::collections::HashMap;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BufferKind {
-    /// A graph input, copied in before a run.
+    /// A graph input.
     Input,
-    /// A constant (weights), uploaded once at load; not in the arena.
+    /// A constant (weights), written once at load.
     Weight,
     /// Written by a kernel.
     Intermediate,
     /// A graph output.
     Output,
+    /// Working memory of the lowering's own (a product's gathered operand, im2col columns).
+    Scratch,
 }
 
 /// A tensor in memory.
@@ -34,18 +39,26 @@ pub struct Buffer {
     pub bytes: usize,
     /// Where its contents come from.
     pub kind: BufferKind,
-    /// Offset in the arena (weights: none).
+    /// Offset in the arena; none for a buffer the caller passes in place (CPU inputs and
+    /// outputs).
     pub offset: Option<usize>,
-    /// Another buffer this one is a view of (a reshape), sharing its memory.
-    pub alias_of: Option<String>,
+}
+
+/// A kernel's launch shape.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct LaunchShape {
+    /// Blocks.
+    pub grid: usize,
+    /// Threads per block.
+    pub block: usize,
 }
 
 /// One kernel launch.
 #[derive(Clone, Debug, Serialize)]
 pub struct Kernel {
-    /// Stable name: `k<index>_<op>`.
+    /// Stable name: `k<index>_<what>`.
     pub name: String,
-    /// `fused`, `gemm`, `conv` or `attention`.
+    /// What the graph node it belongs to is: `fused`, `gemm`, `conv` or `attention`.
     pub kind: &'static str,
     /// For `fused` kernels: `elementwise` or `row`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -66,11 +79,13 @@ pub struct Kernel {
     pub flops: u64,
     /// The element type it writes.
     pub dtype: DType,
+    /// Blocks and threads.
+    pub launch: LaunchShape,
     /// The compiled CUDA kernel's resources, when `smelt compile` built it with NVRTC.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cuda: Option<CudaResources>,
     /// The cuBLASLt call a GPU runtime makes instead of the kernel, when the library covers
-    /// the kernel's product and epilogue (written by `smelt compile`).
+    /// the kernel's product and epilogue.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cublas: Option<String>,
 }
@@ -93,6 +108,8 @@ pub struct CudaResources {
 /// The whole plan.
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
+    /// What the program was lowered for.
+    pub target: Target,
     /// Kernels in launch order.
     pub kernels: Vec<Kernel>,
     /// Every buffer.
@@ -101,9 +118,10 @@ pub struct Plan {
     pub launches: usize,
     /// Bytes read + written by all kernels.
     pub bytes_moved: usize,
-    /// Size of the arena holding inputs, intermediates and outputs.
+    /// Size of the arena (weights included; CPU inputs and outputs stay in the caller's
+    /// memory).
     pub arena_bytes: usize,
-    /// Size of the weights (outside the arena).
+    /// Size of the weights.
     pub weight_bytes: usize,
 }
 
@@ -160,183 +178,179 @@ pub fn flops(op: &Op, ins: &[&crate::ir::TensorType], out: &crate::ir::TensorTyp
     }
 }
 
-/// Schedules an (optimized) graph: one kernel per compute node in graph order; reshapes
-/// are views of their input's buffer, not kernels.
-pub fn schedule(g: &Graph) -> Plan {
-    let outputs: HashMap<NodeId, &str> =
-        g.outputs.iter().map(|(n, id)| (*id, n.as_str())).collect();
-    // Buffer of each node (reshapes share their source's).
-    let mut buffer_of: Vec<usize> = vec![usize::MAX; g.nodes.len()];
-    let mut buffers: Vec<Buffer> = Vec::new();
-    let mut kernels: Vec<Kernel> = Vec::new();
-    let mut step_of_buffer_write: Vec<usize> = Vec::new();
-    for (id, node) in g.nodes.iter().enumerate() {
-        let kind = match &node.op {
-            Op::Input => BufferKind::Input,
-            Op::Constant(_) => BufferKind::Weight,
-            _ if outputs.contains_key(&id) => BufferKind::Output,
-            _ => BufferKind::Intermediate,
+impl Plan {
+    /// The plan of `program`, lowered from the optimized graph `graph`: its kernels in
+    /// launch order, each described by the graph node it computes, and its buffers where the
+    /// program's layout puts them.
+    pub fn of(graph: &Graph, program: &Program) -> Plan {
+        let nodes: HashMap<&str, &Node> =
+            graph.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+        let bytes = |b: u32| {
+            let d = &program.buffers[b as usize];
+            d.len * d.dtype.size()
         };
-        let alias = match (&node.op, kind) {
-            (Op::Reshape(_), BufferKind::Intermediate) => Some(buffer_of[node.inputs[0]]),
-            _ => None,
-        };
-        buffers.push(Buffer {
-            name: node.name.clone(),
-            ty: node.ty.to_string(),
-            bytes: node.ty.bytes(),
-            kind,
-            offset: None,
-            alias_of: alias.map(|src| buffers[src].name.clone()),
-        });
-        if let Some(src) = alias {
-            buffer_of[id] = src;
-            step_of_buffer_write.push(usize::MAX);
-            continue;
-        }
-        buffer_of[id] = buffers.len() - 1;
-        step_of_buffer_write.push(kernels.len());
-        if matches!(node.op, Op::Input | Op::Constant(_)) {
-            continue;
-        }
-        let mut ins: Vec<NodeId> = Vec::new();
-        for &i in &node.inputs {
-            if !ins.iter().any(|&j| buffer_of[j] == buffer_of[i]) {
-                ins.push(i);
-            }
-        }
-        let tys: Vec<&crate::ir::TensorType> =
-            node.inputs.iter().map(|&i| &g.nodes[i].ty).collect();
-        let (kind, fusion, ops) = match &node.op {
-            Op::Fused(k) => (
-                match k.kind {
-                    KernelKind::Elementwise | KernelKind::Row { .. } => "fused",
-                    KernelKind::Gemm => "gemm",
-                    KernelKind::Conv => "conv",
-                    KernelKind::Attention => "attention",
+        let mut buffers: Vec<Buffer> = program
+            .buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| Buffer {
+                name: b.name.clone(),
+                ty: crate::ir::TensorType::new(b.dtype, b.shape.clone()).to_string(),
+                bytes: bytes(i as u32),
+                kind: if nodes.contains_key(b.name.as_str()) {
+                    BufferKind::Intermediate
+                } else {
+                    BufferKind::Scratch
                 },
-                match k.kind {
-                    KernelKind::Elementwise => Some("elementwise"),
-                    KernelKind::Row { .. } => Some("row"),
-                    _ => None,
+                offset: match program.layout.slots.get(i).copied().flatten() {
+                    Some(_) => None,
+                    None => program.layout.offsets.get(i).copied(),
                 },
-                k.body
-                    .nodes
-                    .iter()
-                    .filter(|n| n.op != Op::Input)
-                    .map(|n| n.op.name())
-                    .collect(),
-            ),
-            Op::MatMul => ("gemm", None, vec![node.op.name()]),
-            Op::Conv(_) => ("conv", None, vec![node.op.name()]),
-            op => ("fused", None, vec![op.name()]),
-        };
-        kernels.push(Kernel {
-            name: format!("k{}_{}", kernels.len(), node.op.name()),
-            kind,
-            fusion,
-            node: node.name.clone(),
-            ops,
-            inputs: ins.iter().map(|&i| g.nodes[i].name.clone()).collect(),
-            outputs: vec![node.name.clone()],
-            bytes_read: ins.iter().map(|&i| g.nodes[i].ty.bytes()).sum(),
-            bytes_written: node.ty.bytes(),
-            flops: flops(&node.op, &tys, &node.ty),
-            dtype: node.ty.dtype,
-            cuda: None,
-            cublas: None,
-        });
-    }
-    // A reshape that is a graph output was given its own buffer above (kind Output) but no
-    // kernel: it is a copy of its source at the end. Count it as a view as well.
-    for (id, node) in g.nodes.iter().enumerate() {
-        if let (Op::Reshape(_), true) = (&node.op, outputs.contains_key(&id)) {
-            let src = buffer_of[node.inputs[0]];
-            buffers[buffer_of[id]].alias_of = Some(buffers[src].name.clone());
+            })
+            .collect();
+        for (b, _) in &program.constants {
+            buffers[*b as usize].kind = BufferKind::Weight;
         }
-    }
-    place(g, &buffer_of, &mut buffers, &kernels, &step_of_buffer_write);
-    let launches = kernels.len();
-    let bytes_moved = kernels.iter().map(|k| k.bytes_read + k.bytes_written).sum();
-    let weight_bytes = buffers
-        .iter()
-        .filter(|b| b.kind == BufferKind::Weight)
-        .map(|b| b.bytes)
-        .sum();
-    let arena_bytes = buffers
-        .iter()
-        .filter_map(|b| b.offset.map(|o| o + b.bytes))
-        .max()
-        .map(|end| end.div_ceil(arena::ALIGN) * arena::ALIGN)
-        .unwrap_or(0);
-    Plan {
-        kernels,
-        buffers,
-        launches,
-        bytes_moved,
-        arena_bytes,
-        weight_bytes,
+        for (_, b) in &program.outputs {
+            buffers[*b as usize].kind = BufferKind::Output;
+        }
+        for (_, b) in &program.inputs {
+            buffers[*b as usize].kind = BufferKind::Input;
+        }
+        // A node's flops go to its library products (2·m·n·k each) and the rest to its
+        // last kernel.
+        let mut last_of: HashMap<&str, usize> = HashMap::new();
+        for (i, k) in program.kernels.iter().enumerate() {
+            last_of.insert(k.node.as_str(), i);
+        }
+        let mut node_flops: HashMap<&str, u64> = HashMap::new();
+        let mut gemm_flops = vec![0u64; program.kernels.len()];
+        for (i, k) in program.kernels.iter().enumerate() {
+            gemm_flops[i] = product_flops(&k.body);
+            let node = nodes.get(k.node.as_str());
+            node_flops
+                .entry(k.node.as_str())
+                .or_insert_with(|| match node {
+                    Some(n) => {
+                        let tys: Vec<&crate::ir::TensorType> =
+                            n.inputs.iter().map(|&i| &graph.nodes[i].ty).collect();
+                        flops(&n.op, &tys, &n.ty)
+                    }
+                    None => 0,
+                });
+        }
+        let mut per_node_gemm: HashMap<&str, u64> = HashMap::new();
+        for (i, k) in program.kernels.iter().enumerate() {
+            *per_node_gemm.entry(k.node.as_str()).or_insert(0) += gemm_flops[i];
+        }
+        let kernels: Vec<Kernel> = program
+            .kernels
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let node = nodes.get(k.node.as_str()).copied();
+                let (kind, fusion, ops) = describe(node);
+                let rest =
+                    node_flops[k.node.as_str()].saturating_sub(per_node_gemm[k.node.as_str()]);
+                let flops = gemm_flops[i]
+                    + if last_of[k.node.as_str()] == i {
+                        rest
+                    } else {
+                        0
+                    };
+                let dtype = k
+                    .writes
+                    .first()
+                    .map(|&b| program.buffers[b as usize].dtype)
+                    .unwrap_or(DType::F32);
+                Kernel {
+                    name: k.name.clone(),
+                    kind,
+                    fusion,
+                    node: k.node.clone(),
+                    ops,
+                    inputs: k
+                        .reads
+                        .iter()
+                        .map(|&b| program.buffers[b as usize].name.clone())
+                        .collect(),
+                    outputs: k
+                        .writes
+                        .iter()
+                        .map(|&b| program.buffers[b as usize].name.clone())
+                        .collect(),
+                    bytes_read: k.reads.iter().map(|&b| bytes(b)).sum(),
+                    bytes_written: k.writes.iter().map(|&b| bytes(b)).sum(),
+                    flops,
+                    dtype,
+                    launch: LaunchShape {
+                        grid: k.launch.grid,
+                        block: k.launch.block,
+                    },
+                    cuda: None,
+                    cublas: k.blas.as_ref().map(|b| b.to_string()),
+                }
+            })
+            .collect();
+        let launches = kernels.len();
+        let bytes_moved = kernels.iter().map(|k| k.bytes_read + k.bytes_written).sum();
+        let weight_bytes = buffers
+            .iter()
+            .filter(|b| b.kind == BufferKind::Weight)
+            .map(|b| b.bytes)
+            .sum();
+        Plan {
+            target: program.target,
+            kernels,
+            buffers,
+            launches,
+            bytes_moved,
+            arena_bytes: program.layout.size,
+            weight_bytes,
+        }
     }
 }
 
-/// Gives every non-weight, non-alias buffer an arena offset from its lifetime.
-fn place(
-    g: &Graph,
-    buffer_of: &[usize],
-    buffers: &mut [Buffer],
-    kernels: &[Kernel],
-    written: &[usize],
-) {
-    let end = kernels.len();
-    let index: HashMap<String, usize> = buffers
+/// The flops of the library products in `stmts` (2·m·n·k per product and batch).
+fn product_flops(stmts: &[Stmt]) -> u64 {
+    stmts
         .iter()
-        .enumerate()
-        .map(|(i, b)| (b.name.clone(), i))
-        .collect();
-    let mut last = vec![0usize; buffers.len()];
-    for (step, k) in kernels.iter().enumerate() {
-        for name in &k.inputs {
-            let b = root(buffers, &index, index[name]);
-            last[b] = last[b].max(step);
-        }
-    }
-    for (_, id) in &g.outputs {
-        let b = root(buffers, &index, buffer_of[*id]);
-        last[b] = end;
-    }
-    let placeable: Vec<usize> = (0..buffers.len())
-        .filter(|&i| buffers[i].kind != BufferKind::Weight && buffers[i].alias_of.is_none())
-        .collect();
-    let lifetimes: Vec<arena::Lifetime> = placeable
-        .iter()
-        .map(|&i| {
-            let first = if buffers[i].kind == BufferKind::Input {
-                0
-            } else {
-                written[i]
-            };
-            arena::Lifetime {
-                bytes: buffers[i].bytes,
-                first,
-                last: last[i].max(first),
-            }
+        .map(|s| match s {
+            Stmt::Gemm(g) => 2 * (g.batch.iter().product::<usize>() * g.m * g.n * g.k) as u64,
+            Stmt::For { body, .. } => product_flops(body),
+            Stmt::If { then, .. } => product_flops(then),
+            _ => 0,
         })
-        .collect();
-    let plan = arena::plan(&lifetimes);
-    for (k, &i) in placeable.iter().enumerate() {
-        buffers[i].offset = Some(plan.offsets[k]);
-    }
-    for i in 0..buffers.len() {
-        if buffers[i].alias_of.is_some() {
-            let r = root(buffers, &index, i);
-            buffers[i].offset = buffers[r].offset;
-        }
-    }
+        .sum()
 }
 
-fn root(buffers: &[Buffer], index: &HashMap<String, usize>, mut i: usize) -> usize {
-    while let Some(src) = &buffers[i].alias_of {
-        i = index[src];
+/// A kernel's kind, fusion and source ops, from the graph node it computes.
+fn describe(node: Option<&Node>) -> (&'static str, Option<&'static str>, Vec<String>) {
+    let Some(node) = node else {
+        return ("fused", None, Vec::new());
+    };
+    match &node.op {
+        Op::Fused(k) => (
+            match k.kind {
+                KernelKind::Elementwise | KernelKind::Row { .. } => "fused",
+                KernelKind::Gemm => "gemm",
+                KernelKind::Conv => "conv",
+                KernelKind::Attention => "attention",
+            },
+            match k.kind {
+                KernelKind::Elementwise => Some("elementwise"),
+                KernelKind::Row { .. } => Some("row"),
+                _ => None,
+            },
+            k.body
+                .nodes
+                .iter()
+                .filter(|n| n.op != Op::Input)
+                .map(|n| n.op.name())
+                .collect(),
+        ),
+        Op::MatMul => ("gemm", None, vec![node.op.name()]),
+        Op::Conv(_) => ("conv", None, vec![node.op.name()]),
+        op => ("fused", None, vec![op.name()]),
     }
-    i
 }

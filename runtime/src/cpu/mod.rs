@@ -11,9 +11,8 @@ pub use cc::{Compiler, DEFAULT_CFLAGS, FIXED_CFLAGS};
 use crate::cache::{self, Outcome};
 use crate::Error;
 use smelt_compiler::codegen::c as c_render;
-use smelt_compiler::ir::{DType, Data, Graph, Tensor};
-use smelt_compiler::kernel::{lower_for, Program, Target};
-use smelt_compiler::schedule::arena;
+use smelt_compiler::ir::{DType, Data, Tensor};
+use smelt_compiler::kernel::{Program, Target};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -198,8 +197,6 @@ fn loaded() -> &'static Mutex<HashMap<PathBuf, Arc<libloading::Library>>> {
 /// A model compiled for the CPU, ready to run.
 pub struct CpuModel {
     program: Program,
-    offsets: Vec<usize>,
-    slots: Vec<Option<usize>>,
     arena: Mutex<Arena>,
     run: RunFn,
     run_kernel: RunKernelFn,
@@ -217,40 +214,33 @@ impl std::fmt::Debug for CpuModel {
     }
 }
 
-/// The C source of an optimized graph and its arena plan (what [`CpuModel::new`] compiles).
-/// Buffers the caller passes in place (inputs, outputs; [`c_render::io_slots`]) take no
-/// arena space.
-pub fn source(graph: &Graph) -> Result<(Program, arena::ArenaPlan, String), Error> {
-    let program = lower_for(graph, Target::Cpu).map_err(|e| Error::Codegen(e.to_string()))?;
-    let mut lifetimes = arena::program_lifetimes(&program);
-    for (l, slot) in lifetimes.iter_mut().zip(c_render::io_slots(&program)) {
-        if slot.is_some() {
-            l.bytes = 0;
-        }
-    }
-    let plan = arena::plan(&lifetimes);
-    let src =
-        c_render::render(&program, &plan.offsets).map_err(|e| Error::Codegen(e.to_string()))?;
-    Ok((program, plan, src))
-}
-
 impl CpuModel {
-    /// Lowers an optimized graph, compiles it (or finds it in the cache) and loads it, to
-    /// run on `threads` threads, with the default cache.
-    pub fn new(graph: &Graph, threads: usize) -> Result<CpuModel, Error> {
-        CpuModel::with_cache(graph, threads, &cache::dir(), true)
+    /// Renders a program lowered for the CPU ([`smelt_compiler::compile_for`] with
+    /// [`Target::Cpu`]) to C, compiles it (or finds it in the cache) and loads it, to run on
+    /// `threads` threads, with the default cache.
+    pub fn new(program: &Program, threads: usize) -> Result<CpuModel, Error> {
+        CpuModel::with_cache(program, threads, &cache::dir(), true)
     }
 
     /// Like [`CpuModel::new`], with the cache in `cache_dir`; `reuse_loaded: false` skips
     /// the in-memory cache and reads (and verifies) the disk entry, as a new process would.
     pub fn with_cache(
-        graph: &Graph,
+        program: &Program,
         threads: usize,
         cache_dir: &std::path::Path,
         reuse_loaded: bool,
     ) -> Result<CpuModel, Error> {
         let start = Instant::now();
-        let (program, plan, src) = source(graph)?;
+        if program.target != Target::Cpu {
+            return Err(Error::Compiler(smelt_compiler::Error::Render(
+                smelt_compiler::codegen::RenderError {
+                    kernel: String::new(),
+                    what: "a program lowered for the GPU on the CPU".into(),
+                },
+            )));
+        }
+        let src = c_render::render(program).map_err(smelt_compiler::Error::from)?;
+        let layout = &program.layout;
         let compiler = cc::find().map_err(|why| Error::NoCompiler { why })?;
         let headers = smelt_kernels::C_HEADERS;
         let mut parts: Vec<&[u8]> = vec![
@@ -322,11 +312,11 @@ impl CpuModel {
             )
         };
         let (run, run_kernel) = run;
-        let mut arena = Arena::new(plan.size)?;
+        let mut arena = Arena::new(layout.size)?;
         {
             let bytes = arena.bytes();
             for (b, t) in &program.constants {
-                let off = plan.offsets[*b as usize];
+                let off = layout.offsets[*b as usize];
                 let len = t.numel() * t.dtype().size();
                 if !t.write_le_bytes(&mut bytes[off..off + len]) {
                     return Err(Error::Codegen(format!(
@@ -341,13 +331,10 @@ impl CpuModel {
             path,
             ms: start.elapsed().as_secs_f64() * 1e3,
             kernels: program.kernels.len(),
-            arena_bytes: plan.size,
+            arena_bytes: layout.size,
         };
-        let slots = c_render::io_slots(&program);
         Ok(CpuModel {
-            program,
-            offsets: plan.offsets,
-            slots,
+            program: program.clone(),
             arena: Mutex::new(arena),
             run,
             run_kernel,
@@ -445,7 +432,8 @@ impl CpuModel {
                 message,
             })
         };
-        let nslots = self.slots.iter().flatten().count();
+        let slots = &self.program.layout.slots;
+        let nslots = slots.iter().flatten().count();
         let mut io: Vec<*mut std::ffi::c_void> = vec![std::ptr::null_mut(); nslots];
         for (name, b) in &self.program.inputs {
             let t = inputs
@@ -458,14 +446,14 @@ impl CpuModel {
                     format!("expected {} elements of {}", d.len, d.dtype),
                 ));
             }
-            if let Some(slot) = self.slots[*b as usize] {
+            if let Some(slot) = slots[*b as usize] {
                 io[slot] = data_ptr(t.data());
             }
         }
         // Storage for each output that a kernel writes, by slot.
         let mut owned: Vec<(usize, Data)> = Vec::new();
         for (_, b) in &self.program.outputs {
-            let Some(slot) = self.slots[*b as usize] else {
+            let Some(slot) = slots[*b as usize] else {
                 continue;
             };
             let is_input = self.program.inputs.iter().any(|(_, i)| i == b);
@@ -493,7 +481,7 @@ impl CpuModel {
         let mut out: Vec<(String, Tensor)> = Vec::with_capacity(self.program.outputs.len());
         for (k, (name, b)) in self.program.outputs.iter().enumerate() {
             let d = &self.program.buffers[*b as usize];
-            let slot = self.slots[*b as usize];
+            let slot = slots[*b as usize];
             let earlier = self.program.outputs[..k].iter().position(|(_, e)| e == b);
             let t = if let Some(e) = earlier {
                 out[e].1.clone()
@@ -504,7 +492,7 @@ impl CpuModel {
                 Tensor::new(d.shape.clone(), data)
                     .ok_or_else(|| Error::Codegen(format!("output {name} has the wrong size")))?
             } else {
-                let off = self.offsets[*b as usize];
+                let off = self.program.layout.offsets[*b as usize];
                 let len = d.len * d.dtype.size();
                 Tensor::from_le_bytes(d.dtype, d.shape.clone(), &bytes[off..off + len])
                     .ok_or_else(|| Error::Codegen(format!("output {name} has the wrong size")))?

@@ -10,10 +10,10 @@
 use crate::cache;
 use serde::{Deserialize, Serialize};
 use smelt_compiler::codegen::cuda;
-use smelt_compiler::ir::{DType, Graph};
+use smelt_compiler::ir::DType;
 use smelt_compiler::kernel::ir::{BlasGemm, BlasMatrix};
-use smelt_compiler::kernel::lower;
-use smelt_compiler::schedule::{arena, Plan};
+use smelt_compiler::kernel::Target;
+use smelt_compiler::Compiled;
 use std::path::Path;
 
 /// First bytes of every bundle.
@@ -132,16 +132,15 @@ fn err(what: impl Into<String>) -> crate::Error {
 }
 
 impl Bundle {
-    /// Lowers an optimized graph for the GPU, compiles every kernel for each of `archs` (through
-    /// the cubin cache in `cache_dir`), and packs it with `plan` and the weights.
-    pub fn build(graph: &Graph, plan: &Plan, archs: &[String], cache_dir: &Path) -> R<Bundle> {
-        Self::build_for(graph, plan, archs, cache_dir, &cuda::Cuda::default())
+    /// Compiles every kernel of a program lowered for the GPU for each of `archs` (through the
+    /// cubin cache in `cache_dir`), and packs it with its plan, layout and weights.
+    pub fn build(compiled: &Compiled, archs: &[String], cache_dir: &Path) -> R<Bundle> {
+        Self::build_for(compiled, archs, cache_dir, &cuda::Cuda::default())
     }
 
     /// [`Bundle::build`] with the kernels rendered for `target` (fast math or not).
     pub fn build_for(
-        graph: &Graph,
-        plan: &Plan,
+        compiled: &Compiled,
         archs: &[String],
         cache_dir: &Path,
         target: &cuda::Cuda,
@@ -149,9 +148,12 @@ impl Bundle {
         if archs.is_empty() {
             return Err(err("no architecture given (e.g. --arch sm_80,sm_90)"));
         }
-        let program = lower(graph).map_err(|e| err(e.to_string()))?;
-        let sources = cuda::render_for(target, &program).map_err(|e| err(e.to_string()))?;
-        let layout = arena::plan(&arena::program_lifetimes(&program));
+        let (program, plan) = (&compiled.program, &compiled.plan);
+        if program.target != Target::Gpu {
+            return Err(err("the program was lowered for the CPU, not the GPU"));
+        }
+        let sources = cuda::render_for(target, program).map_err(smelt_compiler::Error::from)?;
+        let layout = &program.layout;
         let mut data = Vec::new();
         let mut push = |bytes: &[u8]| {
             let b = Blob {

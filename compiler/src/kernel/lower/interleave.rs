@@ -357,6 +357,8 @@ mod tests {
             len: N,
         };
         Program {
+            target: crate::kernel::Target::Cpu,
+            layout: Default::default(),
             buffers: vec![buf("x"), buf("y")],
             inputs: vec![("x".into(), 0)],
             constants: vec![],

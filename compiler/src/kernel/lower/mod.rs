@@ -63,19 +63,7 @@ use index::*;
 use pointwise::lower_pointwise;
 use rows::{row_ops, row_space};
 
-/// What a program is lowered for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Target {
-    /// A GPU: blocks of many threads, block reductions, matrix products as loops.
-    #[default]
-    Gpu,
-    /// The CPU: one thread per block, each block a contiguous share of the work (the C
-    /// renderer runs blocks on a thread pool), f32 matrix products as library [`Gemm`]
-    /// calls.
-    ///
-    /// [`Gemm`]: super::ir::Gemm
-    Cpu,
-}
+pub use super::ir::Target;
 
 /// Threads per block of pointwise kernels.
 pub const POINTWISE_BLOCK: usize = 256;
@@ -177,7 +165,17 @@ pub fn lower(g: &Graph) -> R<Program> {
     lower_for(g, Target::Gpu)
 }
 
-/// Lowers an optimized graph to the kernel IR for a target.
+thread_local! {
+    static LOWERINGS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many programs this thread has lowered (each [`lower_for`] lowers and lays out one):
+/// lets a test prove that a compile lowers once per target.
+pub fn lowerings() -> usize {
+    LOWERINGS.with(|n| n.get())
+}
+
+/// Lowers an optimized graph to the kernel IR for a target and lays it out in memory.
 pub fn lower_for(g: &Graph, target: Target) -> R<Program> {
     let mut buffers: Vec<BufferDecl> = Vec::new();
     let mut buf_of: Vec<u32> = vec![u32::MAX; g.nodes.len()];
@@ -320,6 +318,7 @@ pub fn lower_for(g: &Graph, target: Target) -> R<Program> {
         });
     }
     let mut program = Program {
+        target,
         buffers,
         inputs: g
             .inputs
@@ -333,10 +332,13 @@ pub fn lower_for(g: &Graph, target: Target) -> R<Program> {
             .map(|(n, i)| (n.clone(), buf_of[*i]))
             .collect(),
         kernels,
+        layout: Default::default(),
     };
     if target == Target::Cpu {
         cpu::pack_weights(&mut program);
         interleave::interleave(&mut program);
     }
+    program.layout = super::layout::lay_out(&program);
+    LOWERINGS.with(|n| n.set(n.get() + 1));
     Ok(program)
 }
