@@ -4,8 +4,12 @@
 //!
 //! `cargo bench --bench cpu` (set `SMELT_BENCH_RUNS`, default 20)
 
-use smelt::bench::{bench, BenchOptions};
-use smelt::zoo;
+#[path = "../src/cli/harness.rs"]
+mod harness;
+#[path = "../tests/common/graphs.rs"]
+mod zoo;
+
+use harness::{bench, BenchOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let runs = std::env::var("SMELT_BENCH_RUNS")

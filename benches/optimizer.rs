@@ -4,8 +4,11 @@
 //!
 //! `cargo bench --bench optimizer`
 
+use smelt::compile;
 use smelt::optimize::Options;
-use smelt::{compile, zoo};
+
+#[path = "../tests/common/graphs.rs"]
+mod zoo;
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

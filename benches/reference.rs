@@ -3,8 +3,12 @@
 //!
 //! `cargo bench --bench reference`
 
+use smelt::interp;
 use smelt::onnx::{import_file, ImportOptions};
-use smelt::{interp, npy};
+
+#[path = "../src/cli/npy.rs"]
+#[allow(dead_code)]
+mod npy;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;

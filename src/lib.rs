@@ -26,11 +26,6 @@
 
 #![warn(missing_docs)]
 
-pub mod bench;
-pub mod gpu_check;
-pub mod npy;
-pub mod zoo;
-
 pub use smelt_compiler::codegen;
 pub use smelt_compiler::interp;
 pub use smelt_compiler::ir::{self, DType, Graph, GraphBuilder, Tensor, Value};
@@ -40,33 +35,3 @@ pub use smelt_compiler::optimize;
 pub use smelt_compiler::schedule;
 pub use smelt_compiler::{compile, compile_for, Compiled};
 pub use smelt_runtime::{Device, Session, SessionOptions};
-
-/// The facade's error type: everything the CLI and the API can report.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// From the compiler (IR, import, interpreter).
-    #[error(transparent)]
-    Compiler(#[from] smelt_compiler::Error),
-    /// From the runtime.
-    #[error(transparent)]
-    Runtime(#[from] smelt_runtime::Error),
-    /// A `.npy` file could not be read or written.
-    #[error("{path}: {message}")]
-    Npy {
-        /// The file.
-        path: String,
-        /// What went wrong.
-        message: String,
-    },
-    /// A file or directory could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The path.
-        path: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// A command-line argument is malformed.
-    #[error("{0}")]
-    Usage(String),
-}

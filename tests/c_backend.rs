@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 /// Seeded random inputs (never all zero): the benchmark harness's.
 fn feeds(g: &Graph, seed: u64) -> HashMap<String, Tensor> {
-    smelt::bench::random_inputs(g, seed)
+    g.random_inputs(seed)
 }
 
 fn session(g: &Graph, fuse: bool) -> Session {
@@ -588,7 +588,7 @@ fn packed_weight_products_match_reference() {
     use smelt::DType;
     // Scaled by 1/√rows, so four chained products stay well conditioned for the tolerance.
     let w = |r: usize, c: usize, seed: u64| {
-        let t = smelt::zoo::random_tensor(DType::F32, &[r, c], seed);
+        let t = smelt::Tensor::random(DType::F32, &[r, c], seed);
         let s = 1.0 / (r as f64).sqrt();
         Tensor::f32([r, c], t.to_f64().iter().map(|v| (v * s) as f32).collect())
     };
@@ -674,7 +674,7 @@ fn grouped_convolutions_match_reference() {
     {
         let mut b = smelt::GraphBuilder::new();
         let x = b.input("x", DType::F32, &[2, c, h, w]).unwrap();
-        let wt = b.constant(common::random_tensor(
+        let wt = b.constant(smelt::Tensor::random(
             DType::F32,
             &[oc, c / group, kh, kw],
             40 + k as u64,
@@ -686,7 +686,7 @@ fn grouped_convolutions_match_reference() {
         } else {
             (
                 wt,
-                Some(b.constant(common::random_tensor(DType::F32, &[oc], 50 + k as u64))),
+                Some(b.constant(smelt::Tensor::random(DType::F32, &[oc], 50 + k as u64))),
             )
         };
         let conv = Op::Conv(Conv2d {

@@ -3,8 +3,9 @@
 
 mod common;
 
+use common::npy;
 use common::onnx_model::{self as om, Dim};
-use smelt::{npy, Tensor};
+use smelt::Tensor;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -386,5 +387,37 @@ fn device_cuda_without_a_gpu_is_a_clear_error() {
         &[format!("--input=x={x}"), "--device=cuda".into()],
         &d.path("out"),
         &["no CUDA device found", "--device cpu"],
+    );
+}
+
+/// A mistake in how smelt was called exits with status 2; a model or input smelt refuses
+/// exits with 1. Both are one `error:` line (failures of smelt itself say `internal error:`).
+#[test]
+fn usage_mistakes_and_refused_models_exit_differently() {
+    let dir = Dir::new("exit-codes");
+    let model = relu_model(&dir);
+    let status = |args: &[&str]| {
+        let res = Command::new(env!("CARGO_BIN_EXE_smelt"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&res.stderr).to_string();
+        (res.status.code(), stderr)
+    };
+    let m = model.display().to_string();
+    let out = dir.path("out").display().to_string();
+    // --shape without '=': the call is wrong.
+    let (code, err) = status(&["run", &m, "--shape", "x", "--output-dir", &out]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.starts_with("error: --shape 'x'"), "{err}");
+    // A file that is not a model: the input is refused.
+    let bad = dir.path("bad.onnx");
+    std::fs::write(&bad, b"not a model").unwrap();
+    let b = bad.display().to_string();
+    let (code, err) = status(&["run", &b, "--output-dir", &out]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("not a valid ONNX model"),
+        "{err}"
     );
 }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 /// Seeded random inputs (never all zero): the benchmark harness's.
 fn feeds(g: &Graph, seed: u64) -> HashMap<String, Tensor> {
-    smelt::bench::random_inputs(g, seed)
+    g.random_inputs(seed)
 }
 
 /// Lowers `g` (fused or not) and compares the kernel-IR run with the reference.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use smelt::npy;
+use common::npy;
 use std::path::Path;
 use std::process::Command;
 

@@ -44,7 +44,7 @@ fn steps() -> impl Strategy<Value = (Vec<usize>, Vec<Step>)> {
 }
 
 fn konst(g: &mut GraphBuilder, shape: &[usize], seed: u64) -> Value {
-    g.constant(common::random_tensor(DType::F32, shape, seed))
+    g.constant(smelt::Tensor::random(DType::F32, shape, seed))
 }
 
 fn scalar(g: &mut GraphBuilder, v: f64) -> Value {
@@ -271,7 +271,7 @@ fn inputs(graph: &Graph, seed: u64) -> HashMap<String, Tensor> {
             let n = &graph.nodes[i];
             (
                 n.name.clone(),
-                common::random_tensor(n.ty.dtype, &n.ty.shape, seed + k as u64),
+                smelt::Tensor::random(n.ty.dtype, &n.ty.shape, seed + k as u64),
             )
         })
         .collect()
@@ -482,7 +482,7 @@ fn recognizers_see_through_reduced_precision_constants() {
         }
         let inputs = HashMap::from([(
             "x".to_string(),
-            common::random_tensor(DType::F32, &[4, 16], 11),
+            smelt::Tensor::random(DType::F32, &[4, 16], 11),
         )]);
         let (want, got) = (
             interp::run(&graph, &inputs).unwrap(),

@@ -44,7 +44,7 @@ fn same_outputs(a: &Graph, b: &Graph) {
         .map(|(k, &i)| {
             (
                 a.nodes[i].name.clone(),
-                common::random_tensor(a.nodes[i].ty.dtype, &a.nodes[i].ty.shape, 40 + k as u64),
+                smelt::Tensor::random(a.nodes[i].ty.dtype, &a.nodes[i].ty.shape, 40 + k as u64),
             )
         })
         .collect();

@@ -47,8 +47,8 @@ proptest! {
         };
         let (sa, sb) = (derive(mask_a, drop), derive(mask_b, 0));
         let out = broadcast_shapes(&sa, &sb).unwrap();
-        let a = common::random_tensor(DType::F32, &sa, 1);
-        let b = common::random_tensor(DType::F32, &sb, 2);
+        let a = smelt::Tensor::random(DType::F32, &sa, 1);
+        let b = smelt::Tensor::random(DType::F32, &sb, 2);
         let mut g = GraphBuilder::new();
         let x = g.input("a", DType::F32, &sa).unwrap();
         let y = g.input("b", DType::F32, &sb).unwrap();
@@ -220,6 +220,6 @@ fn to_onnx(spec: &Spec) -> smelt::onnx::proto::ModelProto {
 
 #[test]
 fn random_tensors_are_never_all_zero() {
-    let t = common::random_tensor(DType::F32, &[64], 3);
+    let t = smelt::Tensor::random(DType::F32, &[64], 3);
     assert!(t.to_f64().iter().any(|&v| v != 0.0));
 }

@@ -11,9 +11,9 @@
 
 mod common;
 
+use common::npy;
 use smelt::kernel::interp::{self as kinterp, Products};
 use smelt::kernel::{lower_for, Target};
-use smelt::npy;
 use smelt::optimize::Options;
 use smelt::{compile, Tensor};
 use std::collections::HashMap;

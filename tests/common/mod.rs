@@ -96,9 +96,6 @@ pub fn tolerance(d: DType) -> (f64, f64) {
     }
 }
 
-/// A deterministic pseudo-random tensor (see [`smelt::zoo::random_tensor`]).
-pub use smelt::zoo::random_tensor;
-
 /// Small helpers to build ONNX models in tests without Python.
 pub mod onnx_model {
     use prost::Message;
@@ -227,4 +224,8 @@ pub mod onnx_model {
 }
 
 /// Graphs used by several tests and benchmarks (they live in the library for the benches).
-pub use smelt::zoo as graphs;
+pub mod graphs;
+
+/// The CLI's `.npy` reader and writer.
+#[path = "../../src/cli/npy.rs"]
+pub mod npy;

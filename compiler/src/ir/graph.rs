@@ -36,6 +36,19 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// Seeded random inputs ([`Tensor::random`]): input k drawn with seed `seed·1000 + k`.
+    pub fn random_inputs(&self, seed: u64) -> std::collections::HashMap<String, super::Tensor> {
+        self.inputs
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| {
+                let n = &self.nodes[i];
+                let t = super::Tensor::random(n.ty.dtype, &n.ty.shape, seed * 1000 + k as u64);
+                (n.name.clone(), t)
+            })
+            .collect()
+    }
+
     /// Checks every invariant and reports every problem found, each naming its node, op and
     /// shapes: inputs defined before use, types that agree with shape inference, unique names,
     /// inputs listed exactly once, outputs that exist.

@@ -72,6 +72,37 @@ impl Data {
 }
 
 impl Tensor {
+    /// A deterministic pseudo-random tensor: floats uniform in [-2, 2), integers in -3..=3,
+    /// bool `x != 0`; the same `seed` gives the same values everywhere (benchmarks, checks
+    /// and tests draw their inputs with it). Never all zeros for more than a few elements.
+    ///
+    /// ```
+    /// use smelt_compiler::ir::{DType, Tensor};
+    /// let t = Tensor::random(DType::F32, &[2, 3], 7);
+    /// assert_eq!(t, Tensor::random(DType::F32, &[2, 3], 7));
+    /// assert!(t.to_f64().iter().all(|x| (-2.0..2.0).contains(x)));
+    /// ```
+    pub fn random(dtype: DType, shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407)
+            | 1;
+        let mut vals = Vec::with_capacity(n);
+        for _ in 0..n {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let u = (s >> 11) as f64 / (1u64 << 53) as f64;
+            vals.push(if dtype.is_float() {
+                u * 4.0 - 2.0
+            } else {
+                (u * 7.0).floor() - 3.0
+            });
+        }
+        Tensor::from_f64(dtype, shape.to_vec(), &vals)
+    }
+
     /// Builds a tensor; `None` when the element count does not match the shape.
     pub fn new(shape: impl Into<Vec<usize>>, data: Data) -> Option<Tensor> {
         let shape = shape.into();

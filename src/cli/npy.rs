@@ -1,13 +1,25 @@
-//! Tensors to and from NumPy `.npy` files.
+//! Tensors to and from NumPy `.npy` files (the CLI's; the tests and benchmarks include this
+//! file).
 
-use crate::Error;
 use half::{bf16, f16};
 use npyz::{Deserialize, NpyFile, Order, TypeChar, WriteOptions, WriterBuilder};
 use smelt_compiler::ir::{DType, Data, Tensor};
 use std::path::Path;
 
+/// A `.npy` file that could not be read or written: the file, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct NpyError {
+    /// The file.
+    pub path: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+type Error = NpyError;
+
 fn npy_err(path: &Path, message: impl std::fmt::Display) -> Error {
-    Error::Npy {
+    NpyError {
         path: path.display().to_string(),
         message: message.to_string(),
     }

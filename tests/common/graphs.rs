@@ -1,11 +1,13 @@
-//! Graphs that tests and benchmarks share, built with the Rust API, and a deterministic
-//! random-tensor helper (inputs are never all zero).
+//! Graphs that tests and benchmarks share, built with the Rust API (the test kit's zoo; the
+//! benchmarks include this file by path). Only `smelt_compiler` is used, so every crate's
+//! tests can include it.
+#![allow(dead_code)]
 
-use crate::ir::{DType, Graph, GraphBuilder, ReduceKind, Tensor, Value};
+use smelt_compiler::ir::{DType, Graph, GraphBuilder, ReduceKind, Tensor, Value};
 use smelt_compiler::Result;
 
 fn konst(g: &mut GraphBuilder, shape: &[usize], seed: u64, scale: f64) -> Value {
-    let t = random_tensor(DType::F32, shape, seed);
+    let t = Tensor::random(DType::F32, shape, seed);
     let v: Vec<f64> = t.to_f64().iter().map(|x| x * scale).collect();
     g.constant(Tensor::from_f64(DType::F32, shape.to_vec(), &v))
 }
@@ -72,7 +74,7 @@ pub fn gpt2_block(batch: usize, seq: usize, d: usize, heads: usize) -> Result<Gr
     let mut parts = Vec::new();
     for i in 0..3 {
         let sl = g.op(
-            crate::ir::Op::Slice {
+            smelt_compiler::ir::Op::Slice {
                 starts: vec![0, 0, i * d],
                 steps: vec![1, 1, 1],
                 lens: vec![batch, seq, d],
@@ -185,38 +187,15 @@ pub fn conv_relu_stack(layers: usize, batch: usize, channels: usize, size: usize
             1.0 / ((9 * channels) as f64).sqrt(),
         );
         let b = konst(&mut g, &[channels], 101 + 2 * i as u64, 0.1);
-        let conv = crate::ir::Conv2d {
+        let conv = smelt_compiler::ir::Conv2d {
             strides: [1, 1],
             pads: [1, 1, 1, 1],
             dilations: [1, 1],
             group: 1,
         };
-        v = g.op(crate::ir::Op::Conv(conv), &[v, w, b])?;
+        v = g.op(smelt_compiler::ir::Op::Conv(conv), &[v, w, b])?;
         v = g.relu(v)?;
     }
     g.output("y", v)?;
     g.build()
-}
-
-/// A deterministic pseudo-random tensor with values in [-2, 2) (floats) or small integers,
-/// never all zeros.
-pub fn random_tensor(dtype: DType, shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407)
-        | 1;
-    let mut vals = Vec::with_capacity(n);
-    for _ in 0..n {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        let u = (s >> 11) as f64 / (1u64 << 53) as f64;
-        vals.push(if dtype.is_float() {
-            u * 4.0 - 2.0
-        } else {
-            (u * 7.0).floor() - 3.0
-        });
-    }
-    Tensor::from_f64(dtype, shape.to_vec(), &vals)
 }

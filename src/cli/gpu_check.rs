@@ -7,11 +7,13 @@
 //! fused bundles, where the machine has NVRTC after all, a first request is also timed from
 //! the carried sources (cold and warm cubin cache) against the bundle's load.
 
-use crate::{zoo, Error, Tensor};
+use super::{io_error, outln, Error};
+use smelt::Tensor;
 use smelt_runtime::cuda::bundle::Bundle;
 use smelt_runtime::cuda::executor::{CudaModel, Products};
 use std::collections::HashMap;
 use std::path::Path;
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// One bundle's results.
@@ -57,11 +59,11 @@ pub struct BundleResult {
 }
 
 /// The (m, k, n, dtype) of a plain product bundle's name: `gemm_64x1024x4096_f16.fused.smelt`.
-pub fn gemm_shape(bundle: &str) -> Option<(usize, usize, usize, crate::DType)> {
+pub fn gemm_shape(bundle: &str) -> Option<(usize, usize, usize, smelt::DType)> {
     let stem = bundle.strip_suffix(".fused.smelt")?.strip_prefix("gemm_")?;
     let (dims, dtype) = match stem.strip_suffix("_f16") {
-        Some(d) => (d, crate::DType::F16),
-        None => (stem, crate::DType::F32),
+        Some(d) => (d, smelt::DType::F16),
+        None => (stem, smelt::DType::F32),
     };
     let v: Vec<usize> = dims
         .split('x')
@@ -137,7 +139,7 @@ fn inputs_of(model: &CudaModel, seed: u64) -> HashMap<String, Tensor> {
         .into_iter()
         .enumerate()
         .map(|(k, (name, dtype, shape))| {
-            let t = zoo::random_tensor(dtype, &shape, seed * 1000 + k as u64);
+            let t = Tensor::random(dtype, &shape, seed * 1000 + k as u64);
             (name, t)
         })
         .collect()
@@ -304,4 +306,151 @@ pub fn check_bundle(path: &Path, runs: usize) -> Result<BundleResult, Error> {
         cublas_ms,
         cublas_note,
     })
+}
+
+/// On a GPU: load each bundle (no NVRTC), check its outputs against the ones it carries,
+/// audit host synchronizations, and time it (what scripts/gpu-check runs).
+#[derive(clap::Args)]
+pub struct Args {
+    /// Bundles written by `smelt compile --bundle` (NAME.fused.smelt and NAME.unfused.smelt
+    /// are paired into a fused / unfused ratio).
+    #[arg(required = true)]
+    pub bundles: Vec<PathBuf>,
+    /// Timed runs per bundle.
+    #[arg(long, default_value_t = 100)]
+    pub runs: usize,
+    /// Write the raw results as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// `smelt gpu-check`: every bundle checked and timed on the GPU; fails when any check does.
+pub fn run(args: Args) -> Result<(), Error> {
+    let (bundles, runs, json) = (&args.bundles, args.runs, args.json.as_deref());
+    let dev = smelt_runtime::cuda::device::probe()
+        .map_err(|why| Error::Runtime(smelt_runtime::Error::NoCudaDevice(why)))?;
+    outln!(
+        "{} ({}), {} bundles, {runs} runs each",
+        dev.name,
+        dev.arch(),
+        bundles.len()
+    );
+    let mut results = Vec::new();
+    let mut failed = Vec::new();
+    for b in bundles {
+        let r = check_bundle(b, runs)?;
+        outln!(
+            "  {:<44} load {:>8.2} ms  first {:>8.3} ms  median {:>9.4} ms  min {:>9.4} ms  device median {:>9.4} ms  syncs/run {:.2}  check {}",
+            r.bundle,
+            r.load_ms,
+            r.first_run_ms,
+            r.median_ms,
+            r.min_ms,
+            r.device_median_ms,
+            r.syncs_per_run,
+            r.check
+        );
+        match &r.first_request {
+            Some(f) => outln!(
+                "    first request: cold {:.1} ms (NVRTC {:.1}), warm cache {:.1} ms (cache {:.1}), bundle {:.1} ms",
+                f.cold_ms,
+                f.cold_compile_ms,
+                f.warm_ms,
+                f.warm_compile_ms,
+                f.bundle_ms
+            ),
+            None if r.first_request_note != "fused bundles only" => {
+                outln!("    first request without the bundle: not measured ({})", r.first_request_note)
+            }
+            None => {}
+        }
+        match r.kernels_only_device_ms {
+            Some(k) => outln!(
+                "    {} cuBLASLt calls; own kernels instead {k:.4} ms on the device; with cuBLASLt / own kernels {:.3}",
+                r.library_calls,
+                r.device_median_ms / k
+            ),
+            None if !r.library_note.is_empty() => {
+                outln!("    cuBLASLt not used: {}", r.library_note)
+            }
+            None => {}
+        }
+        match r.cublas_ms {
+            Some(c) => outln!(
+                "    cuBLAS {c:.4} ms on the device; smelt / cuBLAS {:.3}",
+                r.device_median_ms / c
+            ),
+            None if !r.cublas_note.is_empty() => {
+                outln!("    cuBLAS: not measured ({})", r.cublas_note)
+            }
+            None => {}
+        }
+        if (r.check != "ok" && r.check != "no check") || r.syncs_per_run != 1.0 {
+            failed.push(r.bundle.clone());
+        }
+        results.push(r);
+    }
+    let mut ratios = Vec::new();
+    for r in &results {
+        if let Some(stem) = r.bundle.strip_suffix(".fused.smelt") {
+            let unfused = format!("{stem}.unfused.smelt");
+            if let Some(u) = results.iter().find(|x| x.bundle == unfused) {
+                let (wall, device) = (
+                    r.median_ms / u.median_ms,
+                    r.device_median_ms / u.device_median_ms,
+                );
+                outln!("  {stem}: fused / unfused {wall:.3} (run), {device:.3} (device)");
+                ratios.push(serde_json::json!({"model": stem, "run": wall, "device": device}));
+            }
+        }
+    }
+    if let Some(path) = json {
+        let v = serde_json::json!({
+            "device": dev.name,
+            "arch": dev.arch(),
+            "commit": std::env::var("SMELT_COMMIT").unwrap_or_else(|_| "unknown".into()),
+            "runs": runs,
+            "timing": "median_ms/min_ms: host wall clock per run (inputs staged and copied in, CUDA graph replayed, outputs read back, one sync); device_*: CUDA events around the graph replay",
+            "results": results,
+            "fused_over_unfused": ratios,
+        });
+        let text = serde_json::to_string_pretty(&v).expect("reports serialize");
+        std::fs::write(path, text + "\n").map_err(|e| io_error(path, e))?;
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Failed(format!(
+            "gpu-check failed for {}",
+            failed.join(", ")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gemm_shape;
+    use smelt::DType;
+
+    /// gpu-check reads a plain product's shape and dtype from its bundle's name (fused ones
+    /// only).
+    #[test]
+    fn gemm_bundle_names() {
+        assert_eq!(
+            gemm_shape("gemm_64x1024x4096_f16.fused.smelt"),
+            Some((64, 1024, 4096, DType::F16))
+        );
+        assert_eq!(
+            gemm_shape("gemm_8x16x32.fused.smelt"),
+            Some((8, 16, 32, DType::F32))
+        );
+        for other in [
+            "gemm_8x16x32.unfused.smelt",
+            "gemm_8x16.fused.smelt",
+            "gemm_8xAx32.fused.smelt",
+            "mlp_gelu.fused.smelt",
+        ] {
+            assert_eq!(gemm_shape(other), None, "{other}");
+        }
+    }
 }

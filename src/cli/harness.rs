@@ -1,9 +1,10 @@
-//! `smelt bench`: compile a model, warm up, time runs on fresh random inputs, and compare the
+//! The benchmark harness behind `smelt bench` (and `cargo bench --bench cpu`, which includes
+//! this file): compile a model, warm up, time runs on fresh random inputs, and compare the
 //! fused plan with the unfused one on the same backend; plus compile time with a cold and a
 //! warm cache.
 
-use crate::{zoo, Device, Error, Graph, Session, SessionOptions, Tensor};
-use std::collections::HashMap;
+use smelt::{Device, Graph, Session, SessionOptions};
+use smelt_runtime::Error;
 use std::time::Instant;
 
 /// What `smelt bench` measures.
@@ -56,19 +57,6 @@ pub struct BenchReport {
     pub kernels: Vec<(String, f64)>,
 }
 
-/// Random inputs for `g`: input k drawn with seed `seed·1000 + k` (never all zero).
-pub fn random_inputs(g: &Graph, seed: u64) -> HashMap<String, Tensor> {
-    g.inputs
-        .iter()
-        .enumerate()
-        .map(|(k, &i)| {
-            let n = &g.nodes[i];
-            let t = zoo::random_tensor(n.ty.dtype, &n.ty.shape, seed * 1000 + k as u64);
-            (n.name.clone(), t)
-        })
-        .collect()
-}
-
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -88,7 +76,7 @@ fn session(
     cache: Option<&std::path::Path>,
 ) -> Result<Session, Error> {
     let so = SessionOptions {
-        optimize: crate::optimize::Options {
+        optimize: smelt::optimize::Options {
             fuse,
             ..Default::default()
         },
@@ -96,14 +84,14 @@ fn session(
         cache_dir: cache.map(|c| c.to_path_buf()),
         reuse_loaded: false,
     };
-    Ok(Session::with_options(g.clone(), Device::Cpu, &so)?)
+    Session::with_options(g.clone(), Device::Cpu, &so)
 }
 
 /// Times one session: warm-up, then `runs` runs alternating between two sets of random
 /// inputs (drawn once, outside the timing), each writing into the previous run's output
 /// storage (the steady state of a serving loop; no allocation or page faults are timed).
 fn time(s: &Session, label: &str, opts: &BenchOptions) -> Result<Timing, Error> {
-    let sets = [random_inputs(s.graph(), 1), random_inputs(s.graph(), 2)];
+    let sets = [s.graph().random_inputs(1), s.graph().random_inputs(2)];
     for i in 0..opts.warmup.max(1) {
         s.run(&sets[i % 2])?;
     }
@@ -154,7 +142,7 @@ pub fn bench(g: &Graph, opts: &BenchOptions) -> Result<BenchReport, Error> {
     drop(warm);
     let unfused = session(g, false, opts, Some(&cold_dir))?;
     let kernels = match (opts.profile, fused.cpu_model()) {
-        (true, Some(m)) => m.profile(&random_inputs(g, 3), opts.runs.min(20))?,
+        (true, Some(m)) => m.profile(&g.random_inputs(3), opts.runs.min(20))?,
         _ => Vec::new(),
     };
     let report = BenchReport {

@@ -1,0 +1,232 @@
+//! `smelt compile`: the optimized graph laid out once per target, written as `plan.json`
+//! (the GPU program), `model.c` (the CPU program), the CUDA sources, their PTX and cubins,
+//! and optionally a bundle; `--report` models the plan on a GPU.
+
+use super::{compile_gpu, io_error, outln, Error, ModelArgs};
+use std::path::{Path, PathBuf};
+
+/// Compile an ONNX model and write DIR/plan.json (kernels, bytes, flops, arena).
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Directory for the outputs.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: PathBuf,
+    /// The unfused baseline: one kernel per op.
+    #[arg(long)]
+    pub no_fuse: bool,
+    /// Allow rewrites that change results beyond rounding (x*0 -> 0, reassociation).
+    #[arg(long)]
+    pub fast_math: bool,
+    /// CUDA architectures of the cubins, comma-separated (NVRTC compiles each kernel for
+    /// each when it is installed; plan.json reports the first's resources).
+    #[arg(long, default_value = "sm_90")]
+    pub arch: String,
+    /// Also write an ahead-of-time bundle (plan, launches, weights, cubins for every
+    /// --arch) that loads with no NVRTC.
+    #[arg(long, value_name = "FILE")]
+    pub bundle: Option<PathBuf>,
+    /// Put a correctness check in the bundle: the reference interpreter's outputs on
+    /// seeded random inputs, for `smelt gpu-check`.
+    #[arg(long, requires = "bundle")]
+    pub bundle_check: bool,
+    /// Print (and write DIR/report.json) each kernel's modelled time on --gpu, and the
+    /// plan's against the unfused plan's.
+    #[arg(long)]
+    pub report: bool,
+    /// The GPU the report models (h100, a100).
+    #[arg(long, default_value = "h100")]
+    pub gpu: String,
+}
+
+/// Compiles and writes every artifact.
+pub fn run(args: Args) -> Result<(), Error> {
+    let Args {
+        model,
+        out_dir,
+        no_fuse,
+        fast_math,
+        arch,
+        report,
+        gpu,
+        bundle,
+        bundle_check,
+    } = args;
+
+    let archs: Vec<String> = arch
+        .split(',')
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .collect();
+    if archs.is_empty() || archs.iter().any(|a| !a.starts_with("sm_")) {
+        return Err(Error::Usage(format!(
+            "--arch {arch}: expected architectures like sm_80,sm_90"
+        )));
+    }
+    let spec = smelt::schedule::gpu_model::gpu(&gpu).ok_or_else(|| {
+        let known: Vec<&str> = smelt::schedule::gpu_model::GPUS
+            .iter()
+            .map(|g| g.name)
+            .collect();
+        Error::Usage(format!(
+            "--gpu {gpu}: no model for it (known: {})",
+            known.join(", ")
+        ))
+    })?;
+    let graph = model.load()?;
+    // Optimized once; lowered and laid out once per target.
+    let mut compiled = compile_gpu(&graph, fast_math, !no_fuse)?;
+    let cpu = compiled.retarget(smelt::kernel::Target::Cpu)?;
+    std::fs::create_dir_all(&out_dir).map_err(|e| io_error(&out_dir, e))?;
+    let target = smelt::codegen::cuda::Cuda { fast_math };
+    write_kernels(&mut compiled, &cpu, &out_dir, &archs, &target)?;
+    if let Some(path) = &bundle {
+        let b = smelt_runtime::cuda::bundle::Bundle::build_for(
+            &compiled,
+            &archs,
+            &smelt_runtime::cache::dir(),
+            &target,
+        )?;
+        let b = if bundle_check {
+            // gpu-check draws inputs by position in the bundle's input list.
+            let names = |g: &smelt::Graph| -> Vec<String> {
+                g.inputs.iter().map(|&i| g.nodes[i].name.clone()).collect()
+            };
+            if names(&graph) != names(&compiled.graph) {
+                return Err(Error::Usage(
+                    "--bundle-check: optimizing changed the inputs; cannot attach a check".into(),
+                ));
+            }
+            let seed = 7;
+            let inputs = graph.random_inputs(seed);
+            let expected = smelt::interp::run(&graph, &inputs)?;
+            let reduced = graph
+                .nodes
+                .iter()
+                .any(|n| matches!(n.ty.dtype, smelt::DType::F16 | smelt::DType::BF16));
+            let (rtol, atol) = if reduced { (2e-2, 1e-2) } else { (1e-4, 1e-5) };
+            b.with_check(seed, &expected, rtol, atol)
+        } else {
+            b
+        };
+        b.write(path)?;
+        outln!(
+            "bundle: {} launches, cubins for {}, {:.3} MB -> {}",
+            b.manifest.launches.len(),
+            archs.join(","),
+            b.to_bytes().len() as f64 / 1e6,
+            path.display()
+        );
+    }
+    let path = out_dir.join("plan.json");
+    std::fs::write(&path, compiled.plan.to_json() + "\n").map_err(|e| io_error(&path, e))?;
+    let p = &compiled.plan;
+    outln!(
+        "{} kernels, {:.3} MB moved, arena {:.3} MB, weights {:.3} MB -> {}",
+        p.launches,
+        p.bytes_moved as f64 / 1e6,
+        p.arena_bytes as f64 / 1e6,
+        p.weight_bytes as f64 / 1e6,
+        path.display()
+    );
+    if report {
+        use smelt::schedule::gpu_model::estimate;
+        let unfused = compile_gpu(&graph, fast_math, false)?;
+        let (e, u) = (
+            estimate(&compiled.plan, spec),
+            estimate(&unfused.plan, spec),
+        );
+        outln!(
+                    "modelled on {} ({:.1} TB/s, {:.0} TFLOP/s FP32, {:.0} TFLOP/s f16/bf16 tensor cores, {:.1} us/launch):",
+                    spec.name,
+                    spec.bandwidth / 1e12,
+                    spec.fp32_flops / 1e12,
+                    spec.tensor_flops / 1e12,
+                    spec.launch * 1e6
+                );
+        for k in &e.kernels {
+            outln!("  {:>10.2} us  {:<8} {}", k.total_us, k.bound, k.name);
+        }
+        outln!(
+            "  total {:.2} us ({} launches); unfused {:.2} us ({} launches); fused / unfused {:.3}",
+            e.total_us,
+            e.kernels.len(),
+            u.total_us,
+            u.kernels.len(),
+            e.total_us / u.total_us
+        );
+        let json = serde_json::json!({
+            "model": "max(bytes / bandwidth, flops / peak) + launch (constants in compiler/src/schedule/gpu_model.rs, not measured)",
+            "plan": e,
+            "unfused": u,
+            "fused_over_unfused": e.total_us / u.total_us,
+        });
+        let rp = out_dir.join("report.json");
+        let text = serde_json::to_string_pretty(&json).expect("reports serialize");
+        std::fs::write(&rp, text + "\n").map_err(|e| io_error(&rp, e))?;
+    }
+    Ok(())
+}
+
+/// Writes `DIR/model.c` (the C backend's source: `cpu`'s program), `DIR/kernels/<kernel>.cu`
+/// (the GPU program's), and, where NVRTC is installed, each kernel's PTX and cubin per
+/// architecture in `archs`, recording the first architecture's registers and spills in the
+/// plan (its kernels are the program's, in order).
+fn write_kernels(
+    compiled: &mut smelt::Compiled,
+    cpu: &smelt::Compiled,
+    out_dir: &Path,
+    archs: &[String],
+    target: &smelt::codegen::cuda::Cuda,
+) -> Result<(), Error> {
+    use smelt::schedule::CudaResources;
+    let sources = smelt::codegen::cuda::render_for(target, &compiled.program)
+        .map_err(|e| Error::Compiler(e.into()))?;
+    let dir = out_dir.join("kernels");
+    std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+    // The C backend's translation unit, as `--device cpu` compiles it.
+    let c_src = smelt::codegen::c::render(&cpu.program).map_err(|e| Error::Compiler(e.into()))?;
+    let c_path = out_dir.join("model.c");
+    std::fs::write(&c_path, c_src).map_err(|e| io_error(&c_path, e))?;
+    let nvrtc = smelt_runtime::cuda::nvrtc::version();
+    if let Err(e) = &nvrtc {
+        eprintln!("warning: CUDA sources written, no cubins: {e}");
+    }
+    for (planned, (name, src)) in compiled.plan.kernels.iter_mut().zip(&sources) {
+        let path = dir.join(format!("{name}.cu"));
+        std::fs::write(&path, src).map_err(|e| io_error(&path, e))?;
+        if nvrtc.is_err() {
+            continue;
+        }
+        for (i, arch) in archs.iter().enumerate() {
+            let (out, _) = smelt_runtime::cuda::nvrtc::compile_cached(
+                &format!("{name}.cu"),
+                src,
+                arch,
+                &smelt_runtime::cache::dir(),
+            )?;
+            let cubin = dir.join(format!("{name}.{arch}.cubin"));
+            std::fs::write(&cubin, &out.cubin).map_err(|e| io_error(&cubin, e))?;
+            let ptx = smelt_runtime::cuda::nvrtc::compile_ptx(&format!("{name}.cu"), src, arch)?;
+            let ptx_path = dir.join(format!("{name}.{arch}.ptx"));
+            std::fs::write(&ptx_path, ptx).map_err(|e| io_error(&ptx_path, e))?;
+            if i > 0 {
+                continue;
+            }
+            let r = out
+                .resources
+                .first()
+                .map(|(_, r)| r.clone())
+                .unwrap_or_default();
+            planned.cuda = Some(CudaResources {
+                arch: arch.to_string(),
+                source: format!("kernels/{name}.cu"),
+                registers: r.registers,
+                stack_bytes: r.stack_bytes,
+                spill_bytes: r.spill_stores + r.spill_loads,
+            });
+        }
+    }
+    Ok(())
+}

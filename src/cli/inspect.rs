@@ -1,0 +1,78 @@
+//! `smelt inspect`: the kernels of the laid-out GPU program with their costs, the fusions
+//! not taken and why, and Graphviz of the graph before and after optimization.
+
+use super::{compile_gpu, io_error, outln, Error, ModelArgs};
+use std::path::{Path, PathBuf};
+
+/// Explain a compile: the kernels and their costs, the fusions not taken and why, and
+/// (with --dot) Graphviz of the graph before and after optimization.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Write DIR/before.dot and DIR/after.dot (fused kernels drawn as clusters).
+    #[arg(long, value_name = "DIR")]
+    pub dot: Option<PathBuf>,
+    /// The unfused baseline: one kernel per op.
+    #[arg(long)]
+    pub no_fuse: bool,
+}
+
+/// Compiles and explains.
+pub fn run(args: Args) -> Result<(), Error> {
+    let graph = args.model.load()?;
+    let compiled = compile_gpu(&graph, false, !args.no_fuse)?;
+    inspect(&graph, &compiled, args.dot.as_deref())
+}
+
+fn inspect(before: &smelt::Graph, c: &smelt::Compiled, dot: Option<&Path>) -> Result<(), Error> {
+    use smelt::optimize::explain;
+    outln!();
+    outln!(
+        "{:<4} {:<24} {:<18} {:>10} {:>10} {:>12}  ops",
+        "#",
+        "kernel",
+        "kind",
+        "read B",
+        "written B",
+        "flops"
+    );
+    for (i, k) in c.plan.kernels.iter().enumerate() {
+        outln!(
+            "{i:<4} {:<24} {:<18} {:>10} {:>10} {:>12}  {}",
+            k.name,
+            k.fusion
+                .map(|f| format!("{}/{f}", k.kind))
+                .unwrap_or(k.kind.to_string()),
+            k.bytes_read,
+            k.bytes_written,
+            k.flops,
+            k.ops.join(" ")
+        );
+    }
+    let p = &c.plan;
+    outln!(
+        "total: {} launches, {} bytes moved, arena {} bytes, weights {} bytes",
+        p.launches,
+        p.bytes_moved,
+        p.arena_bytes,
+        p.weight_bytes
+    );
+    let missed = explain::missed_fusions(&c.graph);
+    if !missed.is_empty() {
+        outln!();
+        outln!("fusions not taken:");
+        for m in &missed {
+            outln!("  {} -> {}: {}", m.producer, m.consumer, m.reason);
+        }
+    }
+    if let Some(dir) = dot {
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        for (file, g) in [("before.dot", before), ("after.dot", &c.graph)] {
+            let path = dir.join(file);
+            std::fs::write(&path, explain::dot(g, file)).map_err(|e| io_error(&path, e))?;
+            outln!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
