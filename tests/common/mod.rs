@@ -225,6 +225,7 @@ pub mod onnx_model {
 
 /// Graphs used by several tests and benchmarks (they live in the library for the benches).
 pub mod graphs;
+pub mod layers;
 
 /// The CLI's `.npy` reader and writer.
 #[path = "../../src/cli/npy.rs"]
