@@ -33,5 +33,6 @@ pub use smelt_compiler::kernel;
 pub use smelt_compiler::onnx;
 pub use smelt_compiler::optimize;
 pub use smelt_compiler::schedule;
+pub use smelt_compiler::timings;
 pub use smelt_compiler::{compile, compile_for, Compiled};
 pub use smelt_runtime::{Device, Session, SessionOptions};

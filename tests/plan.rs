@@ -249,3 +249,28 @@ fn missed_fusions_say_why() {
         "{text:#?}\n{opt}"
     );
 }
+
+/// A 12-layer stack is fused region by region (cut between layers, where only the residual
+/// stream crosses): the same launches and bytes as saturating the whole graph, the same
+/// outputs as the reference.
+#[test]
+fn regions_fuse_like_the_whole_graph() {
+    let g = common::graphs::gpt2_stack(12, 1, 8, 16, 2).unwrap();
+    let whole = compile(
+        &g,
+        &Options {
+            regions: false,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let split = compile(&g, &Options::default()).unwrap();
+    assert!(
+        split.report.stop_reason.contains("regions"),
+        "{}",
+        split.report.stop_reason
+    );
+    assert_eq!(split.plan.launches, whole.plan.launches);
+    assert_eq!(split.plan.bytes_moved, whole.plan.bytes_moved);
+    same_outputs(&g, &split.graph);
+}

@@ -12,6 +12,7 @@ pub mod kernel;
 pub mod onnx;
 pub mod optimize;
 pub mod schedule;
+pub mod timings;
 
 pub use error::{Error, Result};
 
@@ -28,13 +29,20 @@ pub struct Compiled {
     pub program: kernel::Program,
     /// Kernels, buffers, bytes and flops of that program, as a user reads them.
     pub plan: schedule::Plan,
+    /// How long each stage took: the optimizer's passes, then lowering for the target.
+    pub timings: timings::Timings,
 }
 
 impl Compiled {
     /// The same optimized graph lowered and laid out for another target (the optimizer
     /// does not run again).
     pub fn retarget(&self, target: kernel::Target) -> Result<Compiled> {
-        lay_out(self.graph.clone(), self.report.clone(), target)
+        lay_out(
+            self.graph.clone(),
+            self.report.clone(),
+            target,
+            Default::default(),
+        )
     }
 }
 
@@ -82,17 +90,38 @@ pub fn compile_for(
     opts: &optimize::Options,
     target: kernel::Target,
 ) -> Result<Compiled> {
+    let t = std::time::Instant::now();
     let (graph, report) = optimize::optimize(graph, opts)?;
-    lay_out(graph, report, target)
+    let total = t.elapsed().as_secs_f64() * 1e3;
+    let mut timings = timings::Timings::default();
+    let mut passes = 0.0;
+    for p in &report.passes {
+        let ms = p.time.as_secs_f64() * 1e3;
+        timings.add(&format!("optimize {}", p.name), ms);
+        passes += ms;
+    }
+    // Validation and the graph conversions around the passes.
+    timings.add("optimize (rest)", (total - passes).max(0.0));
+    lay_out(graph, report, target, timings)
 }
 
-fn lay_out(graph: ir::Graph, report: optimize::Report, target: kernel::Target) -> Result<Compiled> {
-    let program = kernel::lower_for(&graph, target)?;
-    let plan = schedule::Plan::of(&graph, &program);
+fn lay_out(
+    graph: ir::Graph,
+    report: optimize::Report,
+    target: kernel::Target,
+    mut timings: timings::Timings,
+) -> Result<Compiled> {
+    let name = match target {
+        kernel::Target::Gpu => "lower gpu",
+        kernel::Target::Cpu => "lower cpu",
+    };
+    let program = timings.time(name, || kernel::lower_for(&graph, target))?;
+    let plan = timings.time("plan", || schedule::Plan::of(&graph, &program));
     Ok(Compiled {
         graph,
         report,
         program,
         plan,
+        timings,
     })
 }

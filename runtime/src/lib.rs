@@ -163,6 +163,7 @@ pub struct Session {
     graph: Graph,
     device: Device,
     backend: Backend,
+    timings: smelt_compiler::timings::Timings,
 }
 
 impl Session {
@@ -179,6 +180,7 @@ impl Session {
         opts: &SessionOptions,
     ) -> Result<Self, Error> {
         graph.validate()?;
+        let mut timings = smelt_compiler::timings::Timings::default();
         let backend = match device {
             Device::Cuda => {
                 // Everything compiles and loads here (warm-up): the first run only launches.
@@ -192,9 +194,12 @@ impl Session {
                 let target = smelt_compiler::codegen::cuda::Cuda {
                     fast_math: opts.optimize.fast_math,
                 };
-                let bundle =
-                    cuda::bundle::Bundle::build_for(&compiled, &[dev.arch()], &dir, &target)?;
-                Backend::Cuda(Box::new(cuda::executor::CudaModel::load(&bundle)?))
+                timings.extend(&compiled.timings);
+                let bundle = timings.time("nvrtc and bundle", || {
+                    cuda::bundle::Bundle::build_for(&compiled, &[dev.arch()], &dir, &target)
+                })?;
+                let model = timings.time("load", || cuda::executor::CudaModel::load(&bundle))?;
+                Backend::Cuda(Box::new(model))
             }
             Device::Interp => Backend::Interp,
             Device::Cpu => {
@@ -203,20 +208,30 @@ impl Session {
                     &opts.optimize,
                     smelt_compiler::kernel::Target::Cpu,
                 )?;
+                timings.extend(&compiled.timings);
                 let dir = opts.cache_dir.clone().unwrap_or_else(cache::dir);
-                Backend::Cpu(Box::new(cpu::CpuModel::with_cache(
+                let model = cpu::CpuModel::with_cache(
                     &compiled.program,
                     opts.threads,
                     &dir,
                     opts.reuse_loaded,
-                )?))
+                )?;
+                timings.extend(&model.info().timings);
+                Backend::Cpu(Box::new(model))
             }
         };
         Ok(Session {
             graph,
             device,
             backend,
+            timings,
         })
+    }
+
+    /// Where the time to create this session went: the optimizer's passes, lowering, and
+    /// the backend's stages (rendering, the C compiler or the cache, loading, weights).
+    pub fn timings(&self) -> &smelt_compiler::timings::Timings {
+        &self.timings
     }
 
     /// The graph this session runs.

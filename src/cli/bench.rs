@@ -30,6 +30,9 @@ pub struct Args {
     /// Also time each kernel of the fused plan on its own.
     #[arg(long)]
     pub profile: bool,
+    /// Also print where the cold compile's and the warm load's time went, stage by stage.
+    #[arg(long)]
+    pub timings: bool,
 }
 
 /// Benchmarks and prints (and writes `--json`).
@@ -42,6 +45,7 @@ pub fn run(args: Args) -> Result<(), Error> {
         threads,
         json,
         profile,
+        timings,
     } = args;
 
     let device: Device = device.parse()?;
@@ -89,6 +93,17 @@ pub fn run(args: Args) -> Result<(), Error> {
         r.compile_cold_ms,
         r.compile_warm_ms
     );
+    if timings {
+        for (label, t) in [
+            ("cold", &r.compile_cold_stages),
+            ("warm", &r.compile_warm_stages),
+        ] {
+            outln!("  {label} compile stages:");
+            for line in t.lines() {
+                outln!("    {line}");
+            }
+        }
+    }
     for (name, ms) in &r.kernels {
         outln!("    {ms:>10.4} ms  {name}");
     }

@@ -46,6 +46,10 @@ pub struct BenchReport {
     pub compile_cold_ms: f64,
     /// The same with the cache warm, as a new process would find it (disk read and verify).
     pub compile_warm_ms: f64,
+    /// Where the cold compile's time went, stage by stage.
+    pub compile_cold_stages: smelt::timings::Timings,
+    /// Where the warm-cache load's time went.
+    pub compile_warm_stages: smelt::timings::Timings,
     /// Timed runs per plan.
     pub runs: usize,
     /// CPU threads.
@@ -139,6 +143,7 @@ pub fn bench(g: &Graph, opts: &BenchOptions) -> Result<BenchReport, Error> {
     let t = Instant::now();
     let warm = session(g, true, opts, Some(&cold_dir))?;
     let compile_warm_ms = t.elapsed().as_secs_f64() * 1e3;
+    let warm_stages = warm.timings().clone();
     drop(warm);
     let unfused = session(g, false, opts, Some(&cold_dir))?;
     let kernels = match (opts.profile, fused.cpu_model()) {
@@ -151,6 +156,8 @@ pub fn bench(g: &Graph, opts: &BenchOptions) -> Result<BenchReport, Error> {
         unfused: time(&unfused, "unfused", opts)?,
         compile_cold_ms,
         compile_warm_ms,
+        compile_cold_stages: fused.timings().clone(),
+        compile_warm_stages: warm_stages,
         runs: opts.runs,
         threads: opts.threads,
         device: "cpu".into(),

@@ -56,19 +56,46 @@ pub fn gelu_tanh(g: &mut GraphBuilder, x: Value) -> Result<Value> {
 /// A pre-LN GPT-2 block: decomposed LayerNorms, `heads`-head causal self-attention,
 /// tanh-GELU MLP (4× width), residuals. Input `x: f32[batch, seq, d]`.
 pub fn gpt2_block(batch: usize, seq: usize, d: usize, heads: usize) -> Result<Graph> {
+    gpt2_stack(1, batch, seq, d, heads)
+}
+
+/// `layers` GPT-2 blocks one after another (each with its own seeded weights), as a
+/// `layers`-layer transformer: what compile time is measured against.
+pub fn gpt2_stack(
+    layers: usize,
+    batch: usize,
+    seq: usize,
+    d: usize,
+    heads: usize,
+) -> Result<Graph> {
     if heads == 0 || !d.is_multiple_of(heads) {
         return Err(smelt_compiler::Error::Invalid(vec![format!(
             "gpt2_block: width {d} is not a multiple of {heads} heads"
         )]));
     }
-    let dh = d / heads;
     let mut g = GraphBuilder::new();
-    let x = g.input("x", DType::F32, &[batch, seq, d])?;
+    let mut x = g.input("x", DType::F32, &[batch, seq, d])?;
+    for layer in 0..layers as u64 {
+        x = gpt2_layer(&mut g, x, (batch, seq, d, heads), 100 * layer)?;
+    }
+    g.output("y", x)?;
+    g.build()
+}
+
+/// One pre-LN GPT-2 block over `x` (weights seeded from `seed`).
+fn gpt2_layer(
+    g: &mut GraphBuilder,
+    x: Value,
+    (batch, seq, d, heads): (usize, usize, usize, usize),
+    seed: u64,
+) -> Result<Value> {
+    let dh = d / heads;
+    let g = &mut *g;
     let w = 1.0 / (d as f64).sqrt();
     // Attention.
-    let h = layernorm_decomposed(&mut g, x, 1)?;
-    let wqkv = konst(&mut g, &[d, 3 * d], 3, w);
-    let bqkv = konst(&mut g, &[3 * d], 4, 0.1);
+    let h = layernorm_decomposed(g, x, seed + 1)?;
+    let wqkv = konst(g, &[d, 3 * d], seed + 3, w);
+    let bqkv = konst(g, &[3 * d], seed + 4, 0.1);
     let qkv = g.matmul(h, wqkv)?;
     let qkv = g.add(qkv, bqkv)?;
     let mut parts = Vec::new();
@@ -86,7 +113,7 @@ pub fn gpt2_block(batch: usize, seq: usize, d: usize, heads: usize) -> Result<Gr
         parts.push(g.transpose(r, perm)?);
     }
     let scores = g.matmul(parts[0], parts[1])?;
-    let scale = s(&mut g, 1.0 / (dh as f64).sqrt());
+    let scale = s(g, 1.0 / (dh as f64).sqrt());
     let scores = g.mul(scores, scale)?;
     let mask: Vec<f32> = (0..seq * seq)
         .map(|i| if i % seq > i / seq { -1e9 } else { 0.0 })
@@ -97,25 +124,24 @@ pub fn gpt2_block(batch: usize, seq: usize, d: usize, heads: usize) -> Result<Gr
     let o = g.matmul(p, parts[2])?;
     let o = g.transpose(o, &[0, 2, 1, 3])?;
     let o = g.reshape(o, &[batch, seq, d])?;
-    let wo = konst(&mut g, &[d, d], 5, w);
-    let bo = konst(&mut g, &[d], 6, 0.1);
+    let wo = konst(g, &[d, d], seed + 5, w);
+    let bo = konst(g, &[d], seed + 6, 0.1);
     let a = g.matmul(o, wo)?;
     let a = g.add(a, bo)?;
     let x1 = g.add(x, a)?;
     // MLP.
-    let h2 = layernorm_decomposed(&mut g, x1, 7)?;
-    let w1 = konst(&mut g, &[d, 4 * d], 9, w);
-    let b1 = konst(&mut g, &[4 * d], 10, 0.1);
+    let h2 = layernorm_decomposed(g, x1, seed + 7)?;
+    let w1 = konst(g, &[d, 4 * d], seed + 9, w);
+    let b1 = konst(g, &[4 * d], seed + 10, 0.1);
     let f = g.matmul(h2, w1)?;
     let f = g.add(f, b1)?;
-    let f = gelu_tanh(&mut g, f)?;
-    let w2 = konst(&mut g, &[4 * d, d], 11, 0.5 / (d as f64).sqrt());
-    let b2 = konst(&mut g, &[d], 12, 0.1);
+    let f = gelu_tanh(g, f)?;
+    let w2 = konst(g, &[4 * d, d], seed + 11, 0.5 / (d as f64).sqrt());
+    let b2 = konst(g, &[d], seed + 12, 0.1);
     let f = g.matmul(f, w2)?;
     let f = g.add(f, b2)?;
     let y = g.add(x1, f)?;
-    g.output("y", y)?;
-    g.build()
+    Ok(y)
 }
 
 /// A chain of 10 elementwise ops over `n` elements: `x·a + b`, then activations and

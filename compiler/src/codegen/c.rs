@@ -232,10 +232,47 @@ fn has_gemm(stmts: &[Stmt]) -> bool {
     Stmt::any(stmts, &|s| matches!(s, Stmt::Gemm(_)))
 }
 
-/// C for one kernel: `static void NAME(const smelt_ctx* ctx, unsigned char* arena, void*
-/// const* io)`, each buffer at `io[slot]` when the program's layout gives it a slot, else at
-/// its offset in the arena.
-pub fn render_kernel(program: &Program, kernel: &Kernel) -> Result<String, RenderError> {
+/// One kernel split for sharing: a body over positional buffers `b0, b1, ...` (its
+/// parameters), and the pointer expressions this kernel passes for them.
+struct Split {
+    /// `static void NAME(ctx, params)`'s parameter list after `ctx`.
+    params: String,
+    /// The body, buffers renamed by position.
+    body: String,
+    /// The arguments this kernel passes (arena offsets or the caller's slots).
+    args: Vec<String>,
+}
+
+/// Renames every buffer identifier `b<id>` in C text by `map` (ids not in it stay).
+fn rename_buffers(text: &str, map: &std::collections::HashMap<u32, usize>) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let ident_before = i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+        if bytes[i] == b'b' && !ident_before {
+            let mut j = i + 1;
+            while j < bytes.len() && bytes[j].is_ascii_digit() {
+                j += 1;
+            }
+            let ident_after =
+                j < bytes.len() && (bytes[j].is_ascii_alphanumeric() || bytes[j] == b'_');
+            if j > i + 1 && !ident_after {
+                if let Some(pos) = text[i + 1..j].parse::<u32>().ok().and_then(|b| map.get(&b)) {
+                    out.push('b');
+                    out.push_str(&pos.to_string());
+                    i = j;
+                    continue;
+                }
+            }
+        }
+        out.push(bytes[i] as char);
+        i += 1;
+    }
+    out
+}
+
+fn split_kernel(program: &Program, kernel: &Kernel) -> Result<Split, RenderError> {
     let (offsets, slots) = (&program.layout.offsets, &program.layout.slots);
     let target = C;
     let err = |what: &str| RenderError {
@@ -252,16 +289,11 @@ pub fn render_kernel(program: &Program, kernel: &Kernel) -> Result<String, Rende
         return Err(err("a library matrix product run by several threads"));
     }
     let ctx = Ctx::new(&target, program, kernel);
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "// {} ({})\nstatic void {}(const smelt_ctx* ctx, unsigned char* arena, void* const* io) {{\n    (void)ctx; (void)arena; (void)io;",
-        kernel.name, kernel.node, kernel.name
-    );
     let mut bufs: Vec<u32> = kernel.reads.iter().chain(&kernel.writes).copied().collect();
     bufs.sort_unstable();
     bufs.dedup();
-    for b in bufs {
+    let (mut params, mut args, mut body) = (Vec::new(), Vec::new(), String::new());
+    for (pos, &b) in bufs.iter().enumerate() {
         let d = program.buffers[b as usize].dtype;
         let t = target.elem_type(d);
         let konst = if kernel.writes.contains(&b) {
@@ -269,67 +301,132 @@ pub fn render_kernel(program: &Program, kernel: &Kernel) -> Result<String, Rende
         } else {
             "const "
         };
+        params.push(format!("{konst}{t}* restrict a{pos}"));
         if let Some(slot) = slots.get(b as usize).copied().flatten() {
-            let _ = writeln!(
-                out,
-                "    {konst}{t}* restrict b{b} = ({konst}{t}*)io[{slot}];"
-            );
+            args.push(format!("({konst}{t}*)io[{slot}]"));
+            let _ = writeln!(body, "    {konst}{t}* restrict b{pos} = a{pos};");
             continue;
         }
         let off = offsets
             .get(b as usize)
             .copied()
             .ok_or_else(|| err("a buffer without an arena offset"))?;
+        args.push(format!("({konst}{t}*)(arena + {off})"));
         let _ = writeln!(
-            out,
-            "    {konst}{t}* restrict b{b} = ({konst}{t}*)__builtin_assume_aligned(arena + {off}, 64);"
+            body,
+            "    {konst}{t}* restrict b{pos} = ({konst}{t}*)__builtin_assume_aligned(a{pos}, 64);"
         );
     }
     let (grid, block) = (kernel.launch.grid, kernel.launch.block);
     let _ = writeln!(
-        out,
+        body,
         "    const long long grid_dim = {grid}ll, block_dim = {block}ll;\n    (void)grid_dim; (void)block_dim;"
     );
     if grid > 1 {
         let _ = writeln!(
-            out,
+            body,
             "#pragma omp parallel for schedule(static) num_threads(ctx->threads)"
         );
     }
-    let _ = writeln!(out, "    for (long long blk = 0; blk < grid_dim; blk++) {{");
+    let _ = writeln!(
+        body,
+        "    for (long long blk = 0; blk < grid_dim; blk++) {{"
+    );
     let depth = if block > 1 {
         let _ = writeln!(
-            out,
+            body,
             "        for (long long thr = 0; thr < block_dim; thr++) {{"
         );
         3
     } else {
-        let _ = writeln!(out, "        const long long thr = 0; (void)thr;");
+        let _ = writeln!(body, "        const long long thr = 0; (void)thr;");
         2
     };
-    ctx.body(&mut out, depth)?;
+    let mut loops = String::new();
+    ctx.body(&mut loops, depth)?;
+    let map: std::collections::HashMap<u32, usize> =
+        bufs.iter().enumerate().map(|(pos, &b)| (b, pos)).collect();
+    body.push_str(&rename_buffers(&loops, &map));
     if block > 1 {
-        let _ = writeln!(out, "        }}");
+        let _ = writeln!(body, "        }}");
     }
-    let _ = writeln!(out, "    }}\n}}");
+    let _ = writeln!(body, "    }}");
+    let mut p = String::from("const smelt_ctx* ctx");
+    for param in &params {
+        p.push_str(", ");
+        p.push_str(param);
+    }
+    Ok(Split {
+        params: p,
+        body,
+        args,
+    })
+}
+
+/// C for one kernel: the function computing it over positional buffers, and `static void
+/// NAME(const smelt_ctx* ctx, unsigned char* arena, void* const* io)` calling it with each
+/// buffer at `io[slot]` when the program's layout gives it a slot, else at its offset in the
+/// arena.
+pub fn render_kernel(program: &Program, kernel: &Kernel) -> Result<String, RenderError> {
+    let split = split_kernel(program, kernel)?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "static void {}_body({}) {{\n    (void)ctx;\n{}}}\n",
+        kernel.name, split.params, split.body
+    );
+    let _ = writeln!(
+        out,
+        "{}",
+        wrapper(kernel, &format!("{}_body", kernel.name), &split.args)
+    );
     Ok(out)
 }
 
-/// The whole program (lowered for the CPU) as one C translation unit: the kernels and
-/// `smelt_run`, which runs them in order, each buffer where the program's layout puts it.
-pub fn render(program: &Program) -> Result<String, RenderError> {
+/// `static void NAME(ctx, arena, io) { BODY(ctx, args...); }`.
+fn wrapper(kernel: &Kernel, body: &str, args: &[String]) -> String {
+    let mut call = format!("{body}(ctx");
+    for a in args {
+        call.push_str(", ");
+        call.push_str(a);
+    }
+    call.push(')');
+    format!(
+        "// {} ({})\nstatic void {}(const smelt_ctx* ctx, unsigned char* arena, void* const* io) {{\n    (void)arena; (void)io;\n    {call};\n}}",
+        kernel.name, kernel.node, kernel.name
+    )
+}
+
+/// The program's C, split for sharing: each distinct kernel body once (with the first
+/// kernel that has it), and the per-kernel wrappers and entry points that call them.
+struct Parts {
+    /// (`(params) { body }`, first kernel's name) per distinct body.
+    bodies: Vec<(String, String)>,
+    /// The kernels' wrappers, `smelt_run` and `smelt_run_kernel`.
+    entries: String,
+}
+
+fn parts(program: &Program) -> Result<Parts, RenderError> {
     if program.target != crate::kernel::Target::Cpu {
         return Err(RenderError {
             kernel: String::new(),
             what: "a program lowered for the GPU (lower it for the CPU)".into(),
         });
     }
-    let mut out = String::from(
-        "// generated by smelt from the kernel IR; do not edit.\n#include \"smelt/cpu.h\"\n\n",
-    );
+    // Kernels that differ only in their buffers (the same layer at another depth) share
+    // one body function: the C compiler compiles each distinct body once.
+    let mut bodies: Vec<(String, String)> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = Default::default();
+    let mut out = String::new();
     for k in &program.kernels {
-        out.push_str(&render_kernel(program, k)?);
-        out.push('\n');
+        let split = split_kernel(program, k)?;
+        let text = format!("({}) {{\n    (void)ctx;\n{}}}", split.params, split.body);
+        let i = *index.entry(text.clone()).or_insert_with(|| {
+            bodies.push((text, k.name.clone()));
+            bodies.len() - 1
+        });
+        out.push_str(&wrapper(k, &format!("smelt_body{i}"), &split.args));
+        out.push_str("\n\n");
     }
     let _ = writeln!(
         out,
@@ -353,5 +450,67 @@ pub fn render(program: &Program) -> Result<String, RenderError> {
         );
     }
     let _ = writeln!(out, "    default: return 1;\n    }}\n}}");
+    Ok(Parts {
+        bodies,
+        entries: out,
+    })
+}
+
+const PREAMBLE: &str = "// generated by smelt from the kernel IR; do not edit.\n";
+
+/// The whole program (lowered for the CPU) as one C translation unit: each distinct kernel
+/// body once, the kernels calling them, and `smelt_run`, which runs the kernels in order,
+/// each buffer where the program's layout puts it.
+pub fn render(program: &Program) -> Result<String, RenderError> {
+    let p = parts(program)?;
+    let mut out = format!("{PREAMBLE}#define SMELT_MAIN_UNIT\n#include \"smelt/cpu.h\"\n\n");
+    for (i, (text, first)) in p.bodies.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "// body {i} (first: {first})\nstatic void smelt_body{i}{text}\n"
+        );
+    }
+    out.push_str(&p.entries);
+    Ok(out)
+}
+
+/// The same program as `units` translation units (at most; one per body beyond that) that
+/// compile in parallel and link into one shared object: the first holds the entry points
+/// (and defines `smelt_fault`), the bodies are spread over all of them by size.
+pub fn render_units(program: &Program, units: usize) -> Result<Vec<String>, RenderError> {
+    let p = parts(program)?;
+    let n = units.clamp(1, p.bodies.len().max(1));
+    // Largest bodies first, each to the unit with the least text so far; the entry points
+    // count toward the first unit.
+    let mut order: Vec<usize> = (0..p.bodies.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(p.bodies[i].0.len()));
+    let mut load = vec![0usize; n];
+    load[0] = p.entries.len();
+    let mut of = vec![0usize; p.bodies.len()];
+    for i in order {
+        let u = (0..n).min_by_key(|&u| (load[u], u)).expect("n >= 1");
+        of[i] = u;
+        load[u] += p.bodies[i].0.len();
+    }
+    let mut out: Vec<String> = (0..n)
+        .map(|u| {
+            let main = if u == 0 {
+                "#define SMELT_MAIN_UNIT\n"
+            } else {
+                ""
+            };
+            format!("{PREAMBLE}{main}#include \"smelt/cpu.h\"\n\n")
+        })
+        .collect();
+    for (i, (text, first)) in p.bodies.iter().enumerate() {
+        let params = &text[..text.find(')').map_or(0, |e| e + 1)];
+        let _ = writeln!(out[0], "SMELT_LINK void smelt_body{i}{params};");
+        let _ = writeln!(
+            out[of[i]],
+            "// body {i} (first: {first})\nSMELT_LINK void smelt_body{i}{text}\n"
+        );
+    }
+    out[0].push('\n');
+    out[0].push_str(&p.entries);
     Ok(out)
 }

@@ -25,6 +25,10 @@ pub enum Data {
 pub struct Tensor {
     shape: Vec<usize>,
     data: Data,
+    /// A digest of the elements' bits, computed once when first hashed or compared: the
+    /// optimizer hash-conses every constant (weights of hundreds of MB) in every pass.
+    #[serde(skip)]
+    digest: std::sync::OnceLock<u64>,
 }
 
 /// Applies `$body` to the vector inside any `Data` variant.
@@ -109,7 +113,11 @@ impl Tensor {
         let n = shape
             .iter()
             .try_fold(1usize, |a: usize, &d| a.checked_mul(d))?;
-        (n == data.len()).then_some(Tensor { shape, data })
+        (n == data.len()).then_some(Tensor {
+            shape,
+            data,
+            digest: Default::default(),
+        })
     }
 
     /// A f32 tensor. Panics if `values.len()` does not match the shape (a programming error).
@@ -292,6 +300,7 @@ impl Tensor {
         Tensor {
             shape: shape.into(),
             data,
+            digest: Default::default(),
         }
     }
 
@@ -312,6 +321,7 @@ impl Tensor {
         Tensor {
             shape: shape.into(),
             data,
+            digest: Default::default(),
         }
     }
 
@@ -328,10 +338,29 @@ impl Tensor {
             Data::U8(v) => Data::U8(idx.iter().map(|&i| v[i]).collect()),
             Data::Bool(v) => Data::Bool(idx.iter().map(|&i| v[i]).collect()),
         };
-        Tensor { shape, data }
+        Tensor {
+            shape,
+            data,
+            digest: Default::default(),
+        }
     }
 
     /// Element bytes, little-endian, for hashing and equality.
+    /// The digest of the elements' bits (computed once).
+    fn digest(&self) -> u64 {
+        *self.digest.get_or_init(|| match &self.data {
+            Data::F32(v) => digest_words(v.iter().map(|x| x.to_bits() as u64)),
+            Data::F16(v) => digest_words(v.iter().map(|x| x.to_bits() as u64)),
+            Data::BF16(v) => digest_words(v.iter().map(|x| x.to_bits() as u64)),
+            Data::F64(v) => digest_words(v.iter().map(|x| x.to_bits())),
+            Data::I64(v) => digest_words(v.iter().map(|&x| x as u64)),
+            Data::I32(v) => digest_words(v.iter().map(|&x| x as u32 as u64)),
+            Data::I8(v) => digest_words(v.iter().map(|&x| x as u8 as u64)),
+            Data::U8(v) => digest_words(v.iter().map(|&x| x as u64)),
+            Data::Bool(v) => digest_words(v.iter().map(|&x| x as u64)),
+        })
+    }
+
     fn bytes(&self) -> Vec<u8> {
         match &self.data {
             Data::F32(v) => v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
@@ -364,7 +393,39 @@ impl Tensor {
 /// Bit-exact equality (NaN equals the same NaN), so constants can be hash-consed.
 impl PartialEq for Tensor {
     fn eq(&self, other: &Self) -> bool {
-        self.dtype() == other.dtype() && self.shape == other.shape && self.bytes() == other.bytes()
+        if std::ptr::eq(self, other) {
+            return true;
+        }
+        if self.dtype() != other.dtype()
+            || self.shape != other.shape
+            || self.digest() != other.digest()
+        {
+            return false;
+        }
+        match (&self.data, &other.data) {
+            (Data::F32(a), Data::F32(b)) => a
+                .iter()
+                .map(|x| x.to_bits())
+                .eq(b.iter().map(|x| x.to_bits())),
+            (Data::F16(a), Data::F16(b)) => a
+                .iter()
+                .map(|x| x.to_bits())
+                .eq(b.iter().map(|x| x.to_bits())),
+            (Data::BF16(a), Data::BF16(b)) => a
+                .iter()
+                .map(|x| x.to_bits())
+                .eq(b.iter().map(|x| x.to_bits())),
+            (Data::F64(a), Data::F64(b)) => a
+                .iter()
+                .map(|x| x.to_bits())
+                .eq(b.iter().map(|x| x.to_bits())),
+            (Data::I64(a), Data::I64(b)) => a == b,
+            (Data::I32(a), Data::I32(b)) => a == b,
+            (Data::I8(a), Data::I8(b)) => a == b,
+            (Data::U8(a), Data::U8(b)) => a == b,
+            (Data::Bool(a), Data::Bool(b)) => a == b,
+            _ => false,
+        }
     }
 }
 impl Eq for Tensor {}
@@ -377,6 +438,9 @@ impl PartialOrd for Tensor {
 /// A total order consistent with bit equality (dtype, shape, then element bytes).
 impl Ord for Tensor {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        if self == o {
+            return std::cmp::Ordering::Equal;
+        }
         (self.dtype(), &self.shape, self.bytes()).cmp(&(o.dtype(), &o.shape, o.bytes()))
     }
 }
@@ -385,6 +449,27 @@ impl Hash for Tensor {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.dtype().hash(state);
         self.shape.hash(state);
-        self.bytes().hash(state);
+        self.digest().hash(state);
     }
+}
+
+/// Mixes 64-bit words into a digest: four independent lanes (so the loop is not one long
+/// dependency chain), each a multiply-rotate, folded at the end.
+fn digest_words(words: impl Iterator<Item = u64>) -> u64 {
+    const K: [u64; 4] = [
+        0x9e37_79b9_7f4a_7c15,
+        0xc2b2_ae3d_27d4_eb4f,
+        0x1656_67b1_9e37_79f9,
+        0x85eb_ca77_c2b2_ae63,
+    ];
+    let mut lanes = K;
+    let mut n = 0u64;
+    for (i, w) in words.enumerate() {
+        let l = &mut lanes[i & 3];
+        *l = (*l ^ w).wrapping_mul(K[i & 3]).rotate_left(29);
+        n += 1;
+    }
+    lanes.iter().fold(n.wrapping_mul(K[0]), |h, &l| {
+        (h ^ l).wrapping_mul(K[1]).rotate_left(31)
+    })
 }

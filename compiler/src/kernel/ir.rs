@@ -697,9 +697,10 @@ pub enum Target {
 pub struct Layout {
     /// Offset of each buffer in the arena (0, unused, for a buffer with a slot).
     pub offsets: Vec<usize>,
-    /// The caller's pointer slot of each buffer passed in place, if it is one: on the CPU,
-    /// the graph inputs first (in order), then each output buffer a kernel writes (in
-    /// order, once). None on the GPU, where every buffer is in the arena.
+    /// The pointer slot of each buffer passed in place, if it is one: on the CPU, the graph
+    /// inputs first (in order), then each output buffer a kernel writes (in order, once),
+    /// then the weights (the tensors' own storage). None on the GPU, where every buffer is
+    /// in the arena.
     pub slots: Vec<Option<usize>>,
     /// Arena bytes (every offset + size within it, 64-byte aligned).
     pub size: usize,

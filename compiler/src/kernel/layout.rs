@@ -1,7 +1,8 @@
 //! Laying a lowered program out in memory, once, as the last step of lowering: every buffer
 //! gets an arena offset from its lifetime (the shared planner, [`crate::schedule::arena`]);
-//! on the CPU the graph's inputs and outputs stay in the caller's memory (pointer slots) and
-//! take no arena space.
+//! on the CPU the graph's inputs and outputs stay in the caller's memory and the weights in
+//! their tensors (pointer slots), and take no arena space: loading a model copies no
+//! weights.
 
 use super::ir::{Layout, Program, Target};
 use crate::schedule::arena;
@@ -26,8 +27,9 @@ pub fn lay_out(program: &Program) -> Layout {
     }
 }
 
-/// The caller's pointer slot of each buffer, if it has one: graph inputs first (in order),
-/// then each output buffer that a kernel writes (in order, once). Every other buffer lives
+/// The pointer slot of each buffer, if it has one: graph inputs first (in order), then each
+/// output buffer that a kernel writes (in order, once), then each constant that is not a
+/// graph output (the runtime points it at the tensor's own storage). Every other buffer lives
 /// in the arena.
 fn io_slots(program: &Program) -> Vec<Option<usize>> {
     let mut slots = vec![None; program.buffers.len()];
@@ -41,6 +43,13 @@ fn io_slots(program: &Program) -> Vec<Option<usize>> {
     let written = |b: u32| program.kernels.iter().any(|k| k.writes.contains(&b));
     for (_, b) in &program.outputs {
         if slots[*b as usize].is_none() && written(*b) {
+            slots[*b as usize] = Some(n);
+            n += 1;
+        }
+    }
+    for (b, _) in &program.constants {
+        let output = program.outputs.iter().any(|(_, o)| o == b);
+        if slots[*b as usize].is_none() && !output {
             slots[*b as usize] = Some(n);
             n += 1;
         }

@@ -10,6 +10,7 @@ pub mod analysis;
 pub mod explain;
 pub mod extract;
 pub mod lang;
+pub mod regions;
 pub mod rules;
 
 use crate::error::Result;
@@ -36,6 +37,9 @@ pub struct Options {
     /// source graph: no fusion and no recognizers (which fuse decomposed patterns); exact
     /// folding, identities, CSE and dead-node removal still apply.
     pub fuse: bool,
+    /// Fuse large graphs region by region ([`regions`]), on every core; off saturates the
+    /// whole graph at once (for comparison).
+    pub regions: bool,
 }
 
 impl Default for Options {
@@ -46,6 +50,7 @@ impl Default for Options {
             iter_limit: 30,
             time_limit: Duration::from_secs(2),
             fuse: true,
+            regions: true,
         }
     }
 }
@@ -113,13 +118,7 @@ pub fn optimize(graph: &Graph, opts: &Options) -> Result<(Graph, Report)> {
     if !opts.fuse {
         return Ok((simplified, report));
     }
-    let fused = saturate(
-        &simplified,
-        rules::fuse::rules(),
-        rules::fuse::PHASE,
-        opts,
-        &mut report,
-    );
+    let fused = regions::fuse(&simplified, opts, &mut report);
     fused.validate()?;
     Ok((fused, report))
 }

@@ -157,7 +157,14 @@ SMELT_FN double smelt_mod_floor(double a, double b) {
 }
 // Set when an integer division meets a zero divisor (the result is then 0, and smelt_run
 // returns 2: the runtime reports an error instead of the CPU trapping). INT64_MIN / -1 wraps.
-static int smelt_fault;
+// With several translation units (compiled in parallel, linked into one shared object) the
+// first, SMELT_MAIN_UNIT, defines it; kernel bodies in other units reach it by name.
+#define SMELT_LINK __attribute__((visibility("hidden")))
+#ifdef SMELT_MAIN_UNIT
+SMELT_LINK int smelt_fault;
+#else
+SMELT_LINK extern int smelt_fault;
+#endif
 SMELT_FN long long smelt_div_ll(long long a, long long b) {
     if (b == 0) { smelt_fault = 2; return 0; }
     return b == -1 ? (long long)(0ull - (unsigned long long)a) : a / b;

@@ -101,14 +101,16 @@ pub fn host_cpu() -> String {
 }
 
 impl Compiler {
-    /// Compiles `source` (with `headers` under `include/`) into the shared object `out`,
-    /// working in the scratch directory `work`.
+    /// Compiles the translation units `units` (with `headers` under `include/`) into the
+    /// shared object `out`, working in the scratch directory `work`: one unit directly; several
+    /// each to an object file, at most `jobs` compilers at a time, then linked.
     pub fn build(
         &self,
-        source: &str,
+        units: &[String],
         headers: &[(&str, &str)],
         work: &Path,
         out: &Path,
+        jobs: usize,
     ) -> Result<(), String> {
         let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
         let include = work.join("include");
@@ -119,13 +121,63 @@ impl Compiler {
             }
             std::fs::write(&p, text).map_err(|e| io(&p, e))?;
         }
-        let src = work.join("model.c");
-        std::fs::write(&src, source).map_err(|e| io(&src, e))?;
+        let mut sources = Vec::new();
+        for (i, text) in units.iter().enumerate() {
+            let src = work.join(format!("model{i}.c"));
+            std::fs::write(&src, text).map_err(|e| io(&src, e))?;
+            sources.push(src);
+        }
+        if let [src] = sources.as_slice() {
+            return self.run(&[], &include, &[src.as_path()], out);
+        }
+        let objects: Vec<std::path::PathBuf> =
+            sources.iter().map(|s| s.with_extension("o")).collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..jobs.clamp(1, sources.len()))
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut r = Ok(());
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(src) = sources.get(i) else { break };
+                            if let Err(e) = self.run(&["-c"], &include, &[src], &objects[i]) {
+                                r = Err(e);
+                            }
+                        }
+                        r
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join()
+                        .unwrap_or_else(|_| Err("a compiler thread panicked".into()))
+                })
+                .collect()
+        });
+        for r in results {
+            r?;
+        }
+        let objs: Vec<&Path> = objects.iter().map(|o| o.as_path()).collect();
+        self.run(&[], &include, &objs, out)
+    }
+
+    /// `cc FLAGS EXTRA -I include INPUTS -o out`, its first errors on failure.
+    fn run(
+        &self,
+        extra: &[&str],
+        include: &Path,
+        inputs: &[&Path],
+        out: &Path,
+    ) -> Result<(), String> {
         let o = Command::new(&self.command)
             .args(&self.flags)
+            .args(extra)
             .arg("-I")
-            .arg(&include)
-            .arg(&src)
+            .arg(include)
+            .args(inputs)
             .arg("-o")
             .arg(out)
             .output()
@@ -137,11 +189,12 @@ impl Compiler {
                 .filter(|l| l.contains("error"))
                 .take(5)
                 .collect();
+            let names: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
             return Err(format!(
                 "'{} {}' failed on {}:\n{}",
                 self.command,
                 self.flags.join(" "),
-                src.display(),
+                names.join(" "),
                 if first.is_empty() {
                     log.trim().to_string()
                 } else {

@@ -13,6 +13,7 @@ use crate::Error;
 use smelt_compiler::codegen::c as c_render;
 use smelt_compiler::ir::{DType, Data, Tensor};
 use smelt_compiler::kernel::{Program, Target};
+use smelt_compiler::timings::Timings;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -185,6 +186,9 @@ pub struct BuildInfo {
     pub kernels: usize,
     /// Arena bytes.
     pub arena_bytes: usize,
+    /// Where the time went (rendering, the cache key, the C compiler or the cache read,
+    /// loading, the arena and weights).
+    pub timings: Timings,
 }
 
 /// Loaded libraries by cache path: the in-memory cache. They stay loaded for the life of the
@@ -239,16 +243,25 @@ impl CpuModel {
                 },
             )));
         }
-        let src = c_render::render(program).map_err(smelt_compiler::Error::from)?;
+        let mut timings = Timings::default();
+        // One translation unit per core (the C compiler runs them in parallel), a few at most.
+        let jobs = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8);
+        let units = timings
+            .time("render c", || c_render::render_units(program, jobs))
+            .map_err(smelt_compiler::Error::from)?;
         let layout = &program.layout;
+        let t = Instant::now();
         let compiler = cc::find().map_err(|why| Error::NoCompiler { why })?;
         let headers = smelt_kernels::C_HEADERS;
-        let mut parts: Vec<&[u8]> = vec![
-            b"smelt-cpu",
-            src.as_bytes(),
-            compiler.command.as_bytes(),
-            compiler.version.as_bytes(),
-        ];
+        let mut parts: Vec<&[u8]> = vec![b"smelt-cpu"];
+        for u in &units {
+            parts.push(u.as_bytes());
+            parts.push(b"\0unit\0");
+        }
+        parts.push(compiler.command.as_bytes());
+        parts.push(compiler.version.as_bytes());
         let flags = compiler.flags.join(" ");
         parts.push(flags.as_bytes());
         let host = if flags.contains("native") {
@@ -262,21 +275,29 @@ impl CpuModel {
             parts.push(t.as_bytes());
         }
         let key = cache::key(&parts);
+        timings.add("cache key", t.elapsed().as_secs_f64() * 1e3);
         let path = cache_dir.join("cpu").join(format!("{key}.so"));
         let mut outcome = Outcome::Memory;
         let mut map = loaded().lock().unwrap_or_else(|p| p.into_inner());
         let lib = match map.get(&path).filter(|_| reuse_loaded) {
             Some(lib) => lib.clone(),
             None => {
+                let t = Instant::now();
                 outcome = cache::get_or_build(&path, |tmp| {
                     let work = cache::temp_path(&path.with_extension("build"));
-                    let r = compiler.build(&src, headers, &work, tmp);
+                    let r = compiler.build(&units, headers, &work, tmp, jobs);
                     if r.is_ok() {
                         let _ = std::fs::remove_dir_all(&work);
                     }
                     r
                 })
                 .map_err(Error::CCompile)?;
+                let stage = match outcome {
+                    Outcome::Disk => "cache read",
+                    _ => "cc",
+                };
+                timings.add(stage, t.elapsed().as_secs_f64() * 1e3);
+                let t = Instant::now();
                 // SAFETY: the library is smelt's own generated code, verified against its
                 // checksum; its initializers only set up OpenMP.
                 let lib = unsafe { libloading::Library::new(&path) }.map_err(|e| Error::Load {
@@ -285,6 +306,7 @@ impl CpuModel {
                 })?;
                 let lib = Arc::new(lib);
                 map.insert(path.clone(), lib.clone());
+                timings.add("load", t.elapsed().as_secs_f64() * 1e3);
                 lib
             }
         };
@@ -312,10 +334,14 @@ impl CpuModel {
             )
         };
         let (run, run_kernel) = run;
+        let t = Instant::now();
         let mut arena = Arena::new(layout.size)?;
         {
             let bytes = arena.bytes();
             for (b, t) in &program.constants {
+                if layout.slots[*b as usize].is_some() {
+                    continue;
+                }
                 let off = layout.offsets[*b as usize];
                 let len = t.numel() * t.dtype().size();
                 if !t.write_le_bytes(&mut bytes[off..off + len]) {
@@ -326,12 +352,14 @@ impl CpuModel {
                 }
             }
         }
+        timings.add("arena and weights", t.elapsed().as_secs_f64() * 1e3);
         let info = BuildInfo {
             outcome,
             path,
             ms: start.elapsed().as_secs_f64() * 1e3,
             kernels: program.kernels.len(),
             arena_bytes: layout.size,
+            timings,
         };
         Ok(CpuModel {
             program: program.clone(),
@@ -435,6 +463,12 @@ impl CpuModel {
         let slots = &self.program.layout.slots;
         let nslots = slots.iter().flatten().count();
         let mut io: Vec<*mut std::ffi::c_void> = vec![std::ptr::null_mut(); nslots];
+        for (b, t) in &self.program.constants {
+            if let Some(slot) = slots[*b as usize] {
+                // Read only: the generated code declares weights `const`.
+                io[slot] = data_ptr(t.data());
+            }
+        }
         for (name, b) in &self.program.inputs {
             let t = inputs
                 .get(name)

@@ -954,6 +954,8 @@ pub const PANEL: usize = 32;
 /// layout: column panels of [`PANEL`] (see [`Gemm::b_panels`]). Packing at compile time
 /// means a run reads each weight once, in order, and never repacks it.
 pub(super) fn pack_weights(p: &mut crate::kernel::ir::Program) {
+    // (kernel, constant) of every product whose weight can be packed.
+    let mut jobs: Vec<(usize, usize)> = Vec::new();
     for ki in 0..p.kernels.len() {
         let [Stmt::Gemm(g)] = p.kernels[ki].body.as_slice() else {
             continue;
@@ -965,25 +967,48 @@ pub(super) fn pack_weights(p: &mut crate::kernel::ir::Program) {
         let readers = p.kernels.iter().filter(|k| k.reads.contains(&b)).count();
         let shared = g.b.batch_strides.iter().all(|&s| s == 0);
         let output = p.outputs.iter().any(|(_, o)| *o == b);
-        let crate::ir::Data::F32(values) = p.constants[ci].1.data() else {
-            continue;
-        };
+        let is_f32 = matches!(p.constants[ci].1.data(), crate::ir::Data::F32(_));
         // `a` reading the same weight (W·W) would read it packed.
-        if readers != 1 || !shared || output || g.b_panels.is_some() || g.a.buf == b {
+        if readers != 1 || !shared || output || !is_f32 || g.b_panels.is_some() || g.a.buf == b {
             continue;
         }
-        let (k, n) = (g.k, g.n);
-        let panels = n.div_ceil(PANEL);
-        let mut packed = vec![0f32; panels * k * PANEL];
-        // Row by row of the weight: a row's elements land PANEL at a time, contiguously.
-        for q in 0..k {
-            for j in 0..n {
-                let at = g.b.offset + q as i64 * g.b.row_stride + j as i64 * g.b.col_stride;
-                packed[(j / PANEL) * k * PANEL + q * PANEL + j % PANEL] = values[at as usize];
-            }
-        }
-        let len = packed.len();
-        p.constants[ci].1 = std::sync::Arc::new(crate::ir::Tensor::f32([len], packed));
+        jobs.push((ki, ci));
+    }
+    // The weights are packed on every core: a large model's are hundreds of MB.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    let packed: Vec<(usize, Vec<f32>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.min(jobs.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&(ki, ci)) = jobs.get(i) else { break };
+                        let [Stmt::Gemm(g)] = p.kernels[ki].body.as_slice() else {
+                            unreachable!("a product kernel")
+                        };
+                        let crate::ir::Data::F32(values) = p.constants[ci].1.data() else {
+                            unreachable!("an f32 weight")
+                        };
+                        done.push((i, pack(values, &g.b, g.k, g.n)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("packing does not panic"))
+            .collect()
+    });
+    for (i, values) in packed {
+        let (ki, ci) = jobs[i];
+        let b = p.constants[ci].0;
+        let len = values.len();
+        p.constants[ci].1 = std::sync::Arc::new(crate::ir::Tensor::f32([len], values));
         let decl = &mut p.buffers[b as usize];
         decl.shape = vec![len];
         decl.len = len;
@@ -991,4 +1016,37 @@ pub(super) fn pack_weights(p: &mut crate::kernel::ir::Program) {
             g.b_panels = Some(PANEL);
         }
     }
+}
+
+/// The k×n matrix `m` of `values` in column panels of [`PANEL`]: panel `j / PANEL` holds rows
+/// `0..k` of its columns, each row's PANEL elements contiguous (zeros past `n`).
+fn pack(values: &[f32], m: &MatrixView, k: usize, n: usize) -> Vec<f32> {
+    let panels = n.div_ceil(PANEL);
+    let mut packed = vec![0f32; panels * k * PANEL];
+    for (pi, panel) in packed.chunks_mut(k * PANEL).enumerate() {
+        let j0 = pi * PANEL;
+        let w = PANEL.min(n - j0);
+        if m.row_stride == 1 {
+            // A transposed weight (`x·Wᵀ`): each column is contiguous; read it in order.
+            for j in 0..w {
+                let at = (m.offset + (j0 + j) as i64 * m.col_stride) as usize;
+                for (q, &v) in values[at..at + k].iter().enumerate() {
+                    panel[q * PANEL + j] = v;
+                }
+            }
+            continue;
+        }
+        for q in 0..k {
+            let row = &mut panel[q * PANEL..q * PANEL + w];
+            let at = m.offset + q as i64 * m.row_stride + j0 as i64 * m.col_stride;
+            if m.col_stride == 1 {
+                row.copy_from_slice(&values[at as usize..at as usize + w]);
+            } else {
+                for (j, x) in row.iter_mut().enumerate() {
+                    *x = values[(at + j as i64 * m.col_stride) as usize];
+                }
+            }
+        }
+    }
+    packed
 }
