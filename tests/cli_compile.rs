@@ -28,6 +28,8 @@ fn compile_writes_plan_json_fused_and_unfused() {
             model.to_str().unwrap(),
             "--out-dir",
             out.to_str().unwrap(),
+            "--cuda",
+            "--timings",
         ];
         args.extend(extra);
         let (ok, stdout, stderr) = smelt(&args);
@@ -39,6 +41,20 @@ fn compile_writes_plan_json_fused_and_unfused() {
                 .any(|l| l.starts_with("simplify") && l.contains("ms") && l.contains("nodes")),
             "{stderr}"
         );
+        // --timings: one line per stage, NVRTC among them since --cuda asked for it.
+        for stage in [
+            "import",
+            "lower gpu",
+            "lower cpu",
+            "render c",
+            "render cuda",
+            "nvrtc",
+        ] {
+            assert!(
+                stderr.lines().any(|l| l.trim_start().starts_with(stage)),
+                "no {stage} timing: {stderr}"
+            );
+        }
         assert!(stdout.contains("kernels"), "{stdout}");
         let plan: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("plan.json")).unwrap()).unwrap();
@@ -94,6 +110,34 @@ fn compile_writes_plan_json_fused_and_unfused() {
     assert_eq!(launches[0], 5, "fused attention model");
     assert!(launches[1] > 3 * launches[0], "unfused: {}", launches[1]);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn compile_writes_cuda_only_when_asked() {
+    let model = common::root().join("tests/models/attention_masked/model.onnx");
+    let out = std::env::temp_dir().join(format!("smelt-compile-cpu-{}", std::process::id()));
+    let (ok, _, stderr) = smelt(&[
+        "compile",
+        model.to_str().unwrap(),
+        "--out-dir",
+        out.to_str().unwrap(),
+        "--timings",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(out.join("model.c").exists() && out.join("plan.json").exists());
+    assert!(!out.join("kernels").exists(), "CUDA written without --cuda");
+    assert!(
+        !stderr.contains("nvrtc"),
+        "NVRTC ran without --cuda: {stderr}"
+    );
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("plan.json")).unwrap()).unwrap();
+    assert!(plan["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|k| k["cuda"].is_null()));
+    std::fs::remove_dir_all(&out).unwrap();
 }
 
 #[test]

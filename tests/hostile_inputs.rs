@@ -153,7 +153,7 @@ fn huge_shapes_are_refused_not_allocated() {
     // An initializer whose dims overflow, with no data.
     let mut t = int_tensor("w", &[]);
     t.dims = vec![1 << 32, 1 << 32];
-    t.raw_data = Some(vec![]);
+    t.raw_data = Some(Vec::new().into());
     expect(
         import_err(
             om::node("Add", "a", &["x", "w"], &["y"], vec![]),

@@ -191,3 +191,39 @@ fn cubins_are_cached_verified_and_safe_to_share() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Distinct programs compile concurrently on the bounded pool, results in the jobs' order,
+/// each equal to a compile on its own; PTX is cached beside the cubins and a hit returns the
+/// same text.
+#[test]
+fn programs_compile_in_parallel_and_ptx_is_cached() {
+    use smelt_runtime::cuda::nvrtc::{compile, compile_ptx_cached, in_parallel};
+    let dir = std::env::temp_dir().join(format!("smelt-ptx-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let sources: Vec<String> = (1..=12)
+        .map(|k| {
+            format!(
+                "extern \"C\" __global__ void times{k}(float* x) {{ x[threadIdx.x] *= {k}.0f; }}\n"
+            )
+        })
+        .collect();
+    let built = in_parallel(&sources, |s| compile("p.cu", s, "sm_90"));
+    assert_eq!(built.len(), sources.len());
+    for (k, (b, s)) in built.iter().zip(&sources).enumerate() {
+        let alone = compile("p.cu", s, "sm_90").unwrap();
+        let b = b.as_ref().unwrap();
+        assert_eq!(b.cubin, alone.cubin, "job {k} out of order or different");
+        assert_eq!(b.resources[0].0, format!("times{}", k + 1));
+    }
+    let first = compile_ptx_cached("p.cu", &sources[0], "sm_90", &dir).unwrap();
+    assert!(first.contains(".entry times1"), "{first}");
+    let entries = || std::fs::read_dir(dir.join("ptx")).unwrap().count();
+    assert_eq!(entries(), 1);
+    let again = compile_ptx_cached("p.cu", &sources[0], "sm_90", &dir).unwrap();
+    assert_eq!(first, again);
+    assert_eq!(entries(), 1, "a hit writes nothing");
+    let other = compile_ptx_cached("p.cu", &sources[0], "sm_80", &dir).unwrap();
+    assert!(other.contains(".target sm_80"));
+    assert_eq!(entries(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}

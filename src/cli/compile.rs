@@ -1,6 +1,8 @@
 //! `smelt compile`: the optimized graph laid out once per target, written as `plan.json`
-//! (the GPU program), `model.c` (the CPU program), the CUDA sources, their PTX and cubins,
-//! and optionally a bundle; `--report` models the plan on a GPU.
+//! (the GPU program) and `model.c` (the CPU program); with `--cuda` (or `--arch`, or
+//! `--bundle`) also the CUDA sources, their PTX and cubins (NVRTC on every core), and
+//! optionally a bundle; `--report` models the plan on a GPU; `--timings` says where the
+//! time went.
 
 use super::{compile_gpu, io_error, outln, Error, ModelArgs};
 use std::path::{Path, PathBuf};
@@ -19,10 +21,16 @@ pub struct Args {
     /// Allow rewrites that change results beyond rounding (x*0 -> 0, reassociation).
     #[arg(long)]
     pub fast_math: bool,
-    /// CUDA architectures of the cubins, comma-separated (NVRTC compiles each kernel for
-    /// each when it is installed; plan.json reports the first's resources).
-    #[arg(long, default_value = "sm_90")]
-    pub arch: String,
+    /// Also write the CUDA sources and, where NVRTC is installed, each kernel's PTX and
+    /// cubin (for --arch, default sm_90; plan.json then reports the first's registers).
+    #[arg(long)]
+    pub cuda: bool,
+    /// CUDA architectures of the cubins, comma-separated (implies --cuda).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Print where the time went, stage by stage, to stderr.
+    #[arg(long)]
+    pub timings: bool,
     /// Also write an ahead-of-time bundle (plan, launches, weights, cubins for every
     /// --arch) that loads with no NVRTC.
     #[arg(long, value_name = "FILE")]
@@ -47,13 +55,16 @@ pub fn run(args: Args) -> Result<(), Error> {
         out_dir,
         no_fuse,
         fast_math,
+        cuda,
         arch,
+        timings,
         report,
         gpu,
         bundle,
         bundle_check,
     } = args;
-
+    let cuda = cuda || arch.is_some() || bundle.is_some();
+    let arch = arch.unwrap_or_else(|| "sm_90".into());
     let archs: Vec<String> = arch
         .split(',')
         .map(|a| a.trim().to_string())
@@ -74,20 +85,32 @@ pub fn run(args: Args) -> Result<(), Error> {
             known.join(", ")
         ))
     })?;
-    let graph = model.load()?;
+    let mut times = smelt::timings::Timings::default();
+    let graph = times.time("import", || model.load())?;
     // Optimized once; lowered and laid out once per target.
     let mut compiled = compile_gpu(&graph, fast_math, !no_fuse)?;
+    times.extend(&compiled.timings);
     let cpu = compiled.retarget(smelt::kernel::Target::Cpu)?;
+    times.extend(&cpu.timings);
     std::fs::create_dir_all(&out_dir).map_err(|e| io_error(&out_dir, e))?;
+    let c_src = times
+        .time("render c", || smelt::codegen::c::render(&cpu.program))
+        .map_err(|e| Error::Compiler(e.into()))?;
+    let c_path = out_dir.join("model.c");
+    std::fs::write(&c_path, c_src).map_err(|e| io_error(&c_path, e))?;
     let target = smelt::codegen::cuda::Cuda { fast_math };
-    write_kernels(&mut compiled, &cpu, &out_dir, &archs, &target)?;
+    if cuda {
+        write_cuda(&mut compiled, &out_dir, &archs, &target, &mut times)?;
+    }
     if let Some(path) = &bundle {
-        let b = smelt_runtime::cuda::bundle::Bundle::build_for(
-            &compiled,
-            &archs,
-            &smelt_runtime::cache::dir(),
-            &target,
-        )?;
+        let b = times.time("bundle", || {
+            smelt_runtime::cuda::bundle::Bundle::build_for(
+                &compiled,
+                &archs,
+                &smelt_runtime::cache::dir(),
+                &target,
+            )
+        })?;
         let b = if bundle_check {
             // gpu-check draws inputs by position in the bundle's input list.
             let names = |g: &smelt::Graph| -> Vec<String> {
@@ -130,6 +153,11 @@ pub fn run(args: Args) -> Result<(), Error> {
         p.weight_bytes as f64 / 1e6,
         path.display()
     );
+    if timings {
+        for line in times.lines() {
+            eprintln!("{line}");
+        }
+    }
     if report {
         use smelt::schedule::gpu_model::estimate;
         let unfused = compile_gpu(&graph, fast_math, false)?;
@@ -169,57 +197,66 @@ pub fn run(args: Args) -> Result<(), Error> {
     Ok(())
 }
 
-/// Writes `DIR/model.c` (the C backend's source: `cpu`'s program), `DIR/kernels/<kernel>.cu`
-/// (the GPU program's), and, where NVRTC is installed, each kernel's PTX and cubin per
-/// architecture in `archs`, recording the first architecture's registers and spills in the
+/// Writes `DIR/kernels/<kernel>.cu` (the GPU program's kernels) and, where NVRTC is
+/// installed, each kernel's PTX and cubin per architecture in `archs` (every kernel on every
+/// core, through the cache), recording the first architecture's registers and spills in the
 /// plan (its kernels are the program's, in order).
-fn write_kernels(
+fn write_cuda(
     compiled: &mut smelt::Compiled,
-    cpu: &smelt::Compiled,
     out_dir: &Path,
     archs: &[String],
     target: &smelt::codegen::cuda::Cuda,
+    times: &mut smelt::timings::Timings,
 ) -> Result<(), Error> {
     use smelt::schedule::CudaResources;
-    let sources = smelt::codegen::cuda::render_for(target, &compiled.program)
+    use smelt_runtime::cuda::nvrtc;
+    let sources = times
+        .time("render cuda", || {
+            smelt::codegen::cuda::render_for(target, &compiled.program)
+        })
         .map_err(|e| Error::Compiler(e.into()))?;
     let dir = out_dir.join("kernels");
     std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
-    // The C backend's translation unit, as `--device cpu` compiles it.
-    let c_src = smelt::codegen::c::render(&cpu.program).map_err(|e| Error::Compiler(e.into()))?;
-    let c_path = out_dir.join("model.c");
-    std::fs::write(&c_path, c_src).map_err(|e| io_error(&c_path, e))?;
-    let nvrtc = smelt_runtime::cuda::nvrtc::version();
-    if let Err(e) = &nvrtc {
-        eprintln!("warning: CUDA sources written, no cubins: {e}");
-    }
-    for (planned, (name, src)) in compiled.plan.kernels.iter_mut().zip(&sources) {
+    for (name, src) in &sources {
         let path = dir.join(format!("{name}.cu"));
         std::fs::write(&path, src).map_err(|e| io_error(&path, e))?;
-        if nvrtc.is_err() {
+    }
+    if let Err(e) = nvrtc::version() {
+        eprintln!("warning: CUDA sources written, no cubins: {e}");
+        return Ok(());
+    }
+    let cache = smelt_runtime::cache::dir();
+    let jobs: Vec<(&str, &str, &str)> = sources
+        .iter()
+        .flat_map(|(name, src)| {
+            archs
+                .iter()
+                .map(move |a| (name.as_str(), src.as_str(), a.as_str()))
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    let built = nvrtc::in_parallel(&jobs, |&(name, src, arch)| {
+        let cubin = nvrtc::compile_cached(&format!("{name}.cu"), src, arch, &cache)?;
+        let ptx = nvrtc::compile_ptx_cached(&format!("{name}.cu"), src, arch, &cache)?;
+        Ok::<_, nvrtc::NvrtcError>((cubin.0, ptx))
+    });
+    times.add("nvrtc", t.elapsed().as_secs_f64() * 1e3);
+    for (&(name, _, arch), result) in jobs.iter().zip(built) {
+        let (out, ptx) = result?;
+        let cubin = dir.join(format!("{name}.{arch}.cubin"));
+        std::fs::write(&cubin, &out.cubin).map_err(|e| io_error(&cubin, e))?;
+        let ptx_path = dir.join(format!("{name}.{arch}.ptx"));
+        std::fs::write(&ptx_path, ptx).map_err(|e| io_error(&ptx_path, e))?;
+        if arch != archs[0] {
             continue;
         }
-        for (i, arch) in archs.iter().enumerate() {
-            let (out, _) = smelt_runtime::cuda::nvrtc::compile_cached(
-                &format!("{name}.cu"),
-                src,
-                arch,
-                &smelt_runtime::cache::dir(),
-            )?;
-            let cubin = dir.join(format!("{name}.{arch}.cubin"));
-            std::fs::write(&cubin, &out.cubin).map_err(|e| io_error(&cubin, e))?;
-            let ptx = smelt_runtime::cuda::nvrtc::compile_ptx(&format!("{name}.cu"), src, arch)?;
-            let ptx_path = dir.join(format!("{name}.{arch}.ptx"));
-            std::fs::write(&ptx_path, ptx).map_err(|e| io_error(&ptx_path, e))?;
-            if i > 0 {
-                continue;
-            }
-            let r = out
-                .resources
-                .first()
-                .map(|(_, r)| r.clone())
-                .unwrap_or_default();
-            planned.cuda = Some(CudaResources {
+        let r = out
+            .resources
+            .first()
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default();
+        if let Some(k) = compiled.plan.kernels.iter_mut().find(|k| k.name == name) {
+            k.cuda = Some(CudaResources {
                 arch: arch.to_string(),
                 source: format!("kernels/{name}.cu"),
                 registers: r.registers,

@@ -38,16 +38,24 @@ pub fn import_file(path: &Path, opts: &ImportOptions) -> Result<Graph> {
         path: path.display().to_string(),
         source,
     })?;
-    import_bytes(&bytes, path.parent(), &path.display().to_string(), opts)
+    let file = path.display().to_string();
+    // The file's buffer is shared by the decoded initializers, not copied.
+    let model = decode_buffer(prost::bytes::Bytes::from(bytes), &file)?;
+    import_owned(model, path.parent(), &file, opts)
 }
 
 /// Decodes a `ModelProto` from bytes; `file` names it in errors.
 pub fn decode_model(bytes: &[u8], file: &str) -> Result<ModelProto> {
+    decode_buffer(prost::bytes::Bytes::copy_from_slice(bytes), file)
+}
+
+fn decode_buffer(buf: prost::bytes::Bytes, file: &str) -> Result<ModelProto> {
     let err = |message: String| Error::Onnx {
         file: file.to_string(),
         message,
     };
-    let model = ModelProto::decode(bytes).map_err(|e| {
+    // Decoding from `Bytes` shares the buffer: initializers' raw data is not copied.
+    let model = ModelProto::decode(buf).map_err(|e| {
         err(format!(
             "not a valid ONNX model (protobuf decode failed: {e})"
         ))
@@ -66,7 +74,7 @@ pub fn import_bytes(
     opts: &ImportOptions,
 ) -> Result<Graph> {
     let model = decode_model(bytes, file)?;
-    import_model(&model, base_dir, file, opts)
+    import_owned(model, base_dir, file, opts)
 }
 
 /// The op types this importer translates (default ONNX domain).
@@ -84,13 +92,23 @@ pub fn import_model(
     file: &str,
     opts: &ImportOptions,
 ) -> Result<Graph> {
+    import_owned(model.clone(), base_dir, file, opts)
+}
+
+/// [`import_model`] on a model it may take apart (its weights are not copied again).
+fn import_owned(
+    mut model: ModelProto,
+    base_dir: Option<&Path>,
+    file: &str,
+    opts: &ImportOptions,
+) -> Result<Graph> {
     let err = |message: String| Error::Onnx {
         file: file.to_string(),
         message,
     };
     let mut graph = model
         .graph
-        .clone()
+        .take()
         .ok_or_else(|| err("model has no graph".into()))?;
     static_forms::rewrite(&mut graph);
     let graph = &graph;

@@ -185,13 +185,27 @@ impl Bundle {
                 constant,
             });
         }
+        // Every kernel for every architecture, on every core.
+        let jobs: Vec<(&str, &str, &String)> = sources
+            .iter()
+            .flat_map(|(name, src)| {
+                archs
+                    .iter()
+                    .map(move |arch| (name.as_str(), src.as_str(), arch))
+            })
+            .collect();
+        let mut built = super::nvrtc::in_parallel(&jobs, |&(name, src, arch)| {
+            super::nvrtc::compile_cached(&format!("{name}.cu"), src, arch, cache_dir)
+        })
+        .into_iter();
         let mut launches = Vec::new();
-        for (k, (name, src)) in program.kernels.iter().zip(&sources) {
+        for (k, (_, src)) in program.kernels.iter().zip(&sources) {
             let mut cubins = Vec::new();
             for arch in archs {
-                let (c, _) =
-                    super::nvrtc::compile_cached(&format!("{name}.cu"), src, arch, cache_dir)
-                        .map_err(|e| err(e.to_string()))?;
+                let (c, _) = built
+                    .next()
+                    .expect("one result per job")
+                    .map_err(|e| err(e.to_string()))?;
                 cubins.push((arch.clone(), push(&c.cubin)));
             }
             let source = Some(push(src.as_bytes()));

@@ -283,6 +283,73 @@ pub fn compile_cached(
     Ok((c, outcome))
 }
 
+/// [`compile_ptx`] through the disk cache under `dir`, keyed as [`compile_cached`] keys
+/// cubins.
+pub fn compile_ptx_cached(
+    name: &str,
+    source: &str,
+    arch: &str,
+    dir: &Path,
+) -> Result<String, NvrtcError> {
+    use crate::cache;
+    let (major, minor) = version()?;
+    let nvrtc = format!("nvrtc {major}.{minor}");
+    let mut parts: Vec<&[u8]> = vec![
+        b"smelt-ptx",
+        name.as_bytes(),
+        source.as_bytes(),
+        arch.as_bytes(),
+        nvrtc.as_bytes(),
+        OPTIONS.as_bytes(),
+    ];
+    for (p, t) in smelt_kernels::HEADERS {
+        parts.push(p.as_bytes());
+        parts.push(t.as_bytes());
+    }
+    let path = dir.join("ptx").join(format!("{}.ptx", cache::key(&parts)));
+    if let Some(text) = cache::load(&path).and_then(|b| String::from_utf8(b).ok()) {
+        return Ok(text);
+    }
+    let ptx = compile_ptx(name, source, arch)?;
+    cache::get_or_build(&path, |tmp| {
+        std::fs::write(tmp, ptx.as_bytes()).map_err(|e| format!("{}: {e}", tmp.display()))
+    })
+    .map_err(NvrtcError::Call)?;
+    Ok(ptx)
+}
+
+/// Runs `f` on every job on every core (a bounded pool: NVRTC compiles distinct programs
+/// concurrently); results in the jobs' order.
+pub fn in_parallel<J: Sync, T: Send>(jobs: &[J], f: impl Fn(&J) -> T + Sync) -> Vec<T> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8)
+        .min(jobs.len())
+        .max(1);
+    let mut done: Vec<(usize, T)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(j) = jobs.get(i) else { break };
+                        out.push((i, f(j)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a compile job panicked"))
+            .collect()
+    });
+    done.sort_by_key(|d| d.0);
+    done.into_iter().map(|d| d.1).collect()
+}
+
 /// The options every compile passes besides the architecture and include paths (part of
 /// the cache key).
 const OPTIONS: &str = "--std=c++17 --ptxas-options=-v";
