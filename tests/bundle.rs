@@ -29,21 +29,50 @@ fn bundles_round_trip_and_reject_bad_files() {
     // The plan is the compiler's, byte for byte once printed.
     let plan: serde_json::Value = serde_json::from_str(&c.plan.to_json()).unwrap();
     assert_eq!(back.manifest.plan, plan);
-    // Every kernel has a cubin per arch, equal to what NVRTC makes of its source.
+    // Every function has a cubin per arch, equal to what NVRTC makes of its source, stored
+    // once however many launches share it.
     let program = &c.program;
-    let sources = smelt::codegen::cuda::render(program).unwrap();
+    let module = smelt::codegen::cuda::render_module(&Default::default(), program).unwrap();
     assert_eq!(back.manifest.launches.len(), program.kernels.len());
-    for (name, src) in &sources {
+    for (l, (k, &fi)) in back
+        .manifest
+        .launches
+        .iter()
+        .zip(program.kernels.iter().zip(&module.of))
+    {
+        assert_eq!(l.name, k.name);
+        assert_eq!(l.kernel, module.functions[fi].name);
+    }
+    for f in &module.functions {
         for arch in ["sm_80", "sm_90"] {
-            let want = nvrtc::compile(&format!("{name}.cu"), src, arch)
+            let want = nvrtc::compile(&format!("{}.cu", f.name), &f.source, arch)
                 .unwrap()
                 .cubin;
             assert_eq!(
-                back.cubin(name, arch).unwrap(),
+                back.cubin(&f.name, arch).unwrap(),
                 want.as_slice(),
-                "{name} {arch}"
+                "{} {arch}",
+                f.name
             );
         }
+        let blobs: std::collections::HashSet<u64> = back
+            .manifest
+            .launches
+            .iter()
+            .filter(|l| l.kernel == f.name)
+            .flat_map(|l| {
+                l.cubins
+                    .iter()
+                    .map(|(_, b)| b.offset)
+                    .chain(l.source.iter().map(|b| b.offset))
+            })
+            .collect();
+        assert_eq!(
+            blobs.len(),
+            3,
+            "{}: one blob per arch and one source",
+            f.name
+        );
     }
     // Weights are there, as the graph has them.
     for (buf, t) in &program.constants {
@@ -117,7 +146,14 @@ fn bundles_recompile_from_their_sources() {
     let (_, b) = build();
     let dir = std::env::temp_dir().join(format!("smelt-recompile-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let n = b.manifest.launches.len();
+    // One compile per distinct function.
+    let n = b
+        .manifest
+        .launches
+        .iter()
+        .map(|l| &l.kernel)
+        .collect::<std::collections::HashSet<_>>()
+        .len();
     for (pass, want_compiled) in [("cold", n), ("warm", 0)] {
         let (r, compiled) = b.recompiled("sm_90", &dir).unwrap();
         assert_eq!(compiled, want_compiled, "{pass}");
@@ -144,7 +180,16 @@ fn bundles_recompile_from_their_sources() {
 fn launch_list_snapshot() {
     let (_, b) = build();
     let mut text = String::new();
+    let mut functions: Vec<&str> = Vec::new();
     for l in &b.manifest.launches {
+        // Which distinct function it launches, by order of first use.
+        let f = functions
+            .iter()
+            .position(|&f| f == l.kernel)
+            .unwrap_or_else(|| {
+                functions.push(&l.kernel);
+                functions.len() - 1
+            });
         let params: Vec<String> = l
             .params
             .iter()
@@ -154,8 +199,8 @@ fn launch_list_snapshot() {
             })
             .collect();
         text.push_str(&format!(
-            "{} <<<{}, {}>>> ({})\n",
-            l.kernel,
+            "{} = f{f} <<<{}, {}>>> ({})\n",
+            l.name,
             l.grid,
             l.block,
             params.join(", ")
@@ -230,4 +275,44 @@ fn cublas_without_a_gpu_is_an_error() {
         let e = smelt_runtime::cuda::cublas::time_gemm(&t, &t, 3).unwrap_err();
         assert!(!e.is_empty());
     }
+}
+
+/// Kernels that differ only in their buffers are one CUDA function: a 12-layer GPT-2 stack
+/// has no more functions than a 2-layer one (each layer launches the same ones), and a
+/// second model made of the same layers finds every function in the cache a first one
+/// filled: NVRTC compiles nothing for it.
+#[test]
+fn layers_share_functions_across_depths_and_models() {
+    let dir = std::env::temp_dir().join(format!("smelt-shared-fns-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let arch = ["sm_90".to_string()];
+    let bundle = |layers: usize| {
+        let g = common::graphs::gpt2_stack(layers, 1, 16, 32, 2).unwrap();
+        let c = smelt::compile(&g, &Options::default()).unwrap();
+        let module = smelt::codegen::cuda::render_module(&Default::default(), &c.program).unwrap();
+        (
+            c.program.kernels.len(),
+            module.functions.len(),
+            Bundle::build(&c, &arch, &dir).unwrap(),
+        )
+    };
+    let (k2, f2, b2) = bundle(2);
+    let (k12, f12, b12) = bundle(12);
+    assert!(k12 >= 5 * k2, "{k12} kernels for 12 layers, {k2} for 2");
+    assert!(f12 <= f2, "12 layers: {f12} functions, 2 layers: {f2}");
+    assert!(f12 * 4 < k12, "{f12} functions for {k12} kernels");
+    // The 12-layer bundle stores each function's cubin once.
+    let cubins: std::collections::HashSet<u64> = b12
+        .manifest
+        .launches
+        .iter()
+        .map(|l| l.cubins[0].1.offset)
+        .collect();
+    assert_eq!(cubins.len(), f12);
+    let fresh = dir.join("fresh");
+    let (_, cold) = b2.recompiled("sm_90", &fresh).unwrap();
+    assert_eq!(cold, f2, "an empty cache compiles every function once");
+    let (_, second) = b12.recompiled("sm_90", &fresh).unwrap();
+    assert_eq!(second, 0, "the deeper model's functions were all cached");
+    let _ = std::fs::remove_dir_all(&dir);
 }

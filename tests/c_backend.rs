@@ -326,6 +326,27 @@ fn sources_are_deterministic() {
     assert_eq!(sources(), sources());
 }
 
+/// Kernels that differ only in their buffers share one C body, however the buffers are
+/// numbered: a 12-layer GPT-2 stack has no more bodies than a 2-layer one (whose second
+/// layer fuses one transpose differently, the graph's end being nearer), and it still
+/// gives the reference's outputs.
+#[test]
+fn layers_share_bodies_at_every_depth() {
+    let bodies = |layers: usize| {
+        let g = common::graphs::gpt2_stack(layers, 1, 16, 32, 2).unwrap();
+        let c = smelt::compile(&g, &Options::default()).unwrap();
+        let cpu = c.retarget(smelt::kernel::Target::Cpu).unwrap();
+        let src = smelt::codegen::c::render(&cpu.program).unwrap();
+        let n = src.matches("// body ").count();
+        (cpu.program.kernels.len(), n, g)
+    };
+    let (k2, b2, _) = bodies(2);
+    let (k12, b12, g12) = bodies(12);
+    assert!(k12 >= 5 * k2, "{k12} kernels for 12 layers, {k2} for 2");
+    assert!(b12 <= b2, "12 layers: {b12} bodies, 2 layers: {b2}");
+    check(&g12, true);
+}
+
 /// Edge cases an outside review found: empty tensors with long rows write nothing; an integer
 /// division by zero is an error (as in the reference), not a trap; f16 softmax rounds once.
 #[test]

@@ -342,8 +342,9 @@ fn real_model_kernels_compile_without_spills() {
         .collect();
     dirs.sort();
     assert!(dirs.len() >= 20, "the corpus is in {}", root.display());
-    // Body (with the kernel's name taken out) -> where it was first seen.
-    let mut bodies: std::collections::BTreeMap<String, String> = Default::default();
+    // Function (the same body in every model has the same name) -> (source, where it was
+    // first seen).
+    let mut functions: std::collections::BTreeMap<String, (String, String)> = Default::default();
     let mut kernels = 0;
     for d in &dirs {
         let model = d.file_name().unwrap().to_string_lossy().to_string();
@@ -360,22 +361,19 @@ fn real_model_kernels_compile_without_spills() {
         let g = import_file(&d.join("model.onnx"), &opts).unwrap();
         let c = compile(&g, &Options::default()).unwrap();
         let program = lower(&c.graph).unwrap();
-        for (name, src) in cuda::render(&program).unwrap_or_else(|e| panic!("{model}: {e}")) {
-            kernels += 1;
-            let body = src.replace(&name, "KERNEL");
-            bodies.entry(body).or_insert(format!("{model} {name}"));
+        let module = cuda::render_module(&Default::default(), &program)
+            .unwrap_or_else(|e| panic!("{model}: {e}"));
+        kernels += program.kernels.len();
+        for f in module.functions {
+            let origin = format!("{model} {}", f.kernels[0]);
+            functions.entry(f.name).or_insert((f.source, origin));
         }
     }
-    let unique: Vec<(String, String)> = bodies
-        .into_iter()
-        .enumerate()
-        .map(|(i, (body, origin))| (body.replace("KERNEL", &format!("u{i}")), origin))
-        .collect();
-    let origin: std::collections::HashMap<String, String> = unique
+    let origin: std::collections::HashMap<String, String> = functions
         .iter()
-        .enumerate()
-        .map(|(i, (_, o))| (format!("u{i}"), o.clone()))
+        .map(|(name, (_, o))| (name.clone(), o.clone()))
         .collect();
+    let unique: Vec<(String, String)> = functions.into_values().collect();
     let programs: Vec<String> = unique
         .chunks(32)
         .map(|c| {

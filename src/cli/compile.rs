@@ -197,10 +197,11 @@ pub fn run(args: Args) -> Result<(), Error> {
     Ok(())
 }
 
-/// Writes `DIR/kernels/<kernel>.cu` (the GPU program's kernels) and, where NVRTC is
-/// installed, each kernel's PTX and cubin per architecture in `archs` (every kernel on every
-/// core, through the cache), recording the first architecture's registers and spills in the
-/// plan (its kernels are the program's, in order).
+/// Writes `DIR/kernels/<function>.cu` (the GPU program's distinct functions: kernels that
+/// differ only in their buffers share one) and, where NVRTC is installed, each function's PTX
+/// and cubin per architecture in `archs` (every function on every core, through the cache),
+/// recording in each planned kernel its function and the first architecture's registers and
+/// spills.
 fn write_cuda(
     compiled: &mut smelt::Compiled,
     out_dir: &Path,
@@ -210,60 +211,70 @@ fn write_cuda(
 ) -> Result<(), Error> {
     use smelt::schedule::CudaResources;
     use smelt_runtime::cuda::nvrtc;
-    let sources = times
+    let module = times
         .time("render cuda", || {
-            smelt::codegen::cuda::render_for(target, &compiled.program)
+            smelt::codegen::cuda::render_module(target, &compiled.program)
         })
         .map_err(|e| Error::Compiler(e.into()))?;
     let dir = out_dir.join("kernels");
     std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
-    for (name, src) in &sources {
-        let path = dir.join(format!("{name}.cu"));
-        std::fs::write(&path, src).map_err(|e| io_error(&path, e))?;
+    for f in &module.functions {
+        let path = dir.join(format!("{}.cu", f.name));
+        std::fs::write(&path, &f.source).map_err(|e| io_error(&path, e))?;
     }
     if let Err(e) = nvrtc::version() {
         eprintln!("warning: CUDA sources written, no cubins: {e}");
         return Ok(());
     }
     let cache = smelt_runtime::cache::dir();
-    let jobs: Vec<(&str, &str, &str)> = sources
+    let jobs: Vec<(&smelt::codegen::cuda::Function, &str)> = module
+        .functions
         .iter()
-        .flat_map(|(name, src)| {
-            archs
-                .iter()
-                .map(move |a| (name.as_str(), src.as_str(), a.as_str()))
-        })
+        .flat_map(|f| archs.iter().map(move |a| (f, a.as_str())))
         .collect();
     let t = std::time::Instant::now();
-    let built = nvrtc::in_parallel(&jobs, |&(name, src, arch)| {
-        let cubin = nvrtc::compile_cached(&format!("{name}.cu"), src, arch, &cache)?;
-        let ptx = nvrtc::compile_ptx_cached(&format!("{name}.cu"), src, arch, &cache)?;
+    let built = nvrtc::in_parallel(&jobs, |&(f, arch)| {
+        let file = format!("{}.cu", f.name);
+        let cubin = nvrtc::compile_cached(&file, &f.source, arch, &cache)?;
+        let ptx = nvrtc::compile_ptx_cached(&file, &f.source, arch, &cache)?;
         Ok::<_, nvrtc::NvrtcError>((cubin.0, ptx))
     });
     times.add("nvrtc", t.elapsed().as_secs_f64() * 1e3);
-    for (&(name, _, arch), result) in jobs.iter().zip(built) {
+    let mut resources = vec![None; module.functions.len()];
+    for (fi, (&(f, arch), result)) in jobs.iter().zip(built).enumerate() {
         let (out, ptx) = result?;
+        let name = &f.name;
         let cubin = dir.join(format!("{name}.{arch}.cubin"));
         std::fs::write(&cubin, &out.cubin).map_err(|e| io_error(&cubin, e))?;
         let ptx_path = dir.join(format!("{name}.{arch}.ptx"));
         std::fs::write(&ptx_path, ptx).map_err(|e| io_error(&ptx_path, e))?;
-        if arch != archs[0] {
-            continue;
-        }
-        let r = out
-            .resources
-            .first()
-            .map(|(_, r)| r.clone())
-            .unwrap_or_default();
-        if let Some(k) = compiled.plan.kernels.iter_mut().find(|k| k.name == name) {
-            k.cuda = Some(CudaResources {
+        if arch == archs[0] {
+            let r = out
+                .resources
+                .first()
+                .map(|(_, r)| r.clone())
+                .unwrap_or_default();
+            resources[fi / archs.len()] = Some(CudaResources {
                 arch: arch.to_string(),
+                function: name.clone(),
                 source: format!("kernels/{name}.cu"),
                 registers: r.registers,
                 stack_bytes: r.stack_bytes,
                 spill_bytes: r.spill_stores + r.spill_loads,
             });
         }
+    }
+    let of: std::collections::HashMap<&str, usize> = compiled
+        .program
+        .kernels
+        .iter()
+        .zip(&module.of)
+        .map(|(k, &fi)| (k.name.as_str(), fi))
+        .collect();
+    for k in &mut compiled.plan.kernels {
+        k.cuda = of
+            .get(k.name.as_str())
+            .and_then(|&fi| resources[fi].clone());
     }
     Ok(())
 }

@@ -243,35 +243,6 @@ struct Split {
     args: Vec<String>,
 }
 
-/// Renames every buffer identifier `b<id>` in C text by `map` (ids not in it stay).
-fn rename_buffers(text: &str, map: &std::collections::HashMap<u32, usize>) -> String {
-    let bytes = text.as_bytes();
-    let mut out = String::with_capacity(text.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let ident_before = i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
-        if bytes[i] == b'b' && !ident_before {
-            let mut j = i + 1;
-            while j < bytes.len() && bytes[j].is_ascii_digit() {
-                j += 1;
-            }
-            let ident_after =
-                j < bytes.len() && (bytes[j].is_ascii_alphanumeric() || bytes[j] == b'_');
-            if j > i + 1 && !ident_after {
-                if let Some(pos) = text[i + 1..j].parse::<u32>().ok().and_then(|b| map.get(&b)) {
-                    out.push('b');
-                    out.push_str(&pos.to_string());
-                    i = j;
-                    continue;
-                }
-            }
-        }
-        out.push(bytes[i] as char);
-        i += 1;
-    }
-    out
-}
-
 fn split_kernel(program: &Program, kernel: &Kernel) -> Result<Split, RenderError> {
     let (offsets, slots) = (&program.layout.offsets, &program.layout.slots);
     let target = C;
@@ -289,8 +260,14 @@ fn split_kernel(program: &Program, kernel: &Kernel) -> Result<Split, RenderError
         return Err(err("a library matrix product run by several threads"));
     }
     let ctx = Ctx::new(&target, program, kernel);
+    let (grid, block) = (kernel.launch.grid, kernel.launch.block);
+    let depth = if block > 1 { 3 } else { 2 };
+    let mut loops = String::new();
+    ctx.body(&mut loops, depth)?;
+    // Positional buffers in the order the body first uses them: the same computation over
+    // buffers numbered in another order (the same layer at another depth) is the same text.
     let mut bufs: Vec<u32> = kernel.reads.iter().chain(&kernel.writes).copied().collect();
-    bufs.sort_unstable();
+    bufs.sort_unstable_by_key(|&b| (super::first_use(&loops, b).unwrap_or(usize::MAX), b));
     bufs.dedup();
     let (mut params, mut args, mut body) = (Vec::new(), Vec::new(), String::new());
     for (pos, &b) in bufs.iter().enumerate() {
@@ -317,7 +294,6 @@ fn split_kernel(program: &Program, kernel: &Kernel) -> Result<Split, RenderError
             "    {konst}{t}* restrict b{pos} = ({konst}{t}*)__builtin_assume_aligned(a{pos}, 64);"
         );
     }
-    let (grid, block) = (kernel.launch.grid, kernel.launch.block);
     let _ = writeln!(
         body,
         "    const long long grid_dim = {grid}ll, block_dim = {block}ll;\n    (void)grid_dim; (void)block_dim;"
@@ -332,21 +308,17 @@ fn split_kernel(program: &Program, kernel: &Kernel) -> Result<Split, RenderError
         body,
         "    for (long long blk = 0; blk < grid_dim; blk++) {{"
     );
-    let depth = if block > 1 {
+    if block > 1 {
         let _ = writeln!(
             body,
             "        for (long long thr = 0; thr < block_dim; thr++) {{"
         );
-        3
     } else {
         let _ = writeln!(body, "        const long long thr = 0; (void)thr;");
-        2
-    };
-    let mut loops = String::new();
-    ctx.body(&mut loops, depth)?;
+    }
     let map: std::collections::HashMap<u32, usize> =
         bufs.iter().enumerate().map(|(pos, &b)| (b, pos)).collect();
-    body.push_str(&rename_buffers(&loops, &map));
+    body.push_str(&super::rename_buffers(&loops, &map));
     if block > 1 {
         let _ = writeln!(body, "        }}");
     }

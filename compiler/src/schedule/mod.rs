@@ -95,6 +95,8 @@ pub struct Kernel {
 pub struct CudaResources {
     /// Target architecture (`sm_90`).
     pub arch: String,
+    /// The CUDA function launched: kernels that differ only in their buffers share one.
+    pub function: String,
     /// Source file, relative to the output directory.
     pub source: String,
     /// Registers per thread.

@@ -54,13 +54,19 @@ pub struct BufferSpec {
 /// One launch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LaunchSpec {
-    /// Kernel (function) name.
+    /// The function launched (the entry point in its cubin). Kernels that differ only in
+    /// their buffers launch one function: their cubin and source blobs are one.
     pub kernel: String,
+    /// The plan's kernel this launch computes (`k3_fused_add_layernorm`); empty in bundles
+    /// written before functions were shared, whose `kernel` is that name.
+    #[serde(default)]
+    pub name: String,
     /// Blocks.
     pub grid: usize,
     /// Threads per block.
     pub block: usize,
-    /// Buffers passed as the kernel's pointer parameters, in order (reads, then writes).
+    /// Buffers passed as the function's pointer parameters, in order (the kernel's reads and
+    /// writes, each once, in the order the function takes them).
     pub params: Vec<u32>,
     /// The cubin of each architecture, as (arch, blob).
     pub cubins: Vec<(String, Blob)>,
@@ -152,7 +158,7 @@ impl Bundle {
         if program.target != Target::Gpu {
             return Err(err("the program was lowered for the CPU, not the GPU"));
         }
-        let sources = cuda::render_for(target, program).map_err(smelt_compiler::Error::from)?;
+        let module = cuda::render_module(target, program).map_err(smelt_compiler::Error::from)?;
         let layout = &program.layout;
         let mut data = Vec::new();
         let mut push = |bytes: &[u8]| {
@@ -185,21 +191,19 @@ impl Bundle {
                 constant,
             });
         }
-        // Every kernel for every architecture, on every core.
-        let jobs: Vec<(&str, &str, &String)> = sources
+        // Every distinct function for every architecture, on every core; each function's
+        // cubins and source stored once, shared by the launches of all its kernels.
+        let jobs: Vec<(&cuda::Function, &String)> = module
+            .functions
             .iter()
-            .flat_map(|(name, src)| {
-                archs
-                    .iter()
-                    .map(move |arch| (name.as_str(), src.as_str(), arch))
-            })
+            .flat_map(|f| archs.iter().map(move |arch| (f, arch)))
             .collect();
-        let mut built = super::nvrtc::in_parallel(&jobs, |&(name, src, arch)| {
-            super::nvrtc::compile_cached(&format!("{name}.cu"), src, arch, cache_dir)
+        let mut built = super::nvrtc::in_parallel(&jobs, |&(f, arch)| {
+            super::nvrtc::compile_cached(&format!("{}.cu", f.name), &f.source, arch, cache_dir)
         })
         .into_iter();
-        let mut launches = Vec::new();
-        for (k, (_, src)) in program.kernels.iter().zip(&sources) {
+        let mut blobs = Vec::with_capacity(module.functions.len());
+        for f in &module.functions {
             let mut cubins = Vec::new();
             for arch in archs {
                 let (c, _) = built
@@ -208,14 +212,19 @@ impl Bundle {
                     .map_err(|e| err(e.to_string()))?;
                 cubins.push((arch.clone(), push(&c.cubin)));
             }
-            let source = Some(push(src.as_bytes()));
+            blobs.push((cubins, push(f.source.as_bytes())));
+        }
+        let mut launches = Vec::new();
+        for ((k, &fi), params) in program.kernels.iter().zip(&module.of).zip(&module.params) {
+            let (cubins, source) = &blobs[fi];
             launches.push(LaunchSpec {
-                kernel: k.name.clone(),
+                kernel: module.functions[fi].name.clone(),
+                name: k.name.clone(),
                 grid: k.launch.grid,
                 block: k.launch.block,
-                params: k.reads.iter().chain(&k.writes).copied().collect(),
-                cubins,
-                source,
+                params: params.clone(),
+                cubins: cubins.clone(),
+                source: Some(source.clone()),
                 blas: k.blas.as_deref().cloned(),
             });
         }
@@ -284,11 +293,17 @@ impl Bundle {
     /// This bundle with its cubins for `arch` only, compiled again from the carried sources
     /// by NVRTC through the cubin cache in `cache_dir` (what a first request costs without a
     /// bundle: cold with an empty cache, warm with a filled one). Returns the bundle and how
-    /// many kernels NVRTC compiled (the rest came from the cache).
+    /// many functions NVRTC compiled (the rest came from the cache).
     pub fn recompiled(&self, arch: &str, cache_dir: &Path) -> R<(Bundle, usize)> {
         let mut out = self.clone();
         let mut compiled = 0;
+        // One compile per function, its cubin shared by every launch of it.
+        let mut done: std::collections::HashMap<String, Blob> = Default::default();
         for l in &mut out.manifest.launches {
+            if let Some(b) = done.get(&l.kernel) {
+                l.cubins = vec![(arch.to_string(), b.clone())];
+                continue;
+            }
             let src = self
                 .source(l)
                 .ok_or_else(|| err(format!("no source for {} (an older bundle)", l.kernel)))?;
@@ -303,6 +318,7 @@ impl Bundle {
                 len: c.cubin.len() as u64,
             };
             out.data.extend_from_slice(&c.cubin);
+            done.insert(l.kernel.clone(), b.clone());
             l.cubins = vec![(arch.to_string(), b)];
         }
         out.manifest.archs = vec![arch.to_string()];

@@ -120,19 +120,25 @@ impl CudaModel {
         // events guard against cannot arise.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(cuda("creating a stream"))?;
+        // One module per distinct function, shared by every launch of it.
         let mut functions = Vec::with_capacity(m.launches.len());
+        let mut loaded: std::collections::HashMap<&str, CudaFunction> = Default::default();
         for l in &m.launches {
+            if let Some(f) = loaded.get(l.kernel.as_str()) {
+                functions.push(f.clone());
+                continue;
+            }
             let cubin = bundle
                 .cubin(&l.kernel, &arch)
                 .ok_or_else(|| Error::Bundle(format!("no {arch} cubin for {}", l.kernel)))?;
             let module = ctx
                 .load_module(Ptx::from_binary(cubin.to_vec()))
                 .map_err(cuda(&format!("loading {} ({arch})", l.kernel)))?;
-            functions.push(
-                module
-                    .load_function(&l.kernel)
-                    .map_err(cuda(&format!("finding {} in its module", l.kernel)))?,
-            );
+            let f = module
+                .load_function(&l.kernel)
+                .map_err(cuda(&format!("finding {} in its module", l.kernel)))?;
+            loaded.insert(&l.kernel, f.clone());
+            functions.push(f);
         }
         // cuBLASLt, if the plan has calls for it and it is wanted and installed.
         let wanted = m.launches.iter().any(|l| l.blas.is_some());
