@@ -11,6 +11,7 @@ pub mod ir;
 pub mod kernel;
 pub mod onnx;
 pub mod optimize;
+pub mod parallel;
 pub mod schedule;
 pub mod timings;
 

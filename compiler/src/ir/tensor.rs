@@ -346,10 +346,16 @@ impl Tensor {
     }
 
     /// Element bytes, little-endian, for hashing and equality.
-    /// The digest of the elements' bits (computed once).
-    fn digest(&self) -> u64 {
+    /// The digest of the elements' bits, which hashing the tensor uses: computed once, on
+    /// first use (an importer computes it for each weight on the thread that decoded it, so
+    /// the optimizer's first pass does not walk every weight on one core).
+    pub fn digest(&self) -> u64 {
         *self.digest.get_or_init(|| match &self.data {
-            Data::F32(v) => digest_words(v.iter().map(|x| x.to_bits() as u64)),
+            // Two elements to a word: half the mixing steps over the largest tensors.
+            Data::F32(v) => digest_words(v.chunks(2).map(|c| {
+                let hi = c.get(1).map_or(0, |x| x.to_bits() as u64);
+                c[0].to_bits() as u64 | hi << 32
+            })),
             Data::F16(v) => digest_words(v.iter().map(|x| x.to_bits() as u64)),
             Data::BF16(v) => digest_words(v.iter().map(|x| x.to_bits() as u64)),
             Data::F64(v) => digest_words(v.iter().map(|x| x.to_bits())),

@@ -157,8 +157,16 @@ fn import_owned(
 
     let mut imp = ops::Importer::new(opset, base_dir);
     let initializers: BTreeSet<&str> = graph.initializer.iter().map(|t| t.name()).collect();
-    for t in &graph.initializer {
-        imp.add_initializer(t).map_err(&err)?;
+    // Initializers are decoded, and their digests computed, on every core (a large model's
+    // are hundreds of MB); added in the file's order.
+    let decoded = crate::parallel::map(&graph.initializer, |t| {
+        let tensor = tensor_from_proto(t, base_dir)?;
+        tensor.digest();
+        Ok::<_, String>(tensor)
+    });
+    for (t, tensor) in graph.initializer.iter().zip(decoded) {
+        imp.add_constant(t.name(), tensor.map_err(&err)?)
+            .map_err(&err)?;
     }
     if let Some(t) = graph.sparse_initializer.first() {
         let name = t.values.as_ref().map(|v| v.name()).unwrap_or("?");

@@ -321,33 +321,7 @@ pub fn compile_ptx_cached(
 /// Runs `f` on every job on every core (a bounded pool: NVRTC compiles distinct programs
 /// concurrently); results in the jobs' order.
 pub fn in_parallel<J: Sync, T: Send>(jobs: &[J], f: impl Fn(&J) -> T + Sync) -> Vec<T> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(8)
-        .min(jobs.len())
-        .max(1);
-    let mut done: Vec<(usize, T)> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(j) = jobs.get(i) else { break };
-                        out.push((i, f(j)));
-                    }
-                    out
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("a compile job panicked"))
-            .collect()
-    });
-    done.sort_by_key(|d| d.0);
-    done.into_iter().map(|d| d.1).collect()
+    smelt_compiler::parallel::map(jobs, f)
 }
 
 /// The options every compile passes besides the architecture and include paths (part of

@@ -975,37 +975,16 @@ pub(super) fn pack_weights(p: &mut crate::kernel::ir::Program) {
         jobs.push((ki, ci));
     }
     // The weights are packed on every core: a large model's are hundreds of MB.
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(8);
-    let packed: Vec<(usize, Vec<f32>)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads.min(jobs.len()))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(&(ki, ci)) = jobs.get(i) else { break };
-                        let [Stmt::Gemm(g)] = p.kernels[ki].body.as_slice() else {
-                            unreachable!("a product kernel")
-                        };
-                        let crate::ir::Data::F32(values) = p.constants[ci].1.data() else {
-                            unreachable!("an f32 weight")
-                        };
-                        done.push((i, pack(values, &g.b, g.k, g.n)));
-                    }
-                    done
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("packing does not panic"))
-            .collect()
+    let packed: Vec<Vec<f32>> = crate::parallel::map(&jobs, |&(ki, ci)| {
+        let [Stmt::Gemm(g)] = p.kernels[ki].body.as_slice() else {
+            unreachable!("a product kernel")
+        };
+        let crate::ir::Data::F32(values) = p.constants[ci].1.data() else {
+            unreachable!("an f32 weight")
+        };
+        pack(values, &g.b, g.k, g.n)
     });
-    for (i, values) in packed {
-        let (ki, ci) = jobs[i];
+    for (&(ki, ci), values) in jobs.iter().zip(packed) {
         let b = p.constants[ci].0;
         let len = values.len();
         p.constants[ci].1 = std::sync::Arc::new(crate::ir::Tensor::f32([len], values));

@@ -10,7 +10,7 @@ use elementwise::{binary_op, unary_op};
 use shape::{norm_axes, norm_axes_ordered, reshape_target};
 
 use super::attrs::Attrs;
-use super::proto::{NodeProto, TensorProto};
+use super::proto::NodeProto;
 use super::tensor::{dtype_from_onnx, tensor_from_proto};
 use crate::error::Result;
 use crate::interp;
@@ -184,13 +184,13 @@ impl Importer {
         }
     }
 
-    pub fn add_initializer(&mut self, t: &TensorProto) -> R<()> {
-        let tensor = tensor_from_proto(t, self.base_dir.as_deref())?;
+    /// Adds a decoded initializer under its name.
+    pub fn add_constant(&mut self, name: &str, tensor: crate::ir::Tensor) -> R<()> {
         let v = self
             .b
-            .add_named(t.name(), Op::Constant(Arc::new(tensor)), &[])
+            .add_named(name, Op::Constant(Arc::new(tensor)), &[])
             .map_err(|e| e.to_string())?;
-        self.env.insert(t.name().to_string(), v);
+        self.env.insert(name.to_string(), v);
         Ok(())
     }
 
