@@ -220,3 +220,76 @@ fn compile_report_models_gpu_time() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `smelt inspect` on a real export groups the kernels and the fusions not taken by layer,
+/// the layers named by the exporter's modules (the dynamo exporter's `namespace` metadata,
+/// TorchScript's node names): every kernel and every fusion not taken is in one layer.
+#[test]
+fn inspect_explains_by_layer() {
+    for model in ["bert-torchscript", "bert-dynamo"] {
+        let dir = common::root().join("tests/models/real").join(model);
+        let mut args = vec![
+            "inspect".to_string(),
+            dir.join("model.onnx").to_string_lossy().to_string(),
+        ];
+        if let Ok(s) = std::fs::read_to_string(dir.join("shapes.txt")) {
+            for spec in s.split_whitespace() {
+                args.push("--shape".into());
+                args.push(spec.into());
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, stdout, stderr) = smelt(&args);
+        assert!(ok, "{model}: {stderr}");
+        let launches: usize = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("total: "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{model}: no total\n{stdout}"));
+        let not_taken = stdout.split("fusions not taken:").nth(1).map_or(0, |rest| {
+            rest.lines()
+                .skip(1)
+                .take_while(|l| l.starts_with("  "))
+                .count()
+        });
+        let section = stdout
+            .split("by layer (module names from the exporter):")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{model}: no by-layer section\n{stdout}"));
+        let mut kernels = 0;
+        let mut layers = Vec::new();
+        for l in section
+            .lines()
+            .filter(|l| l.starts_with("  ") && !l.starts_with("    "))
+        {
+            let (name, rest) = l.trim().split_once(": ").unwrap();
+            let n: usize = rest.split_whitespace().next().unwrap().parse().unwrap();
+            kernels += n;
+            layers.push(name.to_string());
+        }
+        assert_eq!(
+            kernels, launches,
+            "{model}: every kernel in one layer\n{section}"
+        );
+        assert_eq!(
+            section.matches("    kept apart: ").count(),
+            not_taken,
+            "{model}: every fusion not taken in one layer"
+        );
+        for l in [
+            "inner.embeddings",
+            "inner.encoder.layer.0",
+            "inner.encoder.layer.1",
+        ] {
+            assert!(
+                layers.iter().any(|x| x == l),
+                "{model}: no {l} in {layers:?}"
+            );
+        }
+        assert!(
+            !layers.iter().any(|x| x == "(unattributed)"),
+            "{model}: {layers:?}"
+        );
+    }
+}

@@ -22,7 +22,50 @@ pub struct Args {
 pub fn run(args: Args) -> Result<(), Error> {
     let graph = args.model.load()?;
     let compiled = compile_gpu(&graph, false, !args.no_fuse)?;
-    inspect(&graph, &compiled, args.dot.as_deref())
+    inspect(&graph, &compiled, args.dot.as_deref())?;
+    let scopes = smelt::onnx::module_scopes_of_file(&args.model.model)?;
+    by_layer(&compiled, &scopes);
+    Ok(())
+}
+
+/// The kernels and the fusions not taken, layer by layer (layers as the exporter's module
+/// names say); a run of layers like the one before them is printed once.
+fn by_layer(c: &smelt::Compiled, scopes: &std::collections::BTreeMap<String, String>) {
+    use smelt::onnx::scopes::layer_of;
+    if scopes.is_empty() {
+        return;
+    }
+    let layer = |name: &str| scopes.get(name).map(|s| layer_of(s));
+    let reports = smelt::optimize::explain::by_layer(&c.graph, &c.plan, &layer);
+    outln!();
+    outln!("by layer (module names from the exporter):");
+    for (i, end) in smelt::optimize::explain::alike_runs(&reports) {
+        let r = &reports[i];
+        outln!(
+            "  {}: {} kernels: {}",
+            r.layer,
+            r.kernels.len(),
+            r.kinds.join(", ")
+        );
+        for m in &r.missed {
+            outln!(
+                "    kept apart: {} -> {}: {}",
+                m.producer,
+                m.consumer,
+                m.reason
+            );
+        }
+        if end > i + 1 {
+            outln!(
+                "  {} .. {}: the same as {} ({} layers of {} kernels)",
+                reports[i + 1].layer,
+                reports[end - 1].layer,
+                r.layer,
+                end - i - 1,
+                r.kernels.len()
+            );
+        }
+    }
 }
 
 fn inspect(before: &smelt::Graph, c: &smelt::Compiled, dot: Option<&Path>) -> Result<(), Error> {

@@ -9,6 +9,7 @@ mod attrs;
 mod ops;
 #[allow(missing_docs)]
 pub mod proto;
+pub mod scopes;
 mod static_forms;
 mod tensor;
 
@@ -42,6 +43,24 @@ pub fn import_file(path: &Path, opts: &ImportOptions) -> Result<Graph> {
     // The file's buffer is shared by the decoded initializers, not copied.
     let model = decode_buffer(prost::bytes::Bytes::from(bytes), &file)?;
     import_owned(model, path.parent(), &file, opts)
+}
+
+/// The module path of each node output of the model at `path`
+/// ([`scopes::module_scopes`]), for explanations by layer.
+pub fn module_scopes_of_file(path: &Path) -> Result<BTreeMap<String, String>> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let model = decode_buffer(
+        prost::bytes::Bytes::from(bytes),
+        &path.display().to_string(),
+    )?;
+    Ok(model
+        .graph
+        .as_ref()
+        .map(scopes::module_scopes)
+        .unwrap_or_default())
 }
 
 /// Decodes a `ModelProto` from bytes; `file` names it in errors.

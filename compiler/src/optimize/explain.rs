@@ -212,3 +212,142 @@ pub fn dot(g: &Graph, title: &str) -> String {
     let _ = writeln!(s, "}}");
     s
 }
+
+/// One layer's share of a plan (a layer as the exporter's module names say:
+/// [`crate::onnx::scopes::layer_of`]): its kernels in launch order and the fusions not taken
+/// inside it.
+#[derive(Clone, Debug)]
+pub struct LayerReport {
+    /// The layer (`inner.encoder.layer.0`), or `(unattributed)` for kernels whose nodes
+    /// carry no module name.
+    pub layer: String,
+    /// Its kernels' names, in launch order.
+    pub kernels: Vec<String>,
+    /// What each kernel is (`gemm`, `fused/row`, …), as the plan says, with its ops.
+    pub kinds: Vec<String>,
+    /// The fusions not taken whose consumer is in this layer.
+    pub missed: Vec<MissedFusion>,
+}
+
+/// The plan's kernels and the optimized graph's missed fusions, grouped by the layer that
+/// `layer` names for an original node name (the first of the nodes fused into the kernel
+/// that has one, else the kernel's own); layers in the order of their first kernel.
+pub fn by_layer(
+    g: &Graph,
+    plan: &crate::schedule::Plan,
+    layer: &dyn Fn(&str) -> Option<String>,
+) -> Vec<LayerReport> {
+    const NONE: &str = "(unattributed)";
+    let index: std::collections::HashMap<&str, NodeId> = g
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.as_str(), i))
+        .collect();
+    // A fused kernel belongs where its first op with a module name does (the product, for
+    // a product with an epilogue that reaches into the next layer).
+    let layer_of_node = |name: &str| -> String {
+        if let Some(Op::Fused(k)) = index.get(name).map(|&i| &g.nodes[i].op) {
+            for n in &k.body.nodes {
+                if let Some(l) = layer(&n.name) {
+                    return l;
+                }
+            }
+        }
+        layer(name).unwrap_or_else(|| NONE.to_string())
+    };
+    let mut out: Vec<LayerReport> = Vec::new();
+    let slot = |name: String, out: &mut Vec<LayerReport>| -> usize {
+        if let Some(i) = out.iter().position(|r| r.layer == name) {
+            return i;
+        }
+        out.push(LayerReport {
+            layer: name,
+            kernels: Vec::new(),
+            kinds: Vec::new(),
+            missed: Vec::new(),
+        });
+        out.len() - 1
+    };
+    for k in &plan.kernels {
+        let i = slot(layer_of_node(&k.node), &mut out);
+        out[i].kernels.push(k.name.clone());
+        let kind = k
+            .fusion
+            .map_or(k.kind.to_string(), |f| format!("{}/{f}", k.kind));
+        out[i].kinds.push(format!("{kind}[{}]", k.ops.join(" ")));
+    }
+    for m in missed_fusions(g) {
+        let i = slot(layer_of_node(&m.consumer), &mut out);
+        out[i].missed.push(m);
+    }
+    out
+}
+
+/// Runs of consecutive layers alike: `(first, end)` index ranges of `reports` where each
+/// layer after the first is of the same stack (its name but the last component:
+/// `encoder.layer.3` -> `encoder.layer`) and has the same kernels and the same reasons for
+/// the fusions not taken as the first. Every report is in exactly one run.
+pub fn alike_runs(reports: &[LayerReport]) -> Vec<(usize, usize)> {
+    let stack = |l: &str| l.rsplit_once('.').map_or(l, |(s, _)| s).to_string();
+    let alike = |a: &LayerReport, b: &LayerReport| {
+        stack(&a.layer) == stack(&b.layer)
+            && a.kinds == b.kinds
+            && a.missed.len() == b.missed.len()
+            && a.missed
+                .iter()
+                .zip(&b.missed)
+                .all(|(x, y)| x.reason == y.reason)
+    };
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < reports.len() {
+        let mut j = i + 1;
+        while j < reports.len() && alike(&reports[i], &reports[j]) {
+            j += 1;
+        }
+        runs.push((i, j));
+        i = j;
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(name: &str, kinds: &[&str], reasons: &[&str]) -> LayerReport {
+        LayerReport {
+            layer: name.into(),
+            kernels: kinds
+                .iter()
+                .enumerate()
+                .map(|(i, _)| format!("k{i}"))
+                .collect(),
+            kinds: kinds.iter().map(|k| k.to_string()).collect(),
+            missed: reasons
+                .iter()
+                .map(|r| MissedFusion {
+                    producer: "p".into(),
+                    consumer: "c".into(),
+                    reason: r.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn alike_layers_run_together() {
+        let g = ["gemm[matmul add]", "fused[layernorm]"];
+        let reports = [
+            layer("emb", &["fused[gather]"], &[]),
+            layer("enc.layer.0", &g, &["a reduction"]),
+            layer("enc.layer.1", &g, &["a reduction"]),
+            layer("enc.layer.2", &g, &["a reduction"]),
+            layer("enc.layer.3", &g, &["another reason"]),
+            layer("dec.layer.0", &g, &["another reason"]),
+        ];
+        assert_eq!(alike_runs(&reports), [(0, 1), (1, 4), (4, 5), (5, 6)]);
+        assert!(alike_runs(&[]).is_empty());
+    }
+}
