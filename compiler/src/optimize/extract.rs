@@ -12,8 +12,8 @@ use super::analysis::EG;
 use super::lang::{ENode, EOp};
 use super::rules::fuse::gathered_operands;
 use crate::ir::{Graph, KernelKind, Node, NodeId, Op};
-use egg::{CostFunction, Extractor, Id};
-use std::collections::{HashMap, HashSet};
+use egg::{CostFunction, Id};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 /// One kernel launch, in bytes-equivalent: ~5 µs of launch and synchronization overhead at
@@ -63,6 +63,58 @@ fn out_bytes(eg: &EG, op: &Op, enode: &ENode) -> usize {
     crate::ir::infer(op, &tys).map(|t| t.bytes()).unwrap_or(0)
 }
 
+/// The cheapest node of every class under [`BytesAndLaunches`] (a node's cost is its own
+/// plus its children's). A worklist recomputes a class only when one of its children got
+/// cheaper: egg's `Extractor` sweeps every class until a sweep changes nothing, which takes
+/// about as many sweeps as the graph is deep (quadratic on a stack of layers). The first
+/// visit goes over the classes in egg's order and, as egg does, a class's choice changes only
+/// when a node is strictly cheaper; ties go to the first node of the class.
+pub struct Best {
+    choice: HashMap<Id, (f64, usize)>,
+}
+
+impl Best {
+    /// The cheapest nodes of `eg`'s classes.
+    pub fn new(eg: &EG) -> Best {
+        let mut cf = BytesAndLaunches { eg };
+        let mut choice: HashMap<Id, (f64, usize)> = HashMap::new();
+        let mut queue: VecDeque<Id> = eg.classes().map(|c| c.id).collect();
+        let mut queued: HashSet<Id> = queue.iter().copied().collect();
+        while let Some(id) = queue.pop_front() {
+            queued.remove(&id);
+            let mut best: Option<(f64, usize)> = None;
+            for (i, node) in eg[id].nodes.iter().enumerate() {
+                if !node.args.iter().all(|&a| choice.contains_key(&eg.find(a))) {
+                    continue;
+                }
+                let c = cf.cost(node, |a| choice[&eg.find(a)].0);
+                if best.is_none_or(|(b, _)| c < b) {
+                    best = Some((c, i));
+                }
+            }
+            let Some(new) = best else { continue };
+            if choice.get(&id).is_some_and(|old| new.0 >= old.0) {
+                continue;
+            }
+            choice.insert(id, new);
+            for p in eg[id].parents() {
+                let p = eg.find(p);
+                if queued.insert(p) {
+                    queue.push_back(p);
+                }
+            }
+        }
+        Best { choice }
+    }
+
+    /// The cheapest node of `class`.
+    pub fn node<'a>(&self, eg: &'a EG, class: Id) -> &'a ENode {
+        let class = eg.find(class);
+        let (_, i) = self.choice[&class];
+        &eg[class].nodes[i]
+    }
+}
+
 /// Rebuilds a graph from the best node of each class reachable from `roots`.
 ///
 /// `names` gives a preferred node name per class (from the original graph); other classes get
@@ -73,7 +125,7 @@ pub fn rebuild(
     roots: &[(String, Id)],
     names: &HashMap<Id, String>,
 ) -> Graph {
-    let extractor = Extractor::new(eg, BytesAndLaunches { eg });
+    let extractor = Best::new(eg);
     let mut g = Graph::default();
     let mut memo: HashMap<Id, NodeId> = HashMap::new();
     let mut used: HashSet<String> = input_names.iter().cloned().collect();
@@ -107,7 +159,7 @@ pub fn rebuild(
 #[allow(clippy::too_many_arguments)]
 fn emit(
     eg: &EG,
-    ex: &Extractor<BytesAndLaunches, ENode, super::analysis::Facts>,
+    ex: &Best,
     class: Id,
     g: &mut Graph,
     memo: &mut HashMap<Id, NodeId>,
@@ -119,7 +171,7 @@ fn emit(
     if let Some(&n) = memo.get(&class) {
         return n;
     }
-    let node = ex.find_best_node(class).clone();
+    let node = ex.node(eg, class).clone();
     let id = match &node.op {
         EOp::Input(k) => *k as usize,
         EOp::Const(k) => {
