@@ -230,3 +230,92 @@ fn push(
     });
     g.nodes.len() - 1
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{DType, GraphBuilder, Tensor};
+    use crate::optimize::analysis::Facts;
+
+    /// A stack of `layers` MLP blocks with residuals and LayerNorms, as an e-graph saturated
+    /// by the simplification and fusion rules (many classes with several nodes).
+    fn saturated(layers: usize) -> EG {
+        let mut b = GraphBuilder::new();
+        let mut x = b.input("x", DType::F32, &[4, 16]).unwrap();
+        for l in 0..layers as u64 {
+            let w1 = b.constant(Tensor::random(DType::F32, &[16, 32], 10 * l + 1));
+            let b1 = b.constant(Tensor::random(DType::F32, &[32], 10 * l + 2));
+            let w2 = b.constant(Tensor::random(DType::F32, &[32, 16], 10 * l + 3));
+            let g = b.constant(Tensor::random(DType::F32, &[16], 10 * l + 4));
+            let h = b.matmul(x, w1).unwrap();
+            let h = b.add(h, b1).unwrap();
+            let h = b.gelu(h).unwrap();
+            let h = b.matmul(h, w2).unwrap();
+            let h = b.add(h, x).unwrap();
+            x = b.layer_norm(h, g, None, -1, 1e-5).unwrap();
+        }
+        b.output("y", x).unwrap();
+        let graph = b.build().unwrap();
+        let mut eg = EG::new(Facts::new(vec![graph.nodes[graph.inputs[0]].ty.clone()]));
+        let mut class_of: Vec<Id> = Vec::new();
+        for n in &graph.nodes {
+            let node = match &n.op {
+                Op::Input => ENode {
+                    op: EOp::Input(0),
+                    args: vec![],
+                },
+                Op::Constant(t) => ENode {
+                    op: EOp::Const(eg.analysis.intern(Arc::clone(t))),
+                    args: vec![],
+                },
+                op => ENode::ir(op.clone(), n.inputs.iter().map(|&i| class_of[i]).collect()),
+            };
+            let id = eg.add(node);
+            for &i in &n.inputs {
+                *eg.analysis.users.entry(class_of[i]).or_insert(0) += 1;
+            }
+            class_of.push(id);
+        }
+        let (_, out) = graph.outputs[0];
+        *eg.analysis.users.entry(class_of[out]).or_insert(0) += 1;
+        eg.analysis.outputs.push(class_of[out]);
+        eg.rebuild();
+        let mut rules = crate::optimize::rules::simplification(false, true);
+        rules.extend(crate::optimize::rules::fuse::rules());
+        egg::Runner::default()
+            .with_egraph(eg)
+            .with_iter_limit(12)
+            .run(&rules)
+            .egraph
+    }
+
+    /// The worklist finds, for every class, the cost egg's sweeping extractor finds.
+    #[test]
+    fn worklist_costs_equal_eggs() {
+        for layers in [1, 3] {
+            let eg = saturated(layers);
+            let best = Best::new(&eg);
+            let egg = egg::Extractor::new(&eg, BytesAndLaunches { eg: &eg });
+            let mut several = 0;
+            for c in eg.classes() {
+                several += usize::from(c.nodes.len() > 1);
+                let ours = best.choice[&c.id].0;
+                let theirs = egg.find_best_cost(c.id);
+                assert!(
+                    (ours - theirs).abs() <= 1e-9 * theirs.abs().max(1.0),
+                    "class {}: {ours} vs egg's {theirs}",
+                    c.id
+                );
+                // The chosen node has that cost.
+                let mut cf = BytesAndLaunches { eg: &eg };
+                let node = best.node(&eg, c.id);
+                let c2 = cf.cost(node, |a| best.choice[&eg.find(a)].0);
+                assert_eq!(c2, ours);
+            }
+            assert!(
+                several >= 3 * layers,
+                "{layers} layers: only {several} classes with choices"
+            );
+        }
+    }
+}
