@@ -243,6 +243,26 @@ fn run<T>(
     out
 }
 
+/// The cache key of a `what` (cubin or PTX) of `source`: the source and its name, smelt's
+/// device headers, the architecture, NVRTC's version and the options.
+fn cache_key(what: &str, name: &str, source: &str, arch: &str) -> Result<String, NvrtcError> {
+    let (major, minor) = version()?;
+    let nvrtc = format!("nvrtc {major}.{minor}");
+    let mut parts: Vec<&[u8]> = vec![
+        what.as_bytes(),
+        name.as_bytes(),
+        source.as_bytes(),
+        arch.as_bytes(),
+        nvrtc.as_bytes(),
+        OPTIONS.as_bytes(),
+    ];
+    for (p, t) in smelt_kernels::HEADERS {
+        parts.push(p.as_bytes());
+        parts.push(t.as_bytes());
+    }
+    Ok(crate::cache::key(&parts))
+}
+
 /// Like [`compile`], through the disk cache under `dir` (see [`crate::cache`]): an entry is
 /// keyed by the source, smelt's device headers, the architecture, NVRTC's version and the
 /// options, holds the cubin and the compiler log (so resources survive), and is verified on
@@ -254,23 +274,10 @@ pub fn compile_cached(
     dir: &Path,
 ) -> Result<(Cubin, crate::cache::Outcome), NvrtcError> {
     use crate::cache;
-    let (major, minor) = version()?;
-    let nvrtc = format!("nvrtc {major}.{minor}");
-    let mut parts: Vec<&[u8]> = vec![
-        b"smelt-cubin",
-        name.as_bytes(),
-        source.as_bytes(),
-        arch.as_bytes(),
-        nvrtc.as_bytes(),
-        OPTIONS.as_bytes(),
-    ];
-    for (p, t) in smelt_kernels::HEADERS {
-        parts.push(p.as_bytes());
-        parts.push(t.as_bytes());
-    }
-    let path = dir
-        .join("cubin")
-        .join(format!("{}.cubin", cache::key(&parts)));
+    let path = dir.join("cubin").join(format!(
+        "{}.cubin",
+        cache_key("smelt-cubin", name, source, arch)?
+    ));
     if let Some(c) = cache::load(&path).and_then(|b| decode(&b)) {
         return Ok((c, cache::Outcome::Disk));
     }
@@ -292,21 +299,8 @@ pub fn compile_ptx_cached(
     dir: &Path,
 ) -> Result<String, NvrtcError> {
     use crate::cache;
-    let (major, minor) = version()?;
-    let nvrtc = format!("nvrtc {major}.{minor}");
-    let mut parts: Vec<&[u8]> = vec![
-        b"smelt-ptx",
-        name.as_bytes(),
-        source.as_bytes(),
-        arch.as_bytes(),
-        nvrtc.as_bytes(),
-        OPTIONS.as_bytes(),
-    ];
-    for (p, t) in smelt_kernels::HEADERS {
-        parts.push(p.as_bytes());
-        parts.push(t.as_bytes());
-    }
-    let path = dir.join("ptx").join(format!("{}.ptx", cache::key(&parts)));
+    let key = cache_key("smelt-ptx", name, source, arch)?;
+    let path = dir.join("ptx").join(format!("{key}.ptx"));
     if let Some(text) = cache::load(&path).and_then(|b| String::from_utf8(b).ok()) {
         return Ok(text);
     }
