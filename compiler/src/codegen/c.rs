@@ -266,9 +266,8 @@ fn split_kernel(program: &Program, kernel: &Kernel) -> Result<Split, RenderError
     ctx.body(&mut loops, depth)?;
     // Positional buffers in the order the body first uses them: the same computation over
     // buffers numbered in another order (the same layer at another depth) is the same text.
-    let mut bufs: Vec<u32> = kernel.reads.iter().chain(&kernel.writes).copied().collect();
-    bufs.sort_unstable_by_key(|&b| (super::first_use(&loops, b).unwrap_or(usize::MAX), b));
-    bufs.dedup();
+    let listed: Vec<u32> = kernel.reads.iter().chain(&kernel.writes).copied().collect();
+    let bufs = super::by_first_use(&loops, &listed);
     let (mut params, mut args, mut body) = (Vec::new(), Vec::new(), String::new());
     for (pos, &b) in bufs.iter().enumerate() {
         let d = program.buffers[b as usize].dtype;
@@ -333,26 +332,6 @@ fn split_kernel(program: &Program, kernel: &Kernel) -> Result<Split, RenderError
         body,
         args,
     })
-}
-
-/// C for one kernel: the function computing it over positional buffers, and `static void
-/// NAME(const smelt_ctx* ctx, unsigned char* arena, void* const* io)` calling it with each
-/// buffer at `io[slot]` when the program's layout gives it a slot, else at its offset in the
-/// arena.
-pub fn render_kernel(program: &Program, kernel: &Kernel) -> Result<String, RenderError> {
-    let split = split_kernel(program, kernel)?;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "static void {}_body({}) {{\n    (void)ctx;\n{}}}\n",
-        kernel.name, split.params, split.body
-    );
-    let _ = writeln!(
-        out,
-        "{}",
-        wrapper(kernel, &format!("{}_body", kernel.name), &split.args)
-    );
-    Ok(out)
 }
 
 /// `static void NAME(ctx, arena, io) { BODY(ctx, args...); }`.

@@ -327,9 +327,7 @@ pub fn render_module(target: &Cuda, program: &Program) -> Result<Module, RenderE
         let listed: Vec<u32> = k.reads.iter().chain(&k.writes).copied().collect();
         let text = render_named(target, program, k, PLACEHOLDER, &listed)?;
         let body = &text[text.find(") {\n").unwrap_or(0)..];
-        let mut params = listed.clone();
-        params.sort_by_key(|&b| (super::first_use(body, b).unwrap_or(usize::MAX), b));
-        params.dedup();
+        let params = super::by_first_use(body, &listed);
         let text = if params == listed {
             text
         } else {

@@ -19,45 +19,64 @@ pub struct RenderError {
     pub what: String,
 }
 
-/// Renames every buffer identifier `b<id>` in C text by `map` (ids not in it stay); the rest
-/// of the text is copied as it is (UTF-8 included).
-pub(crate) fn rename_buffers(text: &str, map: &std::collections::HashMap<u32, usize>) -> String {
+/// Each buffer identifier `b<id>` in C text (a whole identifier: not `ab1`, `b1_x`), as
+/// (start, end, id).
+fn buffer_idents(text: &str) -> impl Iterator<Item = (usize, usize, u32)> + '_ {
     let bytes = text.as_bytes();
     let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
-    let mut out = String::with_capacity(text.len());
-    let (mut i, mut copied) = (0, 0);
-    while i < bytes.len() {
-        if bytes[i] == b'b' && (i == 0 || !ident(bytes[i - 1])) {
-            let mut j = i + 1;
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < bytes.len() {
+            let start = i;
+            i += 1;
+            if bytes[start] != b'b' || (start > 0 && ident(bytes[start - 1])) {
+                continue;
+            }
+            let mut j = i;
             while j < bytes.len() && bytes[j].is_ascii_digit() {
                 j += 1;
             }
-            if j > i + 1 && (j == bytes.len() || !ident(bytes[j])) {
-                if let Some(pos) = text[i + 1..j].parse::<u32>().ok().and_then(|b| map.get(&b)) {
-                    out.push_str(&text[copied..i]);
-                    out.push('b');
-                    out.push_str(&pos.to_string());
-                    i = j;
-                    copied = j;
-                    continue;
-                }
+            if j == i || (j < bytes.len() && ident(bytes[j])) {
+                continue;
+            }
+            if let Ok(id) = text[i..j].parse::<u32>() {
+                i = j;
+                return Some((start, j, id));
             }
         }
-        i += 1;
+        None
+    })
+}
+
+/// Renames every buffer identifier `b<id>` in C text by `map` (ids not in it stay); the rest
+/// of the text is copied as it is (UTF-8 included).
+pub(crate) fn rename_buffers(text: &str, map: &std::collections::HashMap<u32, usize>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (start, end, id) in buffer_idents(text) {
+        if let Some(pos) = map.get(&id) {
+            out.push_str(&text[copied..start]);
+            out.push('b');
+            out.push_str(&pos.to_string());
+            copied = end;
+        }
     }
     out.push_str(&text[copied..]);
     out
 }
 
-/// Where the identifier `b<id>` first occurs in `text`.
-pub(crate) fn first_use(text: &str, id: u32) -> Option<usize> {
-    let needle = format!("b{id}");
-    let bytes = text.as_bytes();
-    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
-    text.match_indices(&needle).map(|(i, _)| i).find(|&i| {
-        let end = i + needle.len();
-        (i == 0 || !ident(bytes[i - 1])) && (end == bytes.len() || !ident(bytes[end]))
-    })
+/// `bufs` once each, in the order `text` first uses them (those it never names last, by
+/// id): positional parameters under which the same computation over buffers numbered
+/// another way is the same text.
+pub(crate) fn by_first_use(text: &str, bufs: &[u32]) -> Vec<u32> {
+    let mut first: std::collections::HashMap<u32, usize> = Default::default();
+    for (start, _, id) in buffer_idents(text) {
+        first.entry(id).or_insert(start);
+    }
+    let mut out = bufs.to_vec();
+    out.sort_unstable_by_key(|b| (first.get(b).copied().unwrap_or(usize::MAX), *b));
+    out.dedup();
+    out
 }
 
 #[cfg(test)]
@@ -70,5 +89,6 @@ mod tests {
             super::rename_buffers(text, &map),
             "// k — b0\nb0[i] = b1[i] + b170[i] + ab17 + b17_x + b1;"
         );
+        assert_eq!(super::by_first_use(text, &[4, 9, 17, 4]), [17, 4, 9]);
     }
 }
