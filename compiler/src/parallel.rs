@@ -4,19 +4,22 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// How many threads [`map`] uses for `jobs` jobs.
-pub fn threads(jobs: usize) -> usize {
+/// The pool's size: one thread per core, eight at most.
+pub fn cores() -> usize {
     std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8)
-        .min(jobs)
-        .max(1)
 }
 
 /// `f` on every job, on every core; the results in the jobs' order. A job that panics
 /// panics the caller (jobs are smelt's own code: a panic is a bug, not an input's fault).
 pub fn map<J: Sync, T: Send>(jobs: &[J], f: impl Fn(&J) -> T + Sync) -> Vec<T> {
-    let n = threads(jobs.len());
+    map_on(cores(), jobs, f)
+}
+
+/// [`map`] on at most `threads` threads.
+pub fn map_on<J: Sync, T: Send>(threads: usize, jobs: &[J], f: impl Fn(&J) -> T + Sync) -> Vec<T> {
+    let n = threads.min(jobs.len()).max(1);
     if n == 1 {
         return jobs.iter().map(f).collect();
     }
@@ -52,5 +55,6 @@ mod tests {
         let out = super::map(&jobs, |&j| j * j);
         assert_eq!(out, jobs.iter().map(|j| j * j).collect::<Vec<_>>());
         assert!(super::map(&[] as &[u8], |_| 0).is_empty());
+        assert_eq!(super::map_on(1, &jobs, |&j| j + 1)[999], 1000);
     }
 }

@@ -197,7 +197,7 @@ fn cubins_are_cached_verified_and_safe_to_share() {
 /// same text.
 #[test]
 fn programs_compile_in_parallel_and_ptx_is_cached() {
-    use smelt_runtime::cuda::nvrtc::{compile, compile_ptx_cached, in_parallel};
+    use smelt_runtime::cuda::nvrtc::{compile, compile_ptx_cached};
     let dir = std::env::temp_dir().join(format!("smelt-ptx-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let sources: Vec<String> = (1..=12)
@@ -207,7 +207,7 @@ fn programs_compile_in_parallel_and_ptx_is_cached() {
             )
         })
         .collect();
-    let built = in_parallel(&sources, |s| compile("p.cu", s, "sm_90"));
+    let built = smelt_compiler::parallel::map(&sources, |s| compile("p.cu", s, "sm_90"));
     assert_eq!(built.len(), sources.len());
     for (k, (b, s)) in built.iter().zip(&sources).enumerate() {
         let alone = compile("p.cu", s, "sm_90").unwrap();

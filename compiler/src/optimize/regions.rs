@@ -171,32 +171,11 @@ pub(super) fn fuse(g: &Graph, opts: &Options, report: &mut Report) -> Graph {
         .map(|w| region(g, (w[0], w[1]), &last))
         .collect();
     // Saturate the regions on every core.
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |t| t.get())
-        .min(regions.len());
-    let mut done: Vec<(usize, Graph, Report)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(r) = regions.get(i) else { break };
-                        let mut rep = Report::default();
-                        let fused = saturate(&r.graph, rules(), phase, opts, &mut rep);
-                        out.push((i, fused, rep));
-                    }
-                    out
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("saturation does not panic"))
-            .collect()
+    let done: Vec<(Graph, Report)> = crate::parallel::map(&regions, |r| {
+        let mut rep = Report::default();
+        let fused = saturate(&r.graph, rules(), phase, opts, &mut rep);
+        (fused, rep)
     });
-    done.sort_by_key(|d| d.0);
     // Stitch: the graph inputs, then each region's nodes with its inputs wired to their
     // sources.
     let mut out = Graph::default();
@@ -210,8 +189,7 @@ pub(super) fn fuse(g: &Graph, opts: &Options, report: &mut Report) -> Graph {
     let mut named: HashMap<String, NodeId> = HashMap::new();
     let mut stop = String::new();
     let mut nodes_out = 0;
-    for (i, fused, rep) in &done {
-        let r = &regions[*i];
+    for (r, (fused, rep)) in regions.iter().zip(&done) {
         nodes_out += fused.nodes.len();
         let mut map = vec![usize::MAX; fused.nodes.len()];
         for (k, &inp) in fused.inputs.iter().enumerate() {

@@ -132,30 +132,10 @@ impl Compiler {
         }
         let objects: Vec<std::path::PathBuf> =
             sources.iter().map(|s| s.with_extension("o")).collect();
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..jobs.clamp(1, sources.len()))
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut r = Ok(());
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some(src) = sources.get(i) else { break };
-                            if let Err(e) = self.run(&["-c"], &include, &[src], &objects[i]) {
-                                r = Err(e);
-                            }
-                        }
-                        r
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| {
-                    w.join()
-                        .unwrap_or_else(|_| Err("a compiler thread panicked".into()))
-                })
-                .collect()
+        let pairs: Vec<(&std::path::PathBuf, &std::path::PathBuf)> =
+            sources.iter().zip(&objects).collect();
+        let results = smelt_compiler::parallel::map_on(jobs, &pairs, |&(src, obj)| {
+            self.run(&["-c"], &include, &[src], obj)
         });
         for r in results {
             r?;

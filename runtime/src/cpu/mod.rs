@@ -245,9 +245,7 @@ impl CpuModel {
         }
         let mut timings = Timings::default();
         // One translation unit per core (the C compiler runs them in parallel), a few at most.
-        let jobs = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(8);
+        let jobs = smelt_compiler::parallel::cores();
         let units = timings
             .time("render c", || c_render::render_units(program, jobs))
             .map_err(smelt_compiler::Error::from)?;

@@ -198,7 +198,7 @@ impl Bundle {
             .iter()
             .flat_map(|f| archs.iter().map(move |arch| (f, arch)))
             .collect();
-        let mut built = super::nvrtc::in_parallel(&jobs, |&(f, arch)| {
+        let mut built = smelt_compiler::parallel::map(&jobs, |&(f, arch)| {
             super::nvrtc::compile_cached(&format!("{}.cu", f.name), &f.source, arch, cache_dir)
         })
         .into_iter();

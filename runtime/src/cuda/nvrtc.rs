@@ -312,12 +312,6 @@ pub fn compile_ptx_cached(
     Ok(ptx)
 }
 
-/// Runs `f` on every job on every core (a bounded pool: NVRTC compiles distinct programs
-/// concurrently); results in the jobs' order.
-pub fn in_parallel<J: Sync, T: Send>(jobs: &[J], f: impl Fn(&J) -> T + Sync) -> Vec<T> {
-    smelt_compiler::parallel::map(jobs, f)
-}
-
 /// The options every compile passes besides the architecture and include paths (part of
 /// the cache key).
 const OPTIONS: &str = "--std=c++17 --ptxas-options=-v";
