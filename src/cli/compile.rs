@@ -134,11 +134,15 @@ pub fn run(args: Args) -> Result<(), Error> {
             b
         };
         b.write(path)?;
+        // The file's size, not the bundle serialized again (its weights included).
+        let bytes = std::fs::metadata(path)
+            .map_err(|e| io_error(path, e))?
+            .len();
         outln!(
             "bundle: {} launches, cubins for {}, {:.3} MB -> {}",
             b.manifest.launches.len(),
             archs.join(","),
-            b.to_bytes().len() as f64 / 1e6,
+            bytes as f64 / 1e6,
             path.display()
         );
     }
@@ -232,16 +236,16 @@ fn write_cuda(
         .iter()
         .flat_map(|f| archs.iter().map(move |a| (f, a.as_str())))
         .collect();
-    let t = std::time::Instant::now();
-    let built = nvrtc::in_parallel(&jobs, |&(f, arch)| {
-        let file = format!("{}.cu", f.name);
-        let cubin = nvrtc::compile_cached(&file, &f.source, arch, &cache)?;
-        let ptx = nvrtc::compile_ptx_cached(&file, &f.source, arch, &cache)?;
-        Ok::<_, nvrtc::NvrtcError>((cubin.0, ptx))
+    let built = times.time("nvrtc", || {
+        smelt_compiler::parallel::map(&jobs, |&(f, arch)| {
+            let file = format!("{}.cu", f.name);
+            let cubin = nvrtc::compile_cached(&file, &f.source, arch, &cache)?;
+            let ptx = nvrtc::compile_ptx_cached(&file, &f.source, arch, &cache)?;
+            Ok::<_, nvrtc::NvrtcError>((cubin.0, ptx))
+        })
     });
-    times.add("nvrtc", t.elapsed().as_secs_f64() * 1e3);
     let mut resources = vec![None; module.functions.len()];
-    for (fi, (&(f, arch), result)) in jobs.iter().zip(built).enumerate() {
+    for (j, (&(f, arch), result)) in jobs.iter().zip(built).enumerate() {
         let (out, ptx) = result?;
         let name = &f.name;
         let cubin = dir.join(format!("{name}.{arch}.cubin"));
@@ -254,7 +258,8 @@ fn write_cuda(
                 .first()
                 .map(|(_, r)| r.clone())
                 .unwrap_or_default();
-            resources[fi / archs.len()] = Some(CudaResources {
+            // Job j is function j / archs.len() for architecture j % archs.len().
+            resources[j / archs.len()] = Some(CudaResources {
                 arch: arch.to_string(),
                 function: name.clone(),
                 source: format!("kernels/{name}.cu"),

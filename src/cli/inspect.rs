@@ -20,10 +20,16 @@ pub struct Args {
 
 /// Compiles and explains.
 pub fn run(args: Args) -> Result<(), Error> {
-    let graph = args.model.load()?;
+    // Read once: the module names come from the file's nodes, the graph from its import.
+    let model = smelt::onnx::read_model(&args.model.model)?;
+    let scopes = model
+        .graph
+        .as_ref()
+        .map(smelt::onnx::scopes::module_scopes)
+        .unwrap_or_default();
+    let graph = args.model.import(model)?;
     let compiled = compile_gpu(&graph, false, !args.no_fuse)?;
     inspect(&graph, &compiled, args.dot.as_deref())?;
-    let scopes = smelt::onnx::module_scopes_of_file(&args.model.model)?;
     by_layer(&compiled, &scopes);
     Ok(())
 }

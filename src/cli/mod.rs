@@ -12,7 +12,7 @@ mod run;
 mod show;
 
 use clap::{Parser, Subcommand};
-use smelt::onnx::{import_file, ImportOptions};
+use smelt::onnx::ImportOptions;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -62,11 +62,17 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Imports the model with the given shapes.
     pub fn load(&self) -> Result<smelt::Graph, Error> {
+        self.import(smelt::onnx::read_model(&self.model)?)
+    }
+
+    /// Imports `model`, read from the model file, with the given shapes and storage type.
+    pub fn import(&self, model: smelt::onnx::proto::ModelProto) -> Result<smelt::Graph, Error> {
         let opts = ImportOptions {
             shapes: parse_shapes(&self.shapes)?,
             ..Default::default()
         };
-        let graph = import_file(&self.model, &opts)?;
+        let file = self.model.display().to_string();
+        let graph = smelt::onnx::import_owned(model, self.model.parent(), &file, &opts)?;
         let dtype = match self.dtype.as_str() {
             "f16" => smelt::DType::F16,
             "bf16" => smelt::DType::BF16,

@@ -35,32 +35,21 @@ pub struct ImportOptions {
 
 /// Reads and imports an ONNX model file (external data is resolved next to it).
 pub fn import_file(path: &Path, opts: &ImportOptions) -> Result<Graph> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let file = path.display().to_string();
-    // The file's buffer is shared by the decoded initializers, not copied.
-    let model = decode_buffer(prost::bytes::Bytes::from(bytes), &file)?;
-    import_owned(model, path.parent(), &file, opts)
+    let model = read_model(path)?;
+    import_owned(model, path.parent(), &path.display().to_string(), opts)
 }
 
-/// The module path of each node output of the model at `path`
-/// ([`scopes::module_scopes`]), for explanations by layer.
-pub fn module_scopes_of_file(path: &Path) -> Result<BTreeMap<String, String>> {
+/// Reads and decodes an ONNX model file; its initializers' bytes are slices of the file's
+/// buffer, not copies.
+pub fn read_model(path: &Path) -> Result<ModelProto> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.display().to_string(),
         source,
     })?;
-    let model = decode_buffer(
+    decode_buffer(
         prost::bytes::Bytes::from(bytes),
         &path.display().to_string(),
-    )?;
-    Ok(model
-        .graph
-        .as_ref()
-        .map(scopes::module_scopes)
-        .unwrap_or_default())
+    )
 }
 
 /// Decodes a `ModelProto` from bytes; `file` names it in errors.
@@ -115,7 +104,7 @@ pub fn import_model(
 }
 
 /// [`import_model`] on a model it may take apart (its weights are not copied again).
-fn import_owned(
+pub fn import_owned(
     mut model: ModelProto,
     base_dir: Option<&Path>,
     file: &str,
