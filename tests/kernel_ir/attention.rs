@@ -344,3 +344,68 @@ fn causal_masks_skip_hidden_key_tiles() {
     let base = mins(&graph(DType::F16, n, n, 32, &near));
     assert_eq!(mins(&graph(DType::F16, n, n, 32, &causal)), base + 2);
 }
+
+/// The exporters' attention: the query and the keys each scaled by `d^-1/4` before the
+/// product (computed as the kernel loads them), and the softmax followed by the guard
+/// `Where(IsNaN(p), 0, p)` that turns a fully masked row's NaN into zeros. The whole chain is
+/// one attention kernel (no scaled copies, no score matrix, no guard kernel), on the K/V-tiled
+/// (f32) and tensor-core (f16) kernels, and gives the reference's results, the fully masked
+/// rows 0 on both sides; the C backend too.
+#[test]
+fn guarded_attention_with_scaled_operands_is_one_kernel() {
+    use smelt::ir::UnaryOp;
+    use smelt::DType;
+    let build = |dtype: DType, s: usize, d: usize| -> Graph {
+        let mut b = smelt::GraphBuilder::new();
+        let q = b.input("q", dtype, &[2, 3, s, d]).unwrap();
+        let k = b.input("k", dtype, &[2, 3, s, d]).unwrap();
+        let v = b.input("v", dtype, &[2, 3, s, d]).unwrap();
+        let c = b.scalar(dtype, (d as f64).powf(-0.25));
+        let q = b.mul(q, c).unwrap();
+        let kt = b.transpose(k, &[0, 1, 3, 2]).unwrap();
+        let kt = b.mul(kt, c).unwrap();
+        let scores = b.matmul(q, kt).unwrap();
+        let mut mask: Vec<f32> = (0..s * s)
+            .map(|i| ((i * 7) % 5) as f32 * 0.3 - 0.6)
+            .collect();
+        mask[s..2 * s].fill(f32::NEG_INFINITY);
+        let m = b.constant(Tensor::f32([s, s], mask));
+        let m = if dtype == DType::F32 {
+            m
+        } else {
+            b.cast(m, dtype).unwrap()
+        };
+        let scores = b.add(scores, m).unwrap();
+        let p = b.softmax(scores, -1).unwrap();
+        let nan = b.unary(UnaryOp::IsNaN, p).unwrap();
+        let zero = b.scalar(dtype, 0.0);
+        let p = b.where_(nan, zero, p).unwrap();
+        let o = b.matmul(p, v).unwrap();
+        let o = b.transpose(o, &[0, 2, 1, 3]).unwrap();
+        let o = b.reshape(o, &[2, s, 3 * d]).unwrap();
+        b.output("o", o).unwrap();
+        b.build().unwrap()
+    };
+    for (dtype, s, d, tol) in [
+        (DType::F32, 7, 16, 1e-4),
+        (DType::F32, 40, 64, 1e-4),
+        (DType::F16, 33, 64, 2e-2),
+    ] {
+        let g = build(dtype, s, d);
+        let c = compile(&g, &Options::default()).unwrap();
+        let p = lower(&c.graph).unwrap();
+        assert_eq!(p.kernels.len(), 1, "{dtype} {s}x{d}: one kernel\n{p}");
+        assert!(p.kernels[0].name.contains("attention"), "{p}");
+        let inputs = feeds(&g, 5);
+        let want = interp::run(&g, &inputs).unwrap()[0].1.to_f64();
+        // Query row 1 of every head is fully masked: zeros.
+        for (i, w) in want.iter().enumerate() {
+            let row = (i / (3 * d)) % s;
+            assert_eq!(*w == 0.0, row == 1, "reference [{i}] = {w}");
+        }
+        check_within(&g, true, tol, tol).unwrap_or_else(|e| panic!("{dtype} {s}x{d}: {e}"));
+        if dtype == DType::F32 {
+            common::layers::c_backend(&g, true, 1e-4, 1e-5).unwrap();
+        }
+    }
+}

@@ -60,7 +60,17 @@ pub(super) fn lower_attention_gpu(
     if node(root).op != Op::MatMul {
         return Ok(None);
     }
-    let (p, v) = (node(root).inputs[0], node(root).inputs[1]);
+    let (mut p, v) = (node(root).inputs[0], node(root).inputs[1]);
+    // A NaN guard after the softmax (zero for a fully masked row): rows whose softmax is
+    // NaN (no visible key, or a NaN or +inf score) store zeros.
+    let mut zero_nan_rows = false;
+    if let Some((s, fill)) = crate::optimize::rules::fuse::nan_guard(body, p) {
+        let zero = matches!(&node(fill).op, Op::Constant(t) if t.to_f64() == [0.0]);
+        if !zero {
+            return Ok(None);
+        }
+        (p, zero_nan_rows) = (s, true);
+    }
     if !matches!(node(p).op, Op::Softmax { axis } if axis + 1 == node(p).ty.rank()) {
         return Ok(None);
     }
@@ -103,6 +113,7 @@ pub(super) fn lower_attention_gpu(
         keys,
         cols,
         causal,
+        zero_nan_rows,
     };
     match tc {
         true => tensor_core(body, inputs, out, name, &a, dtypes[0]).map(Some),
@@ -316,7 +327,7 @@ fn tiled(
         e.push(Stmt::Store {
             buf: out,
             index: place(body, layout, out_shape, idx, flat),
-            value: bin(BinaryOp::Div, Expr::Var(acc), Expr::Var(l)),
+            value: a.finish(Expr::Var(acc), Expr::Var(l)),
         });
         e.close_under(both(valid.clone(), live.clone()));
     }
@@ -372,9 +383,28 @@ struct Attention {
     cols: usize,
     /// `Some(off)`: a causal mask hides key `j` from query row `i` when `j > i + off`.
     causal: Option<usize>,
+    /// Rows whose softmax is NaN store zeros (the exporters' guard after the softmax).
+    zero_nan_rows: bool,
 }
 
 impl Attention {
+    /// An output element from its accumulator and the row's softmax sum `l`: `acc / l`, or
+    /// under a NaN guard 0 where the softmax row is NaN. That is where `l` is not positive:
+    /// 0 when every key is masked, NaN when a score is NaN or +inf (a row's softmax is NaN
+    /// in every element or in none).
+    fn finish(&self, acc: Expr, l: Expr) -> Expr {
+        let bin = |op, a: Expr, b: Expr| Expr::Binary(op, Box::new(a), Box::new(b));
+        let out = bin(BinaryOp::Div, acc, l.clone());
+        if !self.zero_nan_rows {
+            return out;
+        }
+        Expr::Select(
+            Box::new(bin(BinaryOp::Greater, l, Expr::F(0.0))),
+            Box::new(out),
+            Box::new(Expr::F(0.0)),
+        )
+    }
+
     /// How many key tiles of `tile` keys a block must walk whose last query row is `last`:
     /// all of them, or with a causal mask those up to the last key that row sees (bound
     /// once, before the loop).
@@ -774,7 +804,7 @@ fn tensor_core(
         e.push(Stmt::Store {
             buf: out,
             index: place(body, &a.layout, &a.out_shape, idx, flat),
-            value: bin(BinaryOp::Div, acc, Expr::Var(l)),
+            value: a.finish(acc, Expr::Var(l)),
         });
         e.close_under(Some(and(lt(gi.clone(), s_len), lt(col, a.cols))));
     }

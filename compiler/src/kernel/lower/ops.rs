@@ -418,15 +418,38 @@ impl Emitter<'_> {
             offsets.push(off);
             off += self.node(i).ty.shape[axis];
         }
+        let total = off;
         let mut e: Option<Expr> = None;
         for (k, &i) in inputs.iter().enumerate().rev() {
+            let n = self.node(i).ty.shape[axis];
+            if n == 0 {
+                // An empty part holds no element (and has no position to compute at).
+                continue;
+            }
             let mut at = idx.to_vec();
             at[axis] = Expr::Index(
                 IndexOp::Sub,
                 Box::new(idx[axis].clone()),
                 Box::new(Expr::I(offsets[k] as i64)),
             );
-            let l = self.load(i, &at)?;
+            // A kernel input is loaded in its branch only; a computed part (a fused
+            // concatenation of computed values: rotary embedding's rotate-half) is computed
+            // at its position clamped into range (every part is evaluated; the select keeps
+            // the one whose range holds the index).
+            let l = if self.body.inputs.contains(&i) || matches!(self.node(i).op, Op::Constant(_)) {
+                self.load(i, &at)?
+            } else {
+                let mut a = at[axis].clone();
+                if offsets[k] > 0 {
+                    let low = Expr::Index(IndexOp::Min, Box::new(a.clone()), Box::new(Expr::I(0)));
+                    a = Expr::Index(IndexOp::Sub, Box::new(a), Box::new(low));
+                }
+                if offsets[k] + n < total {
+                    a = Expr::Index(IndexOp::Min, Box::new(a), Box::new(Expr::I(n as i64 - 1)));
+                }
+                at[axis] = a;
+                self.value(i, &at)?
+            };
             e = Some(match e {
                 None => l,
                 Some(rest) => {

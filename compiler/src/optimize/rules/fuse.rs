@@ -18,7 +18,9 @@
 //! - attention: `matmul → scale/mask → softmax → matmul`, built by [`fuse_attention`].
 
 use super::{rule, Build, Ctx};
-use crate::ir::{broadcast_shapes, FusedKernel, Graph, KernelKind, Node, NodeId, Op, TensorType};
+use crate::ir::{
+    broadcast_shapes, FusedKernel, Graph, KernelKind, Node, NodeId, Op, TensorType, UnaryOp,
+};
 use crate::optimize::analysis::Facts;
 use crate::optimize::lang::ENode;
 use egg::{Id, Rewrite};
@@ -59,9 +61,13 @@ fn is_row_op(op: &Op) -> bool {
     )
 }
 
-/// Ops that can live in a fused body.
+/// Ops that can live in a fused body. A concatenation only in elementwise kernels and in
+/// attention's operands (each element picks one input's: rotary embedding's rotate-half).
 pub fn fusible(op: &Op) -> bool {
-    is_elementwise(op) || is_layout(op) || is_row_op(op) || matches!(op, Op::MatMul | Op::Conv(_))
+    is_elementwise(op)
+        || is_layout(op)
+        || is_row_op(op)
+        || matches!(op, Op::MatMul | Op::Conv(_) | Op::Concat { .. })
 }
 
 /// The body graph and input classes of a fusible node (an op becomes a one-op body).
@@ -216,12 +222,19 @@ pub fn classify(g: &Graph) -> Option<KernelKind> {
     let mms = of(|op| op == &Op::MatMul);
     let convs = of(|op| matches!(op, Op::Conv(_)));
     let rows = of(is_row_op);
+    let concats = of(|op| matches!(op, Op::Concat { .. }));
     match (mms.len(), convs.len(), rows.len()) {
         (0, 0, 0) => Some(KernelKind::Elementwise),
+        // Concatenations: elementwise kernels and attention operands only.
+        (0, 0, _) | (1, 0, 0) | (0, 1, 0) if !concats.is_empty() => None,
         (0, 0, _) => row_kind(g, &rows),
         (1, 0, 0) => operands_are_views(g, mms[0]).then_some(KernelKind::Gemm),
         (0, 1, 0) => conv_ok(g, convs[0]).then_some(KernelKind::Conv),
-        (2, 0, 1) => attention_ok(g, &mms, rows[0]).then_some(KernelKind::Attention),
+        (2, 0, 1) => {
+            let pro = prologues(g);
+            let ok = attention_ok(g, &mms, rows[0]) && concats.iter().all(|&c| pro[c]);
+            ok.then_some(KernelKind::Attention)
+        }
         _ => None,
     }
 }
@@ -254,13 +267,58 @@ fn conv_ok(g: &Graph, conv: NodeId) -> bool {
         && g.nodes[g.outputs[0].1].ty.shape == *out
 }
 
-/// `mm1 → elementwise → softmax(last axis) → mm2`, operands views of inputs.
+/// `Where(IsNaN(s), fill, s)` of a one-element `fill`: the guard exporters put after
+/// attention's softmax, so a fully masked row (all scores -inf, a NaN softmax row) gives
+/// `fill` instead of NaN. Returns `(s, fill)`.
+pub fn nan_guard(g: &Graph, id: NodeId) -> Option<(NodeId, NodeId)> {
+    let n = &g.nodes[id];
+    if n.op != Op::Where {
+        return None;
+    }
+    let (c, fill, s) = (n.inputs[0], n.inputs[1], n.inputs[2]);
+    let cn = &g.nodes[c];
+    let guard = cn.op == Op::Unary(UnaryOp::IsNaN)
+        && cn.inputs[0] == s
+        && g.nodes[fill].ty.numel() == 1
+        && n.ty.shape == g.nodes[s].ty.shape;
+    guard.then_some((s, fill))
+}
+
+/// Per node of a body (in order): whether it is an elementwise function of kernel inputs
+/// seen through index maps (a product operand the kernel computes as it loads it).
+fn prologues(g: &Graph) -> Vec<bool> {
+    let mut ok = vec![false; g.nodes.len()];
+    for (id, n) in g.nodes.iter().enumerate() {
+        ok[id] = g.inputs.contains(&id)
+            || matches!(n.op, Op::Constant(_))
+            || (is_layout(&n.op) || is_elementwise(&n.op) || matches!(n.op, Op::Concat { .. }))
+                && n.inputs.iter().all(|&a| ok[a]);
+    }
+    ok
+}
+
+/// `mm1 → elementwise → softmax(last axis) [→ NaN guard] → mm2`, each operand an
+/// elementwise function of views of inputs (a query's scale or rotary embedding, keys and
+/// values expanded for grouped-query attention: computed as the kernel loads them).
 fn attention_ok(g: &Graph, mms: &[NodeId], softmax: NodeId) -> bool {
     let (mm1, mm2) = (mms[0], mms[1]);
     let Op::Softmax { axis } = g.nodes[softmax].op else {
         return false;
     };
-    if axis + 1 != g.nodes[softmax].ty.rank() || g.nodes[mm2].inputs[0] != softmax {
+    let p = g.nodes[mm2].inputs[0];
+    let guarded = nan_guard(g, p).is_some_and(|(s, _)| s == softmax);
+    if axis + 1 != g.nodes[softmax].ty.rank() || !(p == softmax || guarded) {
+        return false;
+    }
+    // The probabilities feed the second product only.
+    let guard_nodes = [p, g.nodes[p].inputs.first().copied().unwrap_or(p)];
+    let feeds_only = |x: NodeId, allowed: &[NodeId]| {
+        g.nodes
+            .iter()
+            .enumerate()
+            .all(|(i, n)| !n.inputs.contains(&x) || allowed.contains(&i))
+    };
+    if guarded && !(feeds_only(softmax, &guard_nodes) && feeds_only(p, &[mm2])) {
         return false;
     }
     // From the softmax back to mm1 through elementwise ops only.
@@ -285,7 +343,13 @@ fn attention_ok(g: &Graph, mms: &[NodeId], softmax: NodeId) -> bool {
             None => return false,
         }
     }
-    seen_mm1 && operands_are_views(g, mm1) && is_view_of_input(g, g.nodes[mm2].inputs[1])
+    let pro = prologues(g);
+    let operands = [
+        g.nodes[mm1].inputs[0],
+        g.nodes[mm1].inputs[1],
+        g.nodes[mm2].inputs[1],
+    ];
+    seen_mm1 && operands.iter().all(|&x| pro[x])
 }
 
 /// Row kernel: every row op works on the trailing dims `axis..` of one space.
@@ -501,8 +565,10 @@ pub fn recompute_pays(c: &Ctx, p: Id, prod: &(Graph, Vec<Id>), users: usize) -> 
     users * ins <= ins + out + users * out
 }
 
-/// `matmul(softmax(… matmul(q, k) …), v)`: the second matmul absorbs the softmax row kernel
-/// and the first matmul in one step, giving an attention kernel.
+/// `matmul(softmax(… matmul(q, k) …), v)`, or with the exporters' NaN guard between the
+/// softmax and the second product (`Where(IsNaN(p), 0, p)`): the second matmul absorbs the
+/// guard, the softmax row kernel and the first matmul in one step, giving an attention
+/// kernel.
 pub fn fuse_attention(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
     if n.ir_op()? != &Op::MatMul {
         return None;
@@ -512,25 +578,71 @@ pub fn fuse_attention(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
     if c.users(p) != 1 {
         return None;
     }
-    for pn in c.nodes(p) {
-        let Some(row) = body_of(c, pn) else { continue };
-        let merged = inline(&mm2, 0, &row);
-        // Find the scores input (produced by a single-user matmul) among the merged inputs.
-        for (i, &s) in merged.1.iter().enumerate() {
-            if c.users(s) != 1 {
-                continue;
-            }
-            let Some(mm1) = c
-                .find(s, |op| op == &Op::MatMul)
-                .and_then(|m| body_of(c, m))
-            else {
-                continue;
-            };
-            let (body, children) = inline(&merged, i, &mm1);
-            if classify(&body) == Some(KernelKind::Attention) {
-                return Some(kernel(KernelKind::Attention, body, children));
+    // The second product over the probabilities' class: itself, or through the guard.
+    let mut heads = vec![(mm2.clone(), p)];
+    heads.extend(guarded(c, &mm2, p));
+    for (head, probs) in heads {
+        let at = head.1.iter().position(|&x| x == probs)?;
+        for pn in c.nodes(probs) {
+            let Some(row) = body_of(c, pn) else { continue };
+            let merged = inline(&head, at, &row);
+            // The scores input (produced by a single-user matmul) among the merged inputs.
+            for (i, &s) in merged.1.iter().enumerate() {
+                if c.users(s) != 1 {
+                    continue;
+                }
+                let Some(mm1) = c
+                    .find(s, |op| op == &Op::MatMul)
+                    .and_then(|m| body_of(c, m))
+                else {
+                    continue;
+                };
+                let (body, children) = inline(&merged, i, &mm1);
+                if classify(&body) == Some(KernelKind::Attention) && zero_guard(c, &body, &children)
+                {
+                    return Some(kernel(KernelKind::Attention, body, children));
+                }
             }
         }
     }
     None
+}
+
+/// The second product `mm2` with the NaN guard over its first operand (class `p`) inlined:
+/// `matmul(Where(IsNaN(s), 0, s), v)` over the class `s` (used by the guard only), and `s`.
+fn guarded(c: &Ctx, mm2: &(Graph, Vec<Id>), p: Id) -> Option<((Graph, Vec<Id>), Id)> {
+    for gn in c.nodes(p) {
+        if gn.ir_op() != Some(&Op::Where) {
+            continue;
+        }
+        let (cond, fill, s) = (c.canon(gn.args[0]), gn.args[1], c.canon(gn.args[2]));
+        let is_nan = c
+            .nodes(cond)
+            .iter()
+            .find(|x| x.ir_op() == Some(&Op::Unary(UnaryOp::IsNaN)) && c.canon(x.args[0]) == s);
+        let Some(is_nan) = is_nan else { continue };
+        if !c.is_const(fill, 0.0) || c.users(cond) != 1 || c.users(s) != 2 {
+            continue;
+        }
+        let with_where = inline(mm2, 0, &body_of(c, gn)?);
+        let k = with_where.1.iter().position(|&x| x == cond)?;
+        let merged = inline(&with_where, k, &body_of(c, is_nan)?);
+        return Some((merged, s));
+    }
+    None
+}
+
+/// Whether an attention body's NaN guard, if it has one, fills with zero (the exporters'
+/// guard; attention zeroes a row whose softmax is NaN).
+fn zero_guard(c: &Ctx, body: &Graph, children: &[Id]) -> bool {
+    let mm2 = (0..body.nodes.len())
+        .rev()
+        .find(|&i| body.nodes[i].op == Op::MatMul);
+    let Some((_, fill)) = mm2.and_then(|m| nan_guard(body, body.nodes[m].inputs[0])) else {
+        return true;
+    };
+    body.inputs
+        .iter()
+        .position(|&i| i == fill)
+        .is_some_and(|k| c.is_const(children[k], 0.0))
 }
