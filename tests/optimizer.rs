@@ -24,7 +24,7 @@ struct Step {
     seed: u64,
 }
 
-const KINDS: usize = 28;
+const KINDS: usize = 29;
 
 fn steps() -> impl Strategy<Value = (Vec<usize>, Vec<Step>)> {
     (
@@ -148,6 +148,35 @@ fn build(base: &[usize], steps: &[Step], fast_math_safe: bool) -> Graph {
                 g.mul(m1, c).unwrap()
             }
             23 => attention(&mut g, a, s.seed),
+            27 if sh.len() >= 2 => {
+                // Self-attention over Q, K and V projections of one input (biases on two),
+                // with the exporters' NaN guard after the softmax: one product over the
+                // concatenated weights, read by the attention kernel.
+                let (r, n) = (sh.len(), sh[sh.len() - 1]);
+                let w = |g: &mut GraphBuilder, k| konst(g, &[n, n], s.seed + k);
+                let (wq, wk, wv) = (w(&mut g, 1), w(&mut g, 2), w(&mut g, 3));
+                let bq = konst(&mut g, &[n], s.seed + 4);
+                let bk = konst(&mut g, &[n], s.seed + 5);
+                let q = g.matmul(a, wq).unwrap();
+                let q = g.add(q, bq).unwrap();
+                let k = g.matmul(a, wk).unwrap();
+                let k = g.add(k, bk).unwrap();
+                let v = g.matmul(a, wv).unwrap();
+                let mut perm: Vec<usize> = (0..r).collect();
+                perm.swap(r - 2, r - 1);
+                let kt = g.transpose(k, &perm).unwrap();
+                let sc = g.matmul(q, kt).unwrap();
+                let scale = scalar(&mut g, 0.3);
+                let sc = g.mul(sc, scale).unwrap();
+                let m = sh[r - 2];
+                let mask = konst(&mut g, &[m, m], s.seed + 6);
+                let sc = g.add(sc, mask).unwrap();
+                let p = g.softmax(sc, -1).unwrap();
+                let nan = g.unary(UnaryOp::IsNaN, p).unwrap();
+                let zero = scalar(&mut g, 0.0);
+                let p = g.where_(nan, zero, p).unwrap();
+                g.matmul(p, v).unwrap()
+            }
             26 if r >= 3 => {
                 // Attention, heads merged (the head dim moved next to the features and
                 // reshaped into them), an output projection with bias and residual, and
@@ -365,15 +394,27 @@ fn optimized_graphs_match_the_oracle_and_every_rule_fires() {
     // Patterns too rare for 200 random cases to reach every time, checked the same way:
     // attention with its heads merged before a projection (the strided-form rule; random
     // shapes often have a size-1 dim, and then the merge is a plain view).
-    let fixed = [(
-        vec![2, 4, 3],
-        vec![Step {
-            kind: 26,
-            a: 0,
-            b: 0,
-            seed: 7,
-        }],
-    )];
+    // Attention over three projections of one input (the horizontal-products rule).
+    let fixed = [
+        (
+            vec![2, 4, 3],
+            vec![Step {
+                kind: 26,
+                a: 0,
+                b: 0,
+                seed: 7,
+            }],
+        ),
+        (
+            vec![2, 5, 4],
+            vec![Step {
+                kind: 27,
+                a: 0,
+                b: 0,
+                seed: 9,
+            }],
+        ),
+    ];
     for (base, steps) in fixed {
         check_case(&base, &steps, &Options::default(), &mut fired)
             .unwrap_or_else(|e| panic!("{base:?} {steps:?}: {e}"));

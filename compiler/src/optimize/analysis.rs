@@ -33,6 +33,8 @@ pub struct Facts {
     pub users: HashMap<Id, usize>,
     /// Classes that are graph outputs (always written to memory).
     pub outputs: Vec<Id>,
+    /// Constants rules folded ([`super::rules::Build::Fold`]), by op and argument classes.
+    pub folds: HashMap<String, u32>,
 }
 
 impl Facts {

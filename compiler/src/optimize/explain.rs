@@ -246,15 +246,34 @@ pub fn by_layer(
         .collect();
     // A fused kernel belongs where its first op with a module name does (the product, for
     // a product with an epilogue that reaches into the next layer).
-    let layer_of_node = |name: &str| -> String {
+    let named_layer = |name: &str| -> Option<String> {
         if let Some(Op::Fused(k)) = index.get(name).map(|&i| &g.nodes[i].op) {
             for n in &k.body.nodes {
                 if let Some(l) = layer(&n.name) {
-                    return l;
+                    return Some(l);
                 }
             }
         }
-        layer(name).unwrap_or_else(|| NONE.to_string())
+        layer(name)
+    };
+    // A kernel whose nodes the optimizer made (a horizontal product over concatenated
+    // weights) carries no module name: it belongs to the layer of the next kernel that
+    // does (which reads it), or else of the one before.
+    let named: Vec<Option<String>> = plan.kernels.iter().map(|k| named_layer(&k.node)).collect();
+    let kernel_layer = |i: usize| -> String {
+        named[i..]
+            .iter()
+            .chain(named[..i].iter().rev())
+            .flatten()
+            .next()
+            .cloned()
+            .unwrap_or_else(|| NONE.to_string())
+    };
+    let layer_of_node = |name: &str| -> String {
+        match plan.kernels.iter().position(|k| k.node == name) {
+            Some(i) => kernel_layer(i),
+            None => named_layer(name).unwrap_or_else(|| NONE.to_string()),
+        }
     };
     let mut out: Vec<LayerReport> = Vec::new();
     let slot = |name: String, out: &mut Vec<LayerReport>| -> usize {

@@ -187,9 +187,13 @@ pub(super) fn fuse(g: &Graph, opts: &Options, report: &mut Report) -> Graph {
     // A constant several regions read (tied embeddings, position tables) stays one node.
     let mut constants: HashMap<*const crate::ir::Tensor, NodeId> = HashMap::new();
     let mut named: HashMap<String, NodeId> = HashMap::new();
+    // Node names stay unique: a node the rules made is named by its op and a counter per
+    // region (`matmul_0`), which another region may have used.
+    let mut names: std::collections::HashSet<String> =
+        out.nodes.iter().map(|n| n.name.clone()).collect();
     let mut stop = String::new();
     let mut nodes_out = 0;
-    for (r, (fused, rep)) in regions.iter().zip(&done) {
+    for (ri, (r, (fused, rep))) in regions.iter().zip(&done).enumerate() {
         nodes_out += fused.nodes.len();
         let mut map = vec![usize::MAX; fused.nodes.len()];
         for (k, &inp) in fused.inputs.iter().enumerate() {
@@ -211,7 +215,15 @@ pub(super) fn fuse(g: &Graph, opts: &Options, report: &mut Report) -> Graph {
             } else {
                 map[id] = out.nodes.len();
             }
+            let mut name = node.name.clone();
+            let mut k = ri;
+            while names.contains(&name) {
+                name = format!("{}_r{k}", node.name);
+                k += 1;
+            }
+            names.insert(name.clone());
             out.nodes.push(Node {
+                name,
                 inputs: node.inputs.iter().map(|&a| map[a]).collect(),
                 ..node.clone()
             });

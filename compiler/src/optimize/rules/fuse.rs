@@ -35,6 +35,10 @@ pub fn rules() -> Vec<Rewrite<ENode, Facts>> {
         rule("fuse-producer", fuse_producer),
         rule("fuse-producer-strided", fuse_producer_strided),
         rule("fuse-attention", fuse_attention),
+        rule(
+            "horizontal-products",
+            super::horizontal::horizontal_products,
+        ),
     ]
 }
 
@@ -411,20 +415,52 @@ fn row_kind(g: &Graph, rows: &[NodeId]) -> Option<KernelKind> {
 /// epilogue that the `add` also belongs to).
 pub fn fuse_producer(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
     let cons = body_of(c, n)?;
+    let (mut body, mut kind) = absorb_one(c, &cons)?;
+    // An attention kernel takes its operands' whole prologues at once (every absorbed
+    // producer removes a kernel): one new form, not one per subset of its operands' chains
+    // (Q, K and V chains of a rotary embedding would give hundreds).
+    if kind == KernelKind::Attention {
+        for _ in 0..MAX_BODY_OPS {
+            match absorb_one(c, &body) {
+                Some((next, KernelKind::Attention)) => body = next,
+                _ => break,
+            }
+        }
+        kind = KernelKind::Attention;
+    }
+    Some(kernel(kind, body.0, body.1))
+}
+
+/// The consumer body with the largest fusible form of one of its producers inlined (the
+/// first input that has one), and the merged kernel's kind.
+#[allow(clippy::type_complexity)]
+fn absorb_one(c: &Ctx, cons: &(Graph, Vec<Id>)) -> Option<((Graph, Vec<Id>), KernelKind)> {
     for (i, &p) in cons.1.iter().enumerate() {
         let users = c.users(p);
+        // Every user of the producer inside this kernel (a rotary embedding reads the query
+        // three times): absorbing it computes nothing twice.
+        let all_inside = users == uses_of_input(&cons.0, i);
         for prod in producer_forms(c, p) {
-            if users != 1 && !recompute_pays(c, p, &prod, users) {
+            if users != 1 && !all_inside && !recompute_pays(c, p, &prod, users) {
                 continue;
             }
-            let (body, children) = inline(&cons, i, &prod);
-            let Some(kind) = classify(&body) else {
+            let merged = inline(cons, i, &prod);
+            let Some(kind) = classify(&merged.0) else {
                 continue;
             };
-            return Some(kernel(kind, body, children));
+            return Some((merged, kind));
         }
     }
     None
+}
+
+/// How many operand slots of a body's nodes read its input `i`.
+fn uses_of_input(g: &Graph, i: usize) -> usize {
+    let x = g.inputs[i];
+    g.nodes
+        .iter()
+        .map(|n| n.inputs.iter().filter(|&&a| a == x).count())
+        .sum()
 }
 
 /// The fusible forms of class `p` (each node's body), largest first.

@@ -13,6 +13,7 @@
 pub mod fast;
 pub mod fold;
 pub mod fuse;
+pub mod horizontal;
 pub mod layout;
 pub mod recognize;
 pub mod simplify;
@@ -32,6 +33,10 @@ pub enum Build {
     Node(Op, Vec<Build>),
     /// A new constant.
     Const(Tensor),
+    /// A new constant: `op` evaluated on these constant classes when the rule is applied
+    /// (not when it is searched), however large (folding's size limit does not apply: the
+    /// rule decided the constant is worth materializing, e.g. concatenated weights).
+    Fold(Op, Vec<Id>),
 }
 
 /// Read access to the e-graph for rules.
@@ -117,6 +122,14 @@ impl<'a> Ctx<'a> {
     /// Canonical id of a class.
     pub fn canon(&self, id: Id) -> Id {
         self.eg.find(id)
+    }
+
+    /// The classes holding a node that reads class `id` (canonical, each once).
+    pub fn parents(&self, id: Id) -> Vec<Id> {
+        let mut out: Vec<Id> = self.eg[id].parents().map(|p| self.eg.find(p)).collect();
+        out.sort();
+        out.dedup();
+        out
     }
 }
 
@@ -215,6 +228,40 @@ fn build(eg: &mut EG, b: &Build) -> Option<Id> {
         Build::Class(id) => Some(*id),
         Build::Const(t) => {
             let k = eg.analysis.intern(Arc::new(t.clone()));
+            Some(eg.add(ENode {
+                op: EOp::Const(k),
+                args: vec![],
+            }))
+        }
+        Build::Fold(op, kids) => {
+            let kids: Vec<Id> = kids.iter().map(|&k| eg.find(k)).collect();
+            // Several rules' applications fold the same constant (each sibling product
+            // builds the one concatenated weight): evaluated once.
+            let key = format!("{op:?} {kids:?}");
+            let k = match eg.analysis.folds.get(&key) {
+                Some(&k) => k,
+                None => {
+                    let vals: Vec<Arc<Tensor>> = kids
+                        .iter()
+                        .map(|&k| eg[k].data.value.clone())
+                        .collect::<Option<_>>()?;
+                    let tys: Vec<TensorType> =
+                        kids.iter().map(|&k| eg[k].data.ty.clone()).collect();
+                    let ty = infer(op, &tys).ok()?;
+                    let refs: Vec<&Tensor> = vals.iter().map(|v| v.as_ref()).collect();
+                    let fast = match op {
+                        Op::Concat { axis: 1 } => Tensor::concat_columns(&refs),
+                        _ => None,
+                    };
+                    let t = match fast {
+                        Some(t) => t,
+                        None => crate::interp::eval(op, &refs, &ty).ok()?,
+                    };
+                    let k = eg.analysis.intern(Arc::new(t));
+                    eg.analysis.folds.insert(key, k);
+                    k
+                }
+            };
             Some(eg.add(ENode {
                 op: EOp::Const(k),
                 args: vec![],
