@@ -164,6 +164,18 @@ pub(super) fn lower_pointwise_vector(
         Some(&last) if w > 1 && last % w == 0 && n > 0 => {}
         _ => return Ok(None),
     }
+    // A concatenation of computed parts evaluates every part per output (at a clamped
+    // position); per lane that is `width` times the registers (ptxas spilled a rotary
+    // embedding's at sm_80): such kernels keep one output per thread.
+    let computed_concat = body.nodes.iter().any(|x| {
+        matches!(x.op, crate::ir::Op::Concat { .. })
+            && x.inputs.iter().any(|&i| {
+                !body.inputs.contains(&i) && !matches!(body.nodes[i].op, crate::ir::Op::Constant(_))
+            })
+    });
+    if computed_concat {
+        return Ok(None);
+    }
     let mut e = emitter(body, inputs);
     let base = e.var();
     let marker = e.var();
