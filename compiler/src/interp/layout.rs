@@ -67,9 +67,16 @@ pub fn concat_flat(xs: &[&Tensor]) -> Tensor {
     }
 }
 
-/// Concatenates along `axis`.
+/// Concatenates along `axis`: for each index of the dims before `axis`, each input's
+/// contiguous block of the dims from `axis` on, in turn (a run copy, not a per-element index
+/// computation: compile-time folds concatenate whole weight matrices).
 pub fn concat(xs: &[&Tensor], axis: usize, out: &TensorType) -> Tensor {
     let joined = concat_flat(xs);
+    let outer: usize = out.shape[..axis].iter().product();
+    let inner: Vec<usize> = xs
+        .iter()
+        .map(|x| x.shape()[axis..].iter().product())
+        .collect();
     let mut base = 0;
     let mut offsets = Vec::new();
     for x in xs {
@@ -77,21 +84,12 @@ pub fn concat(xs: &[&Tensor], axis: usize, out: &TensorType) -> Tensor {
         base += x.numel();
     }
     let mut idx = Vec::with_capacity(out.numel());
-    for_each_index(&out.shape, |i| {
-        let mut pos = i[axis];
-        let mut k = 0;
-        while pos >= xs[k].shape()[axis] {
-            pos -= xs[k].shape()[axis];
-            k += 1;
+    for o in 0..outer {
+        for (k, &n) in inner.iter().enumerate() {
+            let start = offsets[k] + o * n;
+            idx.extend(start..start + n);
         }
-        let s = strides(xs[k].shape());
-        let f: usize = i
-            .iter()
-            .enumerate()
-            .map(|(d, &v)| if d == axis { pos } else { v } * s[d])
-            .sum();
-        idx.push(offsets[k] + f);
-    });
+    }
     joined.gather_flat(out.shape.clone(), &idx)
 }
 

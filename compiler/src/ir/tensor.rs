@@ -325,47 +325,6 @@ impl Tensor {
         }
     }
 
-    /// Matrices of the same rows and dtype side by side (`[r, n1] ++ [r, n2] → [r, n1 + n2]`),
-    /// a row at a time; `None` for anything else.
-    pub fn concat_columns(parts: &[&Tensor]) -> Option<Tensor> {
-        let first = parts.first()?;
-        let rows = *first.shape.first()?;
-        let ok = parts
-            .iter()
-            .all(|t| t.shape.len() == 2 && t.shape[0] == rows && t.dtype() == first.dtype());
-        if !ok || first.shape.len() != 2 {
-            return None;
-        }
-        let cols: usize = parts.iter().map(|t| t.shape[1]).sum();
-        macro_rules! join {
-            ($variant:ident) => {{
-                let mut out = Vec::with_capacity(rows * cols);
-                for r in 0..rows {
-                    for t in parts {
-                        let Data::$variant(v) = &t.data else {
-                            return None;
-                        };
-                        let n = t.shape[1];
-                        out.extend_from_slice(&v[r * n..(r + 1) * n]);
-                    }
-                }
-                Data::$variant(out)
-            }};
-        }
-        let data = match &first.data {
-            Data::F32(_) => join!(F32),
-            Data::F16(_) => join!(F16),
-            Data::BF16(_) => join!(BF16),
-            Data::F64(_) => join!(F64),
-            Data::I64(_) => join!(I64),
-            Data::I32(_) => join!(I32),
-            Data::I8(_) => join!(I8),
-            Data::U8(_) => join!(U8),
-            Data::Bool(_) => join!(Bool),
-        };
-        Tensor::new(vec![rows, cols], data)
-    }
-
     /// Picks elements by flat index (used by the interpreter for layout ops).
     pub fn gather_flat(&self, shape: Vec<usize>, idx: &[usize]) -> Tensor {
         let data = match &self.data {

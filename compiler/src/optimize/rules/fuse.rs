@@ -234,11 +234,7 @@ pub fn classify(g: &Graph) -> Option<KernelKind> {
         (0, 0, _) => row_kind(g, &rows),
         (1, 0, 0) => operands_are_views(g, mms[0]).then_some(KernelKind::Gemm),
         (0, 1, 0) => conv_ok(g, convs[0]).then_some(KernelKind::Conv),
-        (2, 0, 1) => {
-            let pro = prologues(g);
-            let ok = attention_ok(g, &mms, rows[0]) && concats.iter().all(|&c| pro[c]);
-            ok.then_some(KernelKind::Attention)
-        }
+        (2, 0, 1) => attention_ok(g, &mms, rows[0], &concats).then_some(KernelKind::Attention),
         _ => None,
     }
 }
@@ -304,7 +300,8 @@ fn prologues(g: &Graph) -> Vec<bool> {
 /// `mm1 → elementwise → softmax(last axis) [→ NaN guard] → mm2`, each operand an
 /// elementwise function of views of inputs (a query's scale or rotary embedding, keys and
 /// values expanded for grouped-query attention: computed as the kernel loads them).
-fn attention_ok(g: &Graph, mms: &[NodeId], softmax: NodeId) -> bool {
+/// Concatenations (`concats`) only in the operands.
+fn attention_ok(g: &Graph, mms: &[NodeId], softmax: NodeId, concats: &[NodeId]) -> bool {
     let (mm1, mm2) = (mms[0], mms[1]);
     let Op::Softmax { axis } = g.nodes[softmax].op else {
         return false;
@@ -353,7 +350,7 @@ fn attention_ok(g: &Graph, mms: &[NodeId], softmax: NodeId) -> bool {
         g.nodes[mm1].inputs[1],
         g.nodes[mm2].inputs[1],
     ];
-    seen_mm1 && operands.iter().all(|&x| pro[x])
+    seen_mm1 && operands.iter().chain(concats).all(|&x| pro[x])
 }
 
 /// Row kernel: every row op works on the trailing dims `axis..` of one space.
@@ -415,7 +412,7 @@ fn row_kind(g: &Graph, rows: &[NodeId]) -> Option<KernelKind> {
 /// epilogue that the `add` also belongs to).
 pub fn fuse_producer(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
     let cons = body_of(c, n)?;
-    let (mut body, mut kind) = absorb_one(c, &cons)?;
+    let (mut body, kind) = absorb_one(c, &cons)?;
     // An attention kernel takes its operands' whole prologues at once (every absorbed
     // producer removes a kernel): one new form, not one per subset of its operands' chains
     // (Q, K and V chains of a rotary embedding would give hundreds).
@@ -426,7 +423,6 @@ pub fn fuse_producer(c: &Ctx, _class: Id, n: &ENode) -> Option<Build> {
                 _ => break,
             }
         }
-        kind = KernelKind::Attention;
     }
     Some(kernel(kind, body.0, body.1))
 }
