@@ -316,3 +316,46 @@ fn layers_share_functions_across_depths_and_models() {
     assert_eq!(second, 0, "the deeper model's functions were all cached");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A kernel that checks run-time indices carries its check sites in its launch (through a
+/// write and a read back), and its cubin defines the fault record the executor reads: what
+/// a GPU needs to report a bad token id by node name.
+#[test]
+fn launches_carry_their_index_checks() {
+    use smelt::ir::{DType, Op};
+    let mut b = smelt::GraphBuilder::new();
+    let table = b.input("table", DType::F32, &[50, 16]).unwrap();
+    let ids = b.input("ids", DType::I64, &[1, 8]).unwrap();
+    let e = b
+        .add_named("embed", Op::Gather { axis: 0 }, &[table, ids])
+        .unwrap();
+    let y = b.unary(smelt::ir::UnaryOp::Tanh, e).unwrap();
+    b.output("y", y).unwrap();
+    let g = b.build().unwrap();
+    let c = smelt::compile(&g, &Options::default()).unwrap();
+    let archs = vec!["sm_90".to_string()];
+    let bundle = Bundle::build(&c, &archs, &smelt_runtime::cache::dir()).unwrap();
+    let back = Bundle::from_bytes(&bundle.to_bytes()).unwrap();
+    let checked: Vec<_> = back
+        .manifest
+        .launches
+        .iter()
+        .filter(|l| !l.checks.is_empty())
+        .collect();
+    assert_eq!(checked.len(), 1, "{:?}", back.manifest.launches);
+    let check = &checked[0].checks[0];
+    assert_eq!(
+        (check.node.as_str(), check.axis, check.size),
+        ("embed", 0, 50)
+    );
+    let e = check.error(50).to_string();
+    assert!(
+        e.contains("node 'embed'") && e.contains("index 50 out of range for axis 0 of size 50"),
+        "{e}"
+    );
+    let cubin = back.cubin(&checked[0].kernel, "sm_90").unwrap();
+    assert!(
+        cubin.windows(18).any(|w| w == b"smelt_fault_record"),
+        "the cubin has no fault record"
+    );
+}

@@ -64,6 +64,28 @@ pub enum Error {
         /// Why.
         why: String,
     },
+    /// The compiled-code cache cannot be used: its directory cannot be created or written
+    /// (it is a file, it is read-only, the disk is full), or something that is not a cache
+    /// entry sits where one belongs and cannot be removed. A problem of the machine, not of
+    /// the model or of smelt.
+    #[error("compiled-code cache: {path}: {why} (set SMELT_CACHE_DIR to a writable directory)")]
+    Cache {
+        /// The file or directory.
+        path: String,
+        /// The OS error, or what is wrong with the file.
+        why: String,
+    },
+}
+
+impl From<cache::CacheError> for Error {
+    fn from(e: cache::CacheError) -> Error {
+        let path = e.path().display().to_string();
+        let why = match e {
+            cache::CacheError::Io { source, .. } => source.to_string(),
+            cache::CacheError::NotAnEntry { what, .. } => what,
+        };
+        Error::Cache { path, why }
+    }
 }
 
 /// Where a session runs.

@@ -227,3 +227,67 @@ fn programs_compile_in_parallel_and_ptx_is_cached() {
     assert_eq!(entries(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A cubin or PTX entry of another kernel copied over a kernel's entry (well-formed, with a
+/// good checksum) is recompiled, never returned; a FIFO at an entry's path is replaced
+/// without being opened for reading.
+#[test]
+fn swapped_and_odd_cubin_entries_are_never_used() {
+    use smelt_runtime::cache::Outcome;
+    use smelt_runtime::cuda::nvrtc::{compile_cached, compile_ptx_cached};
+    let dir = std::env::temp_dir().join(format!("smelt-cubin-swap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let twice = "extern \"C\" __global__ void twice(float* x) { x[threadIdx.x] *= 2.0f; }\n";
+    let thrice = "extern \"C\" __global__ void thrice(float* x) { x[threadIdx.x] *= 3.0f; }\n";
+    let listing = |sub: &str| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(dir.join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    };
+    let (a, _) = compile_cached("twice.cu", twice, "sm_90", &dir).unwrap();
+    let a_ptx = compile_ptx_cached("twice.cu", twice, "sm_90", &dir).unwrap();
+    let (twice_cubin, twice_ptx) = (listing("cubin")[0].clone(), listing("ptx")[0].clone());
+    let (b, _) = compile_cached("thrice.cu", thrice, "sm_90", &dir).unwrap();
+    let b_ptx = compile_ptx_cached("thrice.cu", thrice, "sm_90", &dir).unwrap();
+    assert_ne!(a.cubin, b.cubin);
+    let other = |list: Vec<std::path::PathBuf>, not: &std::path::Path| {
+        list.into_iter().find(|p| p != not).unwrap()
+    };
+    let thrice_cubin = other(listing("cubin"), &twice_cubin);
+    let thrice_ptx = other(listing("ptx"), &twice_ptx);
+    std::fs::copy(&thrice_cubin, &twice_cubin).unwrap();
+    std::fs::copy(&thrice_ptx, &twice_ptx).unwrap();
+    let (c, outcome) = compile_cached("twice.cu", twice, "sm_90", &dir).unwrap();
+    assert_eq!(outcome, Outcome::Rebuilt);
+    assert_eq!(c.cubin, a.cubin);
+    let ptx = compile_ptx_cached("twice.cu", twice, "sm_90", &dir).unwrap();
+    assert_eq!(ptx, a_ptx);
+    assert_ne!(ptx, b_ptx);
+    // Both entries are twice's again.
+    assert_eq!(
+        compile_cached("twice.cu", twice, "sm_90", &dir).unwrap().1,
+        Outcome::Disk
+    );
+    // A FIFO where the entry was.
+    std::fs::remove_file(&twice_cubin).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&twice_cubin)
+        .status()
+        .unwrap()
+        .success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let d = dir.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(compile_cached("twice.cu", twice, "sm_90", &d).map(|(c, o)| (c.cubin, o)));
+    });
+    let (cubin, outcome) = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("blocked on a FIFO")
+        .unwrap();
+    assert_eq!((cubin, outcome), (a.cubin, Outcome::Rebuilt));
+    assert!(std::fs::symlink_metadata(&twice_cubin).unwrap().is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+}

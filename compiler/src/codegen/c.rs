@@ -24,10 +24,16 @@ use crate::kernel::ir::{
 use std::fmt::Write;
 
 /// Version of the entry point's contract (`smelt_ctx`, `smelt_run`); the runtime checks it.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// What `smelt_run` returns when an integer division or remainder met a zero divisor.
 pub const FAULT_DIVIDE_BY_ZERO: i32 = 2;
+
+/// What `smelt_run` returns when a run-time index failed its check
+/// ([`IndexOp::Check`](crate::kernel::ir::IndexOp::Check)); `smelt_fault_detail(out)` then
+/// writes the kernel (its position in the program), the check site and the index to
+/// `out[0..3]`.
+pub const FAULT_INDEX: i32 = 4;
 
 /// The C target.
 pub struct C;
@@ -383,10 +389,18 @@ fn parts(program: &Program) -> Result<Parts, RenderError> {
         out,
         "int smelt_abi_version(void) {{ return {ABI_VERSION}; }}\n\nint smelt_run(const smelt_ctx* ctx, unsigned char* arena, void* const* io) {{\n    smelt_fault = 0;"
     );
-    for k in &program.kernels {
+    for (i, k) in program.kernels.iter().enumerate() {
+        // A kernel with index checks names itself for the fault record first.
+        if !k.checks.is_empty() {
+            let _ = write!(out, "    smelt_fault_kernel = {i};");
+        }
         let _ = writeln!(out, "    {}(ctx, arena, io);", k.name);
     }
     let _ = writeln!(out, "    return smelt_fault;\n}}\n");
+    let _ = writeln!(
+        out,
+        "void smelt_fault_detail(long long* out) {{\n    for (int i = 0; i < 3; i++) out[i] = smelt_fault_record[i];\n}}\n"
+    );
     // One kernel at a time, for profiling.
     let _ = writeln!(
         out,
@@ -396,7 +410,7 @@ fn parts(program: &Program) -> Result<Parts, RenderError> {
     for (i, k) in program.kernels.iter().enumerate() {
         let _ = writeln!(
             out,
-            "    case {i}: smelt_fault = 0; {}(ctx, arena, io); return smelt_fault;",
+            "    case {i}: smelt_fault = 0; smelt_fault_kernel = {i}; {}(ctx, arena, io); return smelt_fault;",
             k.name
         );
     }

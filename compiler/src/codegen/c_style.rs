@@ -364,6 +364,9 @@ impl<'a, T: Target> Ctx<'a, T> {
                 let o = op.symbol();
                 match op {
                     IndexOp::Min => format!("{}({x}, {y})", self.target.int_fn("min")),
+                    IndexOp::Check(site) => {
+                        format!("{}({x}, {y}, {site})", self.target.int_fn("checked_index"))
+                    }
                     IndexOp::Lt | IndexOp::Ge | IndexOp::Eq | IndexOp::And => {
                         format!("(long long)({x} {o} {y})")
                     }

@@ -106,10 +106,10 @@ pub fn slice(x: &Tensor, starts: &[usize], steps: &[i64], lens: &[usize]) -> Ten
     x.gather_flat(lens.to_vec(), &idx)
 }
 
-fn norm_index(i: i64, n: usize) -> Result<usize, String> {
+fn norm_index(i: i64, n: usize, axis: usize) -> Result<usize, String> {
     let j = if i < 0 { i + n as i64 } else { i };
     if j < 0 || j >= n as i64 {
-        return Err(format!("index {i} out of range for a dim of size {n}"));
+        return Err(crate::kernel::ir::out_of_range(i, axis, n));
     }
     Ok(j as usize)
 }
@@ -124,7 +124,7 @@ pub fn gather(x: &Tensor, ind: &Tensor, axis: usize, out: &TensorType) -> Result
     let mut idx = Vec::with_capacity(out.numel());
     for o in 0..outer {
         for &i in &iv {
-            let j = norm_index(i, n)?;
+            let j = norm_index(i, n, axis)?;
             for k in 0..inner {
                 idx.push((o * n + j) * inner + k);
             }
@@ -144,7 +144,7 @@ pub fn gather_elements(x: &Tensor, ind: &Tensor, axis: usize) -> Result<Tensor, 
         let mut f = 0;
         for d in 0..i.len() {
             let v = if d == axis {
-                match norm_index(iv[k], x.shape()[d]) {
+                match norm_index(iv[k], x.shape()[d], d) {
                     Ok(v) => v,
                     Err(e) => {
                         err = Some(e);
@@ -179,7 +179,7 @@ fn nd_offset(
         f += b * s[d];
     }
     for (k, &c) in coords.iter().enumerate() {
-        f += norm_index(c, data[batch + k])? * s[batch + k];
+        f += norm_index(c, data[batch + k], batch + k)? * s[batch + k];
     }
     Ok(f)
 }

@@ -49,9 +49,47 @@ impl Graph {
             .collect()
     }
 
+    /// The indices of a Gather, GatherElements, GatherND or ScatterND node against the dims
+    /// they address, where they are known now: constant indices must each be in range (a
+    /// run-time index is checked by the kernel that reads it), and run-time indices must
+    /// not address a dim of size 0 (none could be in range).
+    fn index_bounds(&self, node: &Node) -> std::result::Result<(), String> {
+        let (batch, axes): (usize, Option<usize>) = match &node.op {
+            Op::Gather { axis } | Op::GatherElements { axis } => (0, Some(*axis)),
+            Op::GatherND { batch_dims } => (*batch_dims, None),
+            Op::ScatterND { .. } => (0, None),
+            _ => return Ok(()),
+        };
+        let (data, ind) = (&self.nodes[node.inputs[0]], &self.nodes[node.inputs[1]]);
+        let dims = &data.ty.shape;
+        // The data dim each index element addresses: one axis, or the position in an ND row.
+        let m = ind.ty.shape.last().copied().unwrap_or(0);
+        let dim_of = |k: usize| match axes {
+            Some(a) => a,
+            None => batch + k % m.max(1),
+        };
+        let Op::Constant(t) = &ind.op else {
+            let empty = match axes {
+                Some(a) => dims[a] == 0,
+                None => dims[batch..batch + m].contains(&0),
+            };
+            if empty && ind.ty.numel() > 0 && node.ty.numel() > 0 {
+                return Err("indexes a dim of size 0".into());
+            }
+            return Ok(());
+        };
+        for (k, &v) in t.to_i64().iter().enumerate() {
+            let (d, n) = (dim_of(k), dims[dim_of(k)] as i64);
+            if v < -n || v >= n {
+                return Err(crate::kernel::ir::out_of_range(v, d, n as usize));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks every invariant and reports every problem found, each naming its node, op and
     /// shapes: inputs defined before use, types that agree with shape inference, unique names,
-    /// inputs listed exactly once, outputs that exist.
+    /// inputs listed exactly once, outputs that exist, constant indices in range.
     pub fn validate(&self) -> Result<()> {
         let mut problems = Vec::new();
         let mut names = HashSet::new();
@@ -80,7 +118,11 @@ impl Graph {
                         .map(|&i| self.nodes[i].ty.clone())
                         .collect();
                     match infer(op, &tys) {
-                        Ok(ty) if ty == node.ty => {}
+                        Ok(ty) if ty == node.ty => {
+                            if let Err(e) = self.index_bounds(node) {
+                                problems.push(format!("{at}: {e}"));
+                            }
+                        }
                         Ok(ty) => problems.push(format!(
                             "{at}: declared type {} but inputs give {ty}",
                             node.ty

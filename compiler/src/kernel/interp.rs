@@ -220,6 +220,16 @@ fn eval(e: &Expr, env: &Env, t: i64, cx: &Ctx, k: &Kernel) -> Result<Val> {
                 IndexOp::Eq => (x == y) as i64,
                 IndexOp::And => (x != 0 && y != 0) as i64,
                 IndexOp::Min => x.min(y),
+                IndexOp::Check(site) => {
+                    let j = if x < 0 { x.wrapping_add(y) } else { x };
+                    if !(0..y).contains(&j) {
+                        return Err(match k.checks.get(*site as usize) {
+                            Some(c) => c.error(x),
+                            None => err(k, format!("index check {site} has no site")),
+                        });
+                    }
+                    j
+                }
             })
         }
     })

@@ -57,6 +57,11 @@ pub enum IndexOp {
     And,
     /// The smaller of the two.
     Min,
+    /// A run-time index `a` into a dim of size `b`, checked: `a + b` for `-b <= a < 0`, `a`
+    /// for `0 <= a < b`; any other `a` faults the run at the kernel's check site (an entry of
+    /// [`Kernel::checks`]), which then returns an error naming the node and the index, and
+    /// the value is 0 so that no access leaves the tensor.
+    Check(u32),
 }
 
 impl IndexOp {
@@ -73,6 +78,7 @@ impl IndexOp {
             IndexOp::Eq => "==",
             IndexOp::And => "&&",
             IndexOp::Min => "min",
+            IndexOp::Check(_) => "check",
         }
     }
 }
@@ -646,6 +652,39 @@ pub struct Kernel {
     /// body (its product and epilogue).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blas: Option<Box<BlasGemm>>,
+    /// The run-time index checks of its body ([`IndexOp::Check`] sites), by site.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<IndexCheck>,
+}
+
+/// What a run-time index check guards: the node that indexes, and the dim it indexes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+pub struct IndexCheck {
+    /// The indexing node's name.
+    pub node: String,
+    /// Its op, as the reference interpreter names it (`gather`, `gather_nd`, …).
+    pub op: String,
+    /// The data dim the index addresses.
+    pub axis: usize,
+    /// That dim's size.
+    pub size: usize,
+}
+
+impl IndexCheck {
+    /// The error a run reports when index `index` failed this check.
+    pub fn error(&self, index: i64) -> crate::Error {
+        crate::Error::Node {
+            node: self.node.clone(),
+            op: self.op.clone(),
+            message: out_of_range(index, self.axis, self.size),
+        }
+    }
+}
+
+/// The one wording of an out-of-range index, shared by the reference interpreter and every
+/// executor of lowered code.
+pub fn out_of_range(index: i64, axis: usize, size: usize) -> String {
+    format!("index {index} out of range for axis {axis} of size {size} (valid: -{size}..{size})")
 }
 
 /// A shared array of a block.
@@ -750,6 +789,7 @@ impl fmt::Display for Expr {
             Expr::Cast(d, a) => write!(f, "{d}({a})"),
             Expr::Combine(op, a, b) => write!(f, "{op:?}({a}, {b})"),
             Expr::Index(IndexOp::Min, a, b) => write!(f, "min({a}, {b})"),
+            Expr::Index(IndexOp::Check(s), a, b) => write!(f, "check{s}({a}, {b})"),
             Expr::Shared { array, index } => write!(f, "s{array}[{index}]"),
             Expr::Index(op, a, b) => {
                 let s = op.symbol();

@@ -160,11 +160,35 @@ SMELT_FN double smelt_mod_floor(double a, double b) {
 // With several translation units (compiled in parallel, linked into one shared object) the
 // first, SMELT_MAIN_UNIT, defines it; kernel bodies in other units reach it by name.
 #define SMELT_LINK __attribute__((visibility("hidden")))
+// A run-time index that fails its check (Gather, GatherElements, GatherND, ScatterND) sets
+// smelt_fault to 4 and records, first fault only: the kernel (its position in the program,
+// set by smelt_run before each kernel with checks), the check site and the index. The
+// access then reads element 0 of the dim: nothing outside the tensor is read or written.
 #ifdef SMELT_MAIN_UNIT
 SMELT_LINK int smelt_fault;
+SMELT_LINK int smelt_fault_kernel;
+SMELT_LINK long long smelt_fault_record[3];
 #else
 SMELT_LINK extern int smelt_fault;
+SMELT_LINK extern int smelt_fault_kernel;
+SMELT_LINK extern long long smelt_fault_record[3];
 #endif
+static __attribute__((noinline, cold)) void smelt_index_fault(long long site, long long i) {
+    int none = 0;
+    if (__atomic_compare_exchange_n(&smelt_fault, &none, 4, 0, __ATOMIC_RELAXED,
+                                    __ATOMIC_RELAXED)) {
+        smelt_fault_record[0] = smelt_fault_kernel;
+        smelt_fault_record[1] = site;
+        smelt_fault_record[2] = i;
+    }
+}
+// Index i (negative counted from the end) into a dim of size n, or a fault and 0.
+SMELT_FN long long smelt_checked_index_ll(long long i, long long n, long long site) {
+    const long long j = i < 0 ? i + n : i;
+    if (__builtin_expect((unsigned long long)j < (unsigned long long)n, 1)) return j;
+    smelt_index_fault(site, i);
+    return 0;
+}
 SMELT_FN long long smelt_div_ll(long long a, long long b) {
     if (b == 0) { smelt_fault = 2; return 0; }
     return b == -1 ? (long long)(0ull - (unsigned long long)a) : a / b;

@@ -4,6 +4,9 @@
 // --fast-math define SMELT_FAST_MATH and get the fast exp.
 #pragma once
 
+// The module's fault record (see smelt::checked_index): unmangled, so the runtime finds it.
+__device__ unsigned long long smelt_fault_record[2];
+
 namespace smelt {
 
 // libdevice functions by precision (f32 exp through the fast intrinsic in kernels compiled
@@ -69,6 +72,17 @@ __device__ __forceinline__ long long pow_int(long long x, long long y) {
     }
     return (long long)r;
 }
+// Index i (negative counted from the end) into a dim of size n. An index outside the dim
+// records the first fault of the run in this module's smelt_fault_record (check site + 1,
+// then the index; read and cleared by the runtime when results are read) and gives 0, so no
+// access leaves the tensor.
+__device__ __noinline__ void index_fault(long long site, long long i);
+__device__ __forceinline__ long long checked_index(long long i, long long n, long long site) {
+    const long long j = i < 0 ? i + n : i;
+    if ((unsigned long long)j < (unsigned long long)n) return j;
+    index_fault(site, i);
+    return 0;
+}
 template <typename T> __device__ __forceinline__ T celu(T x, T alpha) {
     return fmax_(T(0), x) + fmin_(T(0), alpha * (exp_(x / alpha) - T(1)));
 }
@@ -78,3 +92,9 @@ template <typename T> __device__ __forceinline__ T selu(T x, T alpha, T gamma) {
 template <typename T> __device__ __forceinline__ T thresholded_relu(T x, T alpha) { return x > alpha ? x : T(0); }
 
 }  // namespace smelt
+
+__device__ __noinline__ void smelt::index_fault(long long site, long long i) {
+    if (atomicCAS(&smelt_fault_record[0], 0ull, (unsigned long long)(site + 1)) == 0ull) {
+        smelt_fault_record[1] = (unsigned long long)i;
+    }
+}

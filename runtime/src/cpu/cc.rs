@@ -2,6 +2,7 @@
 //! cache key), the flags (`$SMELT_CFLAGS` replaces the optimization flags), and building a
 //! shared object from one C source.
 
+use crate::Error;
 use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -22,6 +23,15 @@ pub const FIXED_CFLAGS: &[&str] = &[
     "-shared",
     "-fno-math-errno",
     "-ffp-contract=off",
+];
+
+/// What a C compiler says when it fails for the machine's sake rather than the source's: it
+/// could not write its output or temporary files.
+const ENVIRONMENT_ERRORS: &[&str] = &[
+    "No space left on device",
+    "Disk quota exceeded",
+    "Read-only file system",
+    "Permission denied",
 ];
 
 /// A C compiler that answered `--version`.
@@ -104,6 +114,10 @@ impl Compiler {
     /// Compiles the translation units `units` (with `headers` under `include/`) into the
     /// shared object `out`, working in the scratch directory `work`: one unit directly; several
     /// each to an object file, at most `jobs` compilers at a time, then linked.
+    ///
+    /// A file that cannot be written (a read-only or full disk) is an [`Error::Cache`] naming
+    /// it, as is a compiler that fails for such a reason; any other compiler failure is an
+    /// [`Error::CCompile`].
     pub fn build(
         &self,
         units: &[String],
@@ -111,8 +125,12 @@ impl Compiler {
         work: &Path,
         out: &Path,
         jobs: usize,
-    ) -> Result<(), String> {
-        let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    ) -> Result<(), Error> {
+        let io = |p: &Path, e: std::io::Error| Error::Cache {
+            path: p.display().to_string(),
+            why: e.to_string(),
+        };
+        std::fs::create_dir_all(work).map_err(|e| io(work, e))?;
         let include = work.join("include");
         for (path, text) in headers {
             let p = include.join(path);
@@ -151,7 +169,7 @@ impl Compiler {
         include: &Path,
         inputs: &[&Path],
         out: &Path,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let o = Command::new(&self.command)
             .args(&self.flags)
             .args(extra)
@@ -161,16 +179,25 @@ impl Compiler {
             .arg("-o")
             .arg(out)
             .output()
-            .map_err(|e| format!("'{}' cannot be run: {e}", self.command))?;
+            .map_err(|e| Error::CCompile(format!("'{}' cannot be run: {e}", self.command)))?;
         if !o.status.success() {
             let log = String::from_utf8_lossy(&o.stderr);
+            if let Some(line) = log
+                .lines()
+                .find(|l| ENVIRONMENT_ERRORS.iter().any(|m| l.contains(m)))
+            {
+                return Err(Error::Cache {
+                    path: out.display().to_string(),
+                    why: format!("'{}' failed: {}", self.command, line.trim()),
+                });
+            }
             let first: Vec<&str> = log
                 .lines()
                 .filter(|l| l.contains("error"))
                 .take(5)
                 .collect();
             let names: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
-            return Err(format!(
+            return Err(Error::CCompile(format!(
                 "'{} {}' failed on {}:\n{}",
                 self.command,
                 self.flags.join(" "),
@@ -180,7 +207,7 @@ impl Compiler {
                 } else {
                     first.join("\n")
                 }
-            ));
+            )));
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use smelt_compiler::ir::{DType, Data, Tensor};
 use smelt_compiler::kernel::{Program, Target};
 use smelt_compiler::timings::Timings;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -44,6 +44,7 @@ type GemmF32 = unsafe extern "C" fn(
 type RunFn = unsafe extern "C" fn(*const Ctx, *mut u8, *const *mut std::ffi::c_void) -> i32;
 type RunKernelFn =
     unsafe extern "C" fn(*const Ctx, *mut u8, *const *mut std::ffi::c_void, i32) -> i32;
+type FaultDetailFn = unsafe extern "C" fn(*mut i64);
 
 /// `c = a × b` through the `gemm` crate, single-threaded (the C driver splits the work over
 /// the pool). Strides in elements.
@@ -125,14 +126,30 @@ impl Drop for Arena {
     }
 }
 
-/// The error for a nonzero return of `smelt_run`.
-fn fault(rc: i32) -> Result<(), Error> {
+/// The error for a nonzero return of `smelt_run`: `detail` reads the fault record
+/// (kernel, check site, index) of a failed index check.
+fn fault(rc: i32, program: &Program, detail: FaultDetailFn) -> Result<(), Error> {
     match rc {
         0 => Ok(()),
         c_render::FAULT_DIVIDE_BY_ZERO => {
             Err(Error::Compiler(smelt_compiler::Error::Invalid(vec![
                 "integer division by zero".into(),
             ])))
+        }
+        c_render::FAULT_INDEX => {
+            let mut record = [0i64; 3];
+            // SAFETY: `smelt_fault_detail` writes three values.
+            unsafe { detail(record.as_mut_ptr()) };
+            let check = usize::try_from(record[0])
+                .ok()
+                .and_then(|k| program.kernels.get(k))
+                .and_then(|k| k.checks.get(usize::try_from(record[1]).ok()?));
+            Err(match check {
+                Some(c) => Error::Compiler(c.error(record[2])),
+                None => Error::Codegen(format!(
+                    "an index check failed with an unknown site {record:?}"
+                )),
+            })
         }
         rc => Err(Error::Codegen(format!("smelt_run returned {rc}"))),
     }
@@ -198,12 +215,53 @@ fn loaded() -> &'static Mutex<HashMap<PathBuf, Arc<libloading::Library>>> {
     L.get_or_init(Default::default)
 }
 
+/// What a shared object that smelt built but cannot load may be telling.
+const NOEXEC_HINT: &str =
+    "is the cache directory on a filesystem mounted noexec? Set SMELT_CACHE_DIR to another one";
+
+/// Loads the shared object at `path` and checks that it is smelt's generated code of this
+/// ABI; why not otherwise (the loader's message, a missing entry point, another ABI).
+fn open(path: &Path) -> Result<libloading::Library, String> {
+    // SAFETY: the library is smelt's own generated code, verified against its checksum and
+    // its cache key; its initializers only set up OpenMP.
+    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| e.to_string())?;
+    entry_points(&lib)?;
+    Ok(lib)
+}
+
+/// The entry points of a loaded model (`smelt_run`, `smelt_run_kernel`,
+/// `smelt_fault_detail`), after checking its ABI version.
+fn entry_points(lib: &libloading::Library) -> Result<(RunFn, RunKernelFn, FaultDetailFn), String> {
+    let missing = |e: libloading::Error| e.to_string();
+    // SAFETY: the symbols are the entry points `codegen::c` generates, with these
+    // signatures; the ABI version is checked before the others are looked up.
+    unsafe {
+        let abi: libloading::Symbol<unsafe extern "C" fn() -> i32> =
+            lib.get(b"smelt_abi_version\0").map_err(missing)?;
+        let v = abi();
+        if v != c_render::ABI_VERSION as i32 {
+            return Err(format!(
+                "ABI version {v}, expected {}",
+                c_render::ABI_VERSION
+            ));
+        }
+        Ok((
+            *lib.get::<RunFn>(b"smelt_run\0").map_err(missing)?,
+            *lib.get::<RunKernelFn>(b"smelt_run_kernel\0")
+                .map_err(missing)?,
+            *lib.get::<FaultDetailFn>(b"smelt_fault_detail\0")
+                .map_err(missing)?,
+        ))
+    }
+}
+
 /// A model compiled for the CPU, ready to run.
 pub struct CpuModel {
     program: Program,
     arena: Mutex<Arena>,
     run: RunFn,
     run_kernel: RunKernelFn,
+    fault_detail: FaultDetailFn,
     threads: usize,
     info: BuildInfo,
     _lib: Arc<libloading::Library>,
@@ -273,6 +331,15 @@ impl CpuModel {
             parts.push(t.as_bytes());
         }
         let key = cache::key(&parts);
+        let id = cache::Identity::new(
+            key.clone(),
+            format!(
+                "smelt-cpu abi {} | {} | {} | {flags}",
+                c_render::ABI_VERSION,
+                compiler.command,
+                compiler.version
+            ),
+        );
         timings.add("cache key", t.elapsed().as_secs_f64() * 1e3);
         let path = cache_dir.join("cpu").join(format!("{key}.so"));
         let mut outcome = Outcome::Memory;
@@ -281,27 +348,43 @@ impl CpuModel {
             Some(lib) => lib.clone(),
             None => {
                 let t = Instant::now();
-                outcome = cache::get_or_build(&path, |tmp| {
+                let build = |tmp: &Path| {
                     let work = cache::temp_path(&path.with_extension("build"));
                     let r = compiler.build(&units, headers, &work, tmp, jobs);
                     if r.is_ok() {
                         let _ = std::fs::remove_dir_all(&work);
                     }
                     r
-                })
-                .map_err(Error::CCompile)?;
+                };
+                outcome = cache::get_or_build(&path, &id, build)?;
                 let stage = match outcome {
                     Outcome::Disk => "cache read",
                     _ => "cc",
                 };
                 timings.add(stage, t.elapsed().as_secs_f64() * 1e3);
                 let t = Instant::now();
-                // SAFETY: the library is smelt's own generated code, verified against its
-                // checksum; its initializers only set up OpenMP.
-                let lib = unsafe { libloading::Library::new(&path) }.map_err(|e| Error::Load {
-                    path: path.display().to_string(),
-                    why: e.to_string(),
-                })?;
+                let lib = match (open(&path), outcome) {
+                    (Ok(lib), _) => lib,
+                    // An entry that verified but does not load (a shared object built for
+                    // something else, sealed with this key): built once more.
+                    (Err(why), Outcome::Disk) => {
+                        eprintln!(
+                            "warning: cached code {} does not load ({why}): rebuilding it",
+                            path.display()
+                        );
+                        outcome = cache::rebuild(&path, &id, build)?;
+                        open(&path).map_err(|why| Error::Load {
+                            path: path.display().to_string(),
+                            why: format!("{why} (also after rebuilding it; {NOEXEC_HINT})"),
+                        })?
+                    }
+                    (Err(why), _) => {
+                        return Err(Error::Load {
+                            path: path.display().to_string(),
+                            why: format!("{why} (just built; {NOEXEC_HINT})"),
+                        })
+                    }
+                };
                 let lib = Arc::new(lib);
                 map.insert(path.clone(), lib.clone());
                 timings.add("load", t.elapsed().as_secs_f64() * 1e3);
@@ -309,29 +392,10 @@ impl CpuModel {
             }
         };
         drop(map);
-        let load_err = |e: libloading::Error| Error::Load {
+        let (run, run_kernel, fault_detail) = entry_points(&lib).map_err(|why| Error::Load {
             path: path.display().to_string(),
-            why: e.to_string(),
-        };
-        // SAFETY: the symbols are the entry points `codegen::c` generates, with these
-        // signatures; the ABI version is checked before `smelt_run` is used.
-        let run = unsafe {
-            let abi: libloading::Symbol<unsafe extern "C" fn() -> i32> =
-                lib.get(b"smelt_abi_version\0").map_err(load_err)?;
-            let v = abi();
-            if v != c_render::ABI_VERSION as i32 {
-                return Err(Error::Load {
-                    path: path.display().to_string(),
-                    why: format!("ABI version {v}, expected {}", c_render::ABI_VERSION),
-                });
-            }
-            (
-                *lib.get::<RunFn>(b"smelt_run\0").map_err(load_err)?,
-                *lib.get::<RunKernelFn>(b"smelt_run_kernel\0")
-                    .map_err(load_err)?,
-            )
-        };
-        let (run, run_kernel) = run;
+            why,
+        })?;
         let t = Instant::now();
         let mut arena = Arena::new(layout.size)?;
         {
@@ -364,6 +428,7 @@ impl CpuModel {
             arena: Mutex::new(arena),
             run,
             run_kernel,
+            fault_detail,
             threads: threads.max(1),
             info,
             _lib: lib,
@@ -402,7 +467,7 @@ impl CpuModel {
         self.run_with(inputs, &mut spare, &mut |ctx, arena, io| {
             // SAFETY: see `run_with`.
             let rc = unsafe { (self.run)(ctx, arena, io) };
-            fault(rc)
+            fault(rc, &self.program, self.fault_detail)
         })
     }
 
@@ -423,7 +488,7 @@ impl CpuModel {
                     // SAFETY: see `run_with`; kernels run in launch order.
                     let rc = unsafe { (self.run_kernel)(ctx, arena, io, i as i32) };
                     t.push(start.elapsed().as_secs_f64() * 1e3);
-                    fault(rc)?;
+                    fault(rc, &self.program, self.fault_detail)?;
                 }
                 Ok(())
             })?;

@@ -11,7 +11,7 @@ use crate::cache;
 use serde::{Deserialize, Serialize};
 use smelt_compiler::codegen::cuda;
 use smelt_compiler::ir::DType;
-use smelt_compiler::kernel::ir::{BlasGemm, BlasMatrix};
+use smelt_compiler::kernel::ir::{BlasGemm, BlasMatrix, IndexCheck};
 use smelt_compiler::kernel::Target;
 use smelt_compiler::Compiled;
 use std::path::Path;
@@ -78,6 +78,11 @@ pub struct LaunchSpec {
     /// library makes instead of the launch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blas: Option<BlasGemm>,
+    /// The run-time index checks of the kernel, by site: an index outside its dim records
+    /// (site + 1, index) in its module's `smelt_fault_record`, which the executor reads with
+    /// the outputs and reports as an error naming the node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<IndexCheck>,
 }
 
 /// A correctness check carried with a bundle, for machines that have a GPU but no reference
@@ -226,6 +231,7 @@ impl Bundle {
                 cubins: cubins.clone(),
                 source: Some(source.clone()),
                 blas: k.blas.as_deref().cloned(),
+                checks: k.checks.clone(),
             });
         }
         let plan = serde_json::from_str(&plan.to_json()).map_err(|e| err(e.to_string()))?;
@@ -568,6 +574,84 @@ mod tests {
             buffer("res", 60),
         ];
         (g, bufs)
+    }
+
+    /// A one-launch bundle with a weight, a cubin and a source, built by hand (no NVRTC).
+    fn small_bundle() -> Bundle {
+        let mut data = Vec::new();
+        let mut push = |bytes: &[u8]| {
+            let b = Blob {
+                offset: data.len() as u64,
+                len: bytes.len() as u64,
+            };
+            data.extend_from_slice(bytes);
+            b
+        };
+        let weight = push(&[1, 0, 128, 63, 0, 0, 0, 64]);
+        let cubin = push(b"\x7fELF pretend cubin");
+        let source = push(b"extern \"C\" __global__ void k(float* w, float* y) {}");
+        let mut w = buffer("w", 2);
+        w.constant = Some(weight);
+        let mut y = buffer("y", 2);
+        y.offset = 64;
+        Bundle {
+            manifest: Manifest {
+                version: VERSION,
+                archs: vec!["sm_90".into()],
+                plan: serde_json::json!({"kernels": []}),
+                arena_bytes: 128,
+                buffers: vec![w, y],
+                inputs: vec![],
+                outputs: vec![("y".into(), 1)],
+                launches: vec![LaunchSpec {
+                    kernel: "k".into(),
+                    name: "k0".into(),
+                    grid: 1,
+                    block: 32,
+                    params: vec![0, 1],
+                    cubins: vec![("sm_90".into(), cubin)],
+                    source: Some(source),
+                    blas: None,
+                    checks: vec![],
+                }],
+                check: None,
+            },
+            data,
+        }
+    }
+
+    /// A bundle is bound to its content by the digest in its trailer: any damaged byte,
+    /// in the header, the manifest, a blob or the trailer, and any truncation, is an error
+    /// that says so; nothing damaged loads.
+    #[test]
+    fn a_damaged_bundle_never_loads() {
+        let b = small_bundle();
+        let bytes = b.to_bytes();
+        assert_eq!(Bundle::from_bytes(&bytes).unwrap(), b);
+        for i in 0..bytes.len() {
+            let mut x = bytes.clone();
+            x[i] ^= 0x04;
+            let e = Bundle::from_bytes(&x).expect_err(&format!("byte {i} flipped"));
+            let msg = e.to_string();
+            let version_bytes = 8..12;
+            let expected = match version_bytes.contains(&i) {
+                true => "version",
+                false if i < 8 => "not a smelt bundle",
+                false => "checksum",
+            };
+            assert!(msg.contains(expected), "byte {i}: {msg}");
+        }
+        for len in 0..bytes.len() {
+            assert!(Bundle::from_bytes(&bytes[..len]).is_err(), "{len} bytes");
+        }
+        // A blob swapped for another of the same length is damage too.
+        let mut x = bytes.clone();
+        let at = x.windows(4).position(|w| w == b"\x7fELF").unwrap();
+        x[at + 1..at + 4].copy_from_slice(b"FLE");
+        assert!(Bundle::from_bytes(&x)
+            .unwrap_err()
+            .to_string()
+            .contains("checksum"));
     }
 
     #[test]

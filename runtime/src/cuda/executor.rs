@@ -10,6 +10,10 @@
 //! graph, later runs replay it between two CUDA events, which time the device's work.
 //! Reading the outputs is the one synchronization.
 //!
+//! Run-time indices (token ids, positions) are checked in the kernels that read them: a
+//! bad one is recorded in its module's `smelt_fault_record`, copied back with the outputs
+//! (no added synchronization) and reported as an error naming the node and the index.
+//!
 //! Product kernels that carry a cuBLASLt form ([`BlasGemm`](smelt_compiler::kernel::ir::BlasGemm))
 //! become that library call where cuBLASLt is installed (planned at load, its workspace at
 //! the end of the arena, enqueued and captured like a launch); elsewhere, or when loaded
@@ -23,8 +27,8 @@ use super::device;
 use super::lt::{CublasLt, LtMatmul, Pointers};
 use crate::Error;
 use cudarc::driver::{
-    sys, CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr,
-    LaunchConfig, PinnedHostSlice, PushKernelArg,
+    sys, CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream,
+    DevicePtr, LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use smelt_compiler::ir::Tensor;
@@ -44,8 +48,21 @@ struct State {
     graph: Option<CudaGraph>,
     staged_inputs: Vec<Option<PinnedHostSlice<u8>>>,
     staged_outputs: Vec<Option<PinnedHostSlice<u8>>>,
+    /// Each checking module's fault record, copied back with the outputs.
+    staged_faults: Vec<PinnedHostSlice<u64>>,
     start: CudaEvent,
     end: CudaEvent,
+}
+
+/// The name of a module's fault record (`kernels/cuda/smelt/math.cuh`): the check site + 1
+/// (0: no fault) and the index.
+const FAULT_RECORD: &str = "smelt_fault_record";
+
+/// A module whose function checks run-time indices, and the first launch of it (whose
+/// checks name the nodes: every launch of one function has the same sites).
+struct Checking {
+    module: Arc<CudaModule>,
+    launch: usize,
 }
 
 /// Page-locked host memory of `bytes` (none for 0), plain (not write-combined: outputs are
@@ -72,6 +89,7 @@ pub struct CudaModel {
     cublas_note: String,
     stream: Arc<CudaStream>,
     functions: Vec<CudaFunction>,
+    checking: Vec<Checking>,
     launches: Vec<LaunchSpec>,
     buffers: Vec<BufferSpec>,
     inputs: Vec<(String, u32)>,
@@ -122,8 +140,9 @@ impl CudaModel {
         let stream = ctx.new_stream().map_err(cuda("creating a stream"))?;
         // One module per distinct function, shared by every launch of it.
         let mut functions = Vec::with_capacity(m.launches.len());
+        let mut checking = Vec::new();
         let mut loaded: std::collections::HashMap<&str, CudaFunction> = Default::default();
-        for l in &m.launches {
+        for (i, l) in m.launches.iter().enumerate() {
             if let Some(f) = loaded.get(l.kernel.as_str()) {
                 functions.push(f.clone());
                 continue;
@@ -139,6 +158,12 @@ impl CudaModel {
                 .map_err(cuda(&format!("finding {} in its module", l.kernel)))?;
             loaded.insert(&l.kernel, f.clone());
             functions.push(f);
+            if !l.checks.is_empty() {
+                module
+                    .get_global(FAULT_RECORD, &stream)
+                    .map_err(cuda(&format!("finding {}'s fault record", l.kernel)))?;
+                checking.push(Checking { module, launch: i });
+            }
         }
         // cuBLASLt, if the plan has calls for it and it is wanted and installed.
         let wanted = m.launches.iter().any(|l| l.blas.is_some());
@@ -218,6 +243,14 @@ impl CudaModel {
             .iter()
             .map(|(_, b)| staging(&ctx, size(b)))
             .collect::<Result<_, _>>()?;
+        let staged_faults = checking
+            .iter()
+            .map(|_| {
+                // SAFETY: read only after a run's copy into it has finished.
+                unsafe { ctx.alloc_pinned_with_flags::<u64>(2, 0) }
+                    .map_err(cuda("allocating page-locked staging"))
+            })
+            .collect::<Result<_, _>>()?;
         let timing = || ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT));
         let (start, end) = (
             timing().map_err(cuda("creating an event"))?,
@@ -228,6 +261,7 @@ impl CudaModel {
             cublas_note,
             stream,
             functions,
+            checking,
             launches: m.launches.clone(),
             buffers: m.buffers.clone(),
             inputs: m.inputs.clone(),
@@ -237,6 +271,7 @@ impl CudaModel {
                 graph: None,
                 staged_inputs,
                 staged_outputs,
+                staged_faults,
                 start,
                 end,
             }),
@@ -385,6 +420,7 @@ impl CudaModel {
         // Both events have completed: this waits for nothing.
         let ms = device::elapsed_ms(&state.start, &state.end).map_err(Error::Cuda)?;
         self.device_ms.store(ms.to_bits(), Ordering::Relaxed);
+        self.faults(state)?;
         let mut out = Vec::with_capacity(self.outputs.len());
         for ((name, b), staged) in self.outputs.iter().zip(&state.staged_outputs) {
             let spec = &self.buffers[*b as usize];
@@ -399,6 +435,40 @@ impl CudaModel {
         Ok(out)
     }
 
+    /// The first index fault the run recorded, as an error naming the node and the index
+    /// (the record is cleared, so the next run starts clean); `Ok` when there was none.
+    fn faults(&self, state: &State) -> Result<(), Error> {
+        for (c, staged) in self.checking.iter().zip(&state.staged_faults) {
+            let record = staged
+                .as_slice()
+                .map_err(cuda("reading the fault record"))?;
+            let (site, index) = (record[0], record[1] as i64);
+            if site == 0 {
+                continue;
+            }
+            let mut rec = c
+                .module
+                .get_global(FAULT_RECORD, &self.stream)
+                .map_err(cuda("finding a fault record"))?;
+            self.stream
+                .memset_zeros(&mut rec)
+                .map_err(cuda("clearing a fault record"))?;
+            self.stream
+                .synchronize()
+                .map_err(cuda("clearing a fault record"))?;
+            let l = &self.launches[c.launch];
+            return Err(match l.checks.get((site - 1) as usize) {
+                Some(check) => Error::Compiler(check.error(index)),
+                None => Error::Cuda(format!(
+                    "{}: an index check failed at unknown site {}",
+                    l.kernel,
+                    site - 1
+                )),
+            });
+        }
+        Ok(())
+    }
+
     /// Queues a run on the stream: the staged inputs into the arena, the kernels (captured
     /// as a graph the first time, replayed between the timing events), the outputs into
     /// their staging. Nothing waits here.
@@ -408,6 +478,7 @@ impl CudaModel {
             graph,
             staged_inputs,
             staged_outputs,
+            staged_faults,
             start,
             end,
         } = state;
@@ -441,6 +512,18 @@ impl CudaModel {
         }
         end.record(&self.stream)
             .map_err(cuda("recording an event"))?;
+        for (c, staged) in self.checking.iter().zip(staged_faults.iter_mut()) {
+            let rec = c
+                .module
+                .get_global(FAULT_RECORD, &self.stream)
+                .map_err(cuda("finding a fault record"))?;
+            // SAFETY: the record is two u64 (see `kernels/cuda/smelt/math.cuh`).
+            let rec = unsafe { rec.transmute::<u64>(2) }
+                .ok_or_else(|| Error::Cuda("a fault record of the wrong size".into()))?;
+            self.stream
+                .memcpy_dtoh(&rec, staged)
+                .map_err(cuda("reading a fault record"))?;
+        }
         for ((_, b), staged) in self.outputs.iter().zip(staged_outputs.iter_mut()) {
             let spec = &self.buffers[*b as usize];
             if let Some(staged) = staged {

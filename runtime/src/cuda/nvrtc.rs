@@ -38,6 +38,10 @@ pub enum NvrtcError {
     /// An NVRTC call failed.
     #[error("NVRTC call failed: {0}")]
     Call(String),
+    /// The cubin and PTX cache cannot be used (its directory cannot be created or written):
+    /// a problem of the machine, with the path and the OS error.
+    #[error("compiled-code cache: {0} (set SMELT_CACHE_DIR to a writable directory)")]
+    Cache(#[from] crate::cache::CacheError),
 }
 
 /// Registers, stack and spills of one compiled kernel, from ptxas.
@@ -159,7 +163,8 @@ fn install_headers(major: i32, minor: i32) -> Result<PathBuf, String> {
     }
     for (path, src) in smelt_kernels::HEADERS {
         let p = dir.join(path);
-        if std::fs::read_to_string(&p).ok().as_deref() != Some(*src) {
+        // Never opened in a way that blocks: a FIFO there is replaced like a stale copy.
+        if crate::cache::read_regular(&p).ok().as_deref() != Some(src.as_bytes()) {
             if let Some(parent) = p.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| format!("headers: {e}"))?;
             }
@@ -243,9 +248,14 @@ fn run<T>(
     out
 }
 
-/// The cache key of a `what` (cubin or PTX) of `source`: the source and its name, smelt's
-/// device headers, the architecture, NVRTC's version and the options.
-fn cache_key(what: &str, name: &str, source: &str, arch: &str) -> Result<String, NvrtcError> {
+/// The cache identity of a `what` (cubin or PTX) of `source`: its key covers the source and
+/// its name, smelt's device headers, the architecture, NVRTC's version and the options.
+fn cache_id(
+    what: &str,
+    name: &str,
+    source: &str,
+    arch: &str,
+) -> Result<crate::cache::Identity, NvrtcError> {
     let (major, minor) = version()?;
     let nvrtc = format!("nvrtc {major}.{minor}");
     let mut parts: Vec<&[u8]> = vec![
@@ -260,7 +270,9 @@ fn cache_key(what: &str, name: &str, source: &str, arch: &str) -> Result<String,
         parts.push(p.as_bytes());
         parts.push(t.as_bytes());
     }
-    Ok(crate::cache::key(&parts))
+    let key = crate::cache::key(&parts);
+    let about = format!("{what} {name} | {arch} | {nvrtc} | {OPTIONS}");
+    Ok(crate::cache::Identity::new(key, about))
 }
 
 /// Like [`compile`], through the disk cache under `dir` (see [`crate::cache`]): an entry is
@@ -274,19 +286,14 @@ pub fn compile_cached(
     dir: &Path,
 ) -> Result<(Cubin, crate::cache::Outcome), NvrtcError> {
     use crate::cache;
-    let path = dir.join("cubin").join(format!(
-        "{}.cubin",
-        cache_key("smelt-cubin", name, source, arch)?
-    ));
-    if let Some(c) = cache::load(&path).and_then(|b| decode(&b)) {
+    let id = cache_id("smelt-cubin", name, source, arch)?;
+    let path = dir.join("cubin").join(format!("{}.cubin", id.key));
+    if let Some(c) = cache::load(&path, &id).and_then(|b| decode(&b)) {
         return Ok((c, cache::Outcome::Disk));
     }
     let c = compile(name, source, arch)?;
     let bytes = encode(&c);
-    let outcome = cache::get_or_build(&path, |tmp| {
-        std::fs::write(tmp, &bytes).map_err(|e| format!("{}: {e}", tmp.display()))
-    })
-    .map_err(NvrtcError::Call)?;
+    let outcome = cache::get_or_build(&path, &id, |tmp| write_file(tmp, &bytes))?;
     Ok((c, outcome))
 }
 
@@ -299,17 +306,22 @@ pub fn compile_ptx_cached(
     dir: &Path,
 ) -> Result<String, NvrtcError> {
     use crate::cache;
-    let key = cache_key("smelt-ptx", name, source, arch)?;
-    let path = dir.join("ptx").join(format!("{key}.ptx"));
-    if let Some(text) = cache::load(&path).and_then(|b| String::from_utf8(b).ok()) {
+    let id = cache_id("smelt-ptx", name, source, arch)?;
+    let path = dir.join("ptx").join(format!("{}.ptx", id.key));
+    if let Some(text) = cache::load(&path, &id).and_then(|b| String::from_utf8(b).ok()) {
         return Ok(text);
     }
     let ptx = compile_ptx(name, source, arch)?;
-    cache::get_or_build(&path, |tmp| {
-        std::fs::write(tmp, ptx.as_bytes()).map_err(|e| format!("{}: {e}", tmp.display()))
-    })
-    .map_err(NvrtcError::Call)?;
+    cache::get_or_build(&path, &id, |tmp| write_file(tmp, ptx.as_bytes()))?;
     Ok(ptx)
+}
+
+/// Writes a cache entry's payload to its temporary path.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), crate::cache::CacheError> {
+    std::fs::write(path, bytes).map_err(|source| crate::cache::CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The options every compile passes besides the architecture and include paths (part of

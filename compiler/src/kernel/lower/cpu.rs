@@ -307,6 +307,7 @@ fn push_gemm(sink: &mut Sink, gemm: Gemm) {
         frags: Vec::new(),
         body: vec![Stmt::Gemm(Box::new(gemm))],
         blas: None,
+        checks: Vec::new(),
     });
 }
 

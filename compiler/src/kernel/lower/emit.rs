@@ -20,12 +20,44 @@ pub(super) struct Emitter<'a> {
     pub(super) stats: HashMap<(NodeId, &'static str), Expr>,
     /// The lanes of a vectorized pointwise kernel being emitted.
     pub(super) lanes: Option<vector::Lanes>,
+    /// The run-time index checks emitted so far, by site.
+    pub(super) checks: Vec<IndexCheck>,
 }
 
 impl<'a> Emitter<'a> {
     pub(super) fn var(&mut self) -> u32 {
         self.next_var += 1;
         self.next_var - 1
+    }
+    /// Index `i` (negative ones counted from the end) into dim `axis` of size `size` of
+    /// node `id`'s data, checked at run time ([`IndexOp::Check`]).
+    pub(super) fn checked_index(&mut self, id: NodeId, axis: usize, size: usize, i: Expr) -> Expr {
+        if let Expr::I(v) = i {
+            // A constant index (validated at import) needs no run-time check.
+            let j = if v < 0 { v + size as i64 } else { v };
+            if (0..size as i64).contains(&j) {
+                return Expr::I(j);
+            }
+        }
+        let node = self.node(id);
+        let check = IndexCheck {
+            node: node.name.clone(),
+            op: node.op.name(),
+            axis,
+            size,
+        };
+        let site = match self.checks.iter().position(|c| *c == check) {
+            Some(s) => s,
+            None => {
+                self.checks.push(check);
+                self.checks.len() - 1
+            }
+        };
+        Expr::Index(
+            IndexOp::Check(site as u32),
+            Box::new(i),
+            Box::new(Expr::I(size as i64)),
+        )
     }
     pub(super) fn push(&mut self, s: Stmt) {
         self.blocks.last_mut().expect("a block is open").push(s);
@@ -313,6 +345,7 @@ pub(super) fn emitter<'a>(body: &'a Graph, inputs: &'a [u32]) -> Emitter<'a> {
         memo: vec![HashMap::new()],
         stats: HashMap::new(),
         lanes: None,
+        checks: Vec::new(),
     }
 }
 
@@ -349,6 +382,7 @@ impl Emitter<'_> {
             vars: self.next_var,
             shared: Vec::new(),
             frags: Vec::new(),
+            checks: self.checks.clone(),
             body: self.close_root(),
             blas: None,
         }

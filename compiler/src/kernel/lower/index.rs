@@ -224,23 +224,6 @@ pub(super) fn and(a: Expr, b: Expr) -> Expr {
     }
 }
 
-/// `i < 0 ? i + n : i`: a negative gather index counts from the end.
-pub(super) fn wrap_negative(i: Expr, n: usize) -> Expr {
-    Expr::Select(
-        Box::new(Expr::Index(
-            IndexOp::Lt,
-            Box::new(i.clone()),
-            Box::new(Expr::I(0)),
-        )),
-        Box::new(Expr::Index(
-            IndexOp::Add,
-            Box::new(i.clone()),
-            Box::new(Expr::I(n as i64)),
-        )),
-        Box::new(i),
-    )
-}
-
 pub(super) fn builtin(b: Builtin) -> Expr {
     Expr::Builtin(b)
 }

@@ -390,6 +390,7 @@ mod tests {
                 ]
                 .concat(),
                 blas: None,
+                checks: Vec::new(),
             }],
         }
     }

@@ -18,8 +18,8 @@
 //! pointwise) and [`cpu_rows`], rewritten after lowering by [`interleave`].
 
 use super::ir::{
-    BufferDecl, Builtin, Combiner, Expr, IndexOp, Kernel, Launch, Precision, Program, ReduceOp,
-    Scope, Stmt,
+    BufferDecl, Builtin, Combiner, Expr, IndexCheck, IndexOp, Kernel, Launch, Precision, Program,
+    ReduceOp, Scope, Stmt,
 };
 use crate::ir::{
     broadcast_shapes, DType, Graph, KernelKind, Node, NodeId, Op, ReduceKind, ScatterReduction,

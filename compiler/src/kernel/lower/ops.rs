@@ -104,7 +104,7 @@ impl Emitter<'_> {
                 let n = self.node(x).ty.shape[*axis];
                 let i = self.value(ind, idx)?;
                 let mut inner = idx.to_vec();
-                inner[*axis] = wrap_negative(i, n);
+                inner[*axis] = self.checked_index(id, *axis, n, i);
                 self.load(x, &inner)?
             }
             Op::GatherND { batch_dims } => self.gather_nd(id, *batch_dims, idx)?,
@@ -322,20 +322,28 @@ impl Emitter<'_> {
         let ir = self.node(ind).ty.rank();
         let i = self.value(ind, &idx[axis..axis + ir])?;
         let mut inner = idx[..axis].to_vec();
-        inner.push(wrap_negative(i, n));
+        inner.push(self.checked_index(id, axis, n, i));
         inner.extend_from_slice(&idx[axis + ir..]);
         self.load(x, &inner)
     }
 
-    /// The data dims that row `lead` of ND indices `ind` addresses (its last dim read at
-    /// every coordinate, negative ones wrapped against `dims`).
-    pub(super) fn nd_coords(&mut self, ind: NodeId, lead: &[Expr], dims: &[usize]) -> R<Vec<Expr>> {
+    /// The data dims that row `lead` of node `id`'s ND indices `ind` addresses (its last dim
+    /// read at every coordinate, checked against `dims`, data dims `first..`; negative ones
+    /// counted from the end).
+    pub(super) fn nd_coords(
+        &mut self,
+        id: NodeId,
+        ind: NodeId,
+        lead: &[Expr],
+        first: usize,
+        dims: &[usize],
+    ) -> R<Vec<Expr>> {
         let mut coords = Vec::with_capacity(dims.len());
         for (k, &n) in dims.iter().enumerate() {
             let mut at = lead.to_vec();
             at.push(Expr::I(k as i64));
             let c = self.value(ind, &at)?;
-            coords.push(wrap_negative(c, n));
+            coords.push(self.checked_index(id, first + k, n, c));
         }
         Ok(coords)
     }
@@ -347,7 +355,7 @@ impl Emitter<'_> {
         let q = self.node(ind).ty.rank();
         let m = self.node(ind).ty.shape[q - 1];
         let mut inner = idx[..batch].to_vec();
-        inner.extend(self.nd_coords(ind, &idx[..q - 1], &xs[batch..batch + m])?);
+        inner.extend(self.nd_coords(id, ind, &idx[..q - 1], batch, &xs[batch..batch + m])?);
         inner.extend_from_slice(&idx[q - 1..]);
         self.load(x, &inner)
     }
@@ -375,7 +383,7 @@ impl Emitter<'_> {
         let j = self.var();
         self.open();
         let row = unravel(&Expr::Var(j), lead);
-        let coords = self.nd_coords(ind, &row, &xs[..m])?;
+        let coords = self.nd_coords(id, ind, &row, 0, &xs[..m])?;
         let hit = coords
             .into_iter()
             .zip(idx)
