@@ -421,3 +421,239 @@ fn usage_mistakes_and_refused_models_exit_differently() {
         "{err}"
     );
 }
+
+/// Runs smelt; returns (success, stdout, stderr).
+fn smelt(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let res = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "smelt panicked: {stderr}");
+    (
+        res.status.success(),
+        String::from_utf8_lossy(&res.stdout).to_string(),
+        stderr,
+    )
+}
+
+/// A failed command prints its one-line error and nothing else, on either stream.
+fn expect_only_error(args: &[&std::ffi::OsStr], needles: &[&str]) {
+    let (ok, stdout, stderr) = smelt(args);
+    assert!(!ok, "expected failure, got success: {stdout}");
+    assert_eq!(stdout, "", "a failed command printed results");
+    assert_eq!(
+        stderr.trim().lines().count(),
+        1,
+        "error must be one line: {stderr}"
+    );
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "error {stderr:?} should mention {n:?}");
+    }
+}
+
+/// Files under `dir` (recursively), sorted; empty when it does not exist.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Two outputs of x: f32[2,3], named `a` and `b`.
+fn two_output_model(dir: &Dir, a: &str, b: &str) -> PathBuf {
+    let m = om::model(
+        vec![
+            om::node("Relu", "r", &["x"], &[a], vec![]),
+            om::node("Neg", "n", &["x"], &[b], vec![]),
+        ],
+        vec![om::f32_value("x", &[2, 3])],
+        vec![om::f32_value(a, &[2, 3]), om::f32_value(b, &[2, 3])],
+        vec![],
+        17,
+    );
+    let p = dir.path("two.onnx");
+    std::fs::write(&p, om::bytes(&m)).unwrap();
+    p
+}
+
+#[test]
+fn outputs_that_would_share_a_file_are_refused_before_running() {
+    let d = Dir::new("collide");
+    // 'a/b' is written as a_b.npy: so is 'a_b'. One would silently overwrite the other.
+    let m = two_output_model(&d, "a/b", "a_b");
+    let x = write_input(&d, "x", &Tensor::f32([2, 3], vec![1.0; 6]));
+    let out = d.path("out");
+    expect_error(
+        &m,
+        &[format!("--input=x={x}"), "--device=interp".into()],
+        &out,
+        &["two.onnx", "'a/b'", "'a_b'", "a_b.npy"],
+    );
+    assert!(files_under(&out).is_empty(), "{:?}", files_under(&out));
+    // Outputs that do not collide still run, '/' becoming '_'.
+    let m = two_output_model(&d, "a/b", "c");
+    let (ok, err) = smelt_run(
+        &m,
+        &[format!("--input=x={x}"), "--device=interp".into()],
+        &out,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        files_under(&out),
+        vec![out.join("a_b.npy"), out.join("c.npy")]
+    );
+}
+
+#[test]
+fn npy_inputs_with_trailing_data_are_refused() {
+    let d = Dir::new("trailing");
+    let m = relu_model(&d);
+    let x = write_input(&d, "x", &Tensor::f32([2, 3], vec![1.0; 6]));
+    let mut bytes = std::fs::read(&x).unwrap();
+    bytes.extend_from_slice(b"junk");
+    let padded = d.path("padded.npy");
+    std::fs::write(&padded, &bytes).unwrap();
+    expect_error(
+        &m,
+        &[format!("--input=x={}", padded.display())],
+        &d.path("out"),
+        &[
+            "padded.npy",
+            "4 bytes of trailing data after the array (f32 [2,3]: 24 bytes)",
+        ],
+    );
+    // Too little data is still refused as before.
+    std::fs::write(&padded, &bytes[..bytes.len() - 8]).unwrap();
+    expect_error(
+        &m,
+        &[format!("--input=x={}", padded.display())],
+        &d.path("out"),
+        &["padded.npy", "truncated or corrupt data"],
+    );
+}
+
+#[test]
+fn failed_commands_leave_no_files_and_print_only_the_error() {
+    let d = Dir::new("all-or-nothing");
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let m = relu_model(&d);
+    let x = format!(
+        "x={}",
+        write_input(&d, "x", &Tensor::f32([2, 3], vec![1.0; 6]))
+    );
+    let a_file = d.path("a_file");
+    std::fs::write(&a_file, b"").unwrap();
+    let out = d.path("out");
+
+    // run: an output directory that is a file is refused before running.
+    let run = |out: &Path| -> Vec<std::ffi::OsString> {
+        vec![
+            os("run"),
+            m.clone().into(),
+            os("--input"),
+            os(&x),
+            os("--device"),
+            os("interp"),
+            os("--output-dir"),
+            out.into(),
+        ]
+    };
+    let refs = |v: &[std::ffi::OsString]| v.to_vec();
+    let args = refs(&run(&a_file));
+    let argv: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    expect_only_error(&argv, &["--output-dir", "a_file", "not a directory"]);
+
+    // run: one output's file is taken by a directory: the other is not written either.
+    let two = two_output_model(&d, "a", "y");
+    std::fs::create_dir_all(out.join("y.npy")).unwrap();
+    let mut args = run(&out);
+    args[1] = two.into();
+    let argv: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    expect_only_error(&argv, &["y.npy", "is a directory"]);
+    assert_eq!(files_under(&out), vec![out.join("y.npy")]);
+    std::fs::remove_dir_all(&out).unwrap();
+
+    // compile: a bundle path under a file, or naming a directory, is refused before any
+    // work, and the output folder is not created.
+    let compile = |bundle: &Path| -> Vec<std::ffi::OsString> {
+        vec![
+            os("compile"),
+            m.clone().into(),
+            os("--out-dir"),
+            out.clone().into(),
+            os("--bundle"),
+            bundle.into(),
+        ]
+    };
+    for (bundle, why) in [
+        (a_file.join("b.smelt"), "a_file is not a directory"),
+        (d.0.clone(), "is a directory"),
+    ] {
+        let args = compile(&bundle);
+        let argv: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        expect_only_error(&argv, &["--bundle", why]);
+        assert!(!out.exists(), "{:?}", files_under(&out));
+    }
+    // A good bundle path: without NVRTC the bundle cannot be built, and then nothing is
+    // written and only the error is printed; with it, everything is.
+    let bundle = d.path("m.smelt");
+    let args = compile(&bundle);
+    let argv: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let (ok, stdout, stderr) = smelt(&argv);
+    if ok {
+        assert!(
+            out.join("plan.json").exists() && bundle.exists(),
+            "{stdout}"
+        );
+        std::fs::remove_dir_all(&out).unwrap();
+    } else {
+        assert_eq!(stdout, "");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(!out.exists(), "{:?}", files_under(&out));
+        assert!(!bundle.exists());
+    }
+    assert!(
+        files_under(&d.0)
+            .iter()
+            .all(|p| !p.to_string_lossy().contains("smelt-tmp")),
+        "temporary files left: {:?}",
+        files_under(&d.0)
+    );
+
+    // Failures after the work (a destination that cannot be created): no progress lines
+    // (optimizer passes, timings, results) before the error.
+    let proc_dir = Path::new("/proc/smelt-cannot-create-this");
+    if Path::new("/proc/self").exists() {
+        let p = proc_dir.as_os_str();
+        let args = run(proc_dir);
+        let argv: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        expect_only_error(&argv, &["smelt-cannot-create-this"]);
+        let mo = m.as_os_str();
+        let compile = [
+            std::ffi::OsStr::new("compile"),
+            mo,
+            std::ffi::OsStr::new("--out-dir"),
+            p,
+            std::ffi::OsStr::new("--timings"),
+            std::ffi::OsStr::new("--report"),
+        ];
+        expect_only_error(&compile, &["smelt-cannot-create-this"]);
+        let inspect = [
+            std::ffi::OsStr::new("inspect"),
+            mo,
+            std::ffi::OsStr::new("--dot"),
+            p,
+        ];
+        expect_only_error(&inspect, &["smelt-cannot-create-this"]);
+    }
+}

@@ -5,7 +5,7 @@ mod common;
 
 use common::onnx_model::{self as om, Dim};
 use smelt::onnx::{import_bytes, proto, ImportOptions};
-use smelt::{interp, Tensor};
+use smelt::{interp, DType, Tensor};
 use std::collections::HashMap;
 
 fn int_tensor(name: &str, v: &[i64]) -> proto::TensorProto {
@@ -327,7 +327,7 @@ fn nd_gathers_and_scatters_check_their_indices() {
     )
     .unwrap_err()
     .to_string();
-    expect(err, "index 3 out of range for a dim of size 3");
+    expect(err, "index 3 out of range for axis 1 of size 3");
     let snd = om::node("ScatterND", "s", &["x", "i", "u"], &["y"], vec![]);
     let upd = smelt::onnx::tensor_to_proto("u", &Tensor::f32([2], vec![1.0, 2.0]));
     expect(
@@ -420,4 +420,294 @@ fn fused_transformer_ops_check_their_shapes() {
         vec![om::int("axis", 2)],
     );
     expect(import_err(rms, &[2, 3], vec![x("w", &[3])]), "axis 2");
+}
+
+/// Runs a one-`Attention`-node model (opset 23) on the reference interpreter: Q [1,2,3,4],
+/// K and V [1,2,5,4], and the mask given as a graph input (`mask_input`: dtype code and
+/// dims, fed `mask_feed`) or an initializer.
+fn attention_with_mask(
+    mask_input: Option<(i32, &[i64], Tensor)>,
+    mask_init: Option<Tensor>,
+    attrs: Vec<proto::AttributeProto>,
+) -> Result<Vec<f64>, String> {
+    let mut inputs = vec![
+        om::f32_value("q", &[1, 2, 3, 4]),
+        om::f32_value("k", &[1, 2, 5, 4]),
+        om::f32_value("v", &[1, 2, 5, 4]),
+    ];
+    let mut inits = Vec::new();
+    let seq = |n: usize, k: f32| (0..n).map(|i| ((i as f32) * k).sin()).collect::<Vec<f32>>();
+    let mut feeds = HashMap::from([
+        ("q".to_string(), Tensor::f32([1, 2, 3, 4], seq(24, 0.7))),
+        ("k".to_string(), Tensor::f32([1, 2, 5, 4], seq(40, 1.3))),
+        ("v".to_string(), Tensor::f32([1, 2, 5, 4], seq(40, 0.4))),
+    ]);
+    let mut ins = vec!["q", "k", "v"];
+    if let Some((elem, dims, feed)) = mask_input {
+        let dims = dims.iter().map(|&d| Dim::N(d)).collect();
+        inputs.push(om::value("mask", elem, dims));
+        feeds.insert("mask".to_string(), feed);
+        ins.push("mask");
+    }
+    if let Some(t) = mask_init {
+        inits.push(smelt::onnx::tensor_to_proto("mask", &t));
+        ins.push("mask");
+    }
+    let m = om::model(
+        vec![om::node("Attention", "att", &ins, &["y"], attrs)],
+        inputs,
+        vec![om::value("y", 1, vec![])],
+        inits,
+        23,
+    );
+    let g = std::panic::catch_unwind(|| {
+        import_bytes(&om::bytes(&m), None, "m.onnx", &ImportOptions::default())
+    })
+    .map_err(|_| "import panicked".to_string())?
+    .map_err(|e| e.to_string())?;
+    let out = interp::run(&g, &feeds).map_err(|e| e.to_string())?;
+    Ok(out[0].1.to_f64())
+}
+
+fn assert_close(got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= 1e-6, "element {i}: got {g}, expected {w}");
+    }
+}
+
+#[test]
+fn attention_broadcasts_a_scalar_mask() {
+    // The mask must broadcast to (batch, q_heads, q_len, kv_len): a rank-0 mask does, to
+    // every query and key. It is the same as that value written out at full size.
+    let full = |d: DType, x: f64| Tensor::from_f64(d, vec![1, 2, 3, 5], &[x; 30]);
+    let scalar = |d: DType, x: f64| Tensor::scalar(d, x);
+    let none = attention_with_mask(None, None, vec![]).unwrap();
+    for causal in [0, 1] {
+        let attrs = || vec![om::int("is_causal", causal)];
+        // An initializer (folded at import) and a graph input, additive.
+        let want = attention_with_mask(None, Some(full(DType::F32, -0.75)), attrs()).unwrap();
+        let got = attention_with_mask(None, Some(scalar(DType::F32, -0.75)), attrs()).unwrap();
+        assert_close(&got, &want);
+        let got =
+            attention_with_mask(Some((1, &[], scalar(DType::F32, -0.75))), None, attrs()).unwrap();
+        assert_close(&got, &want);
+        // Boolean: true shows every key, false hides them all (such rows give zeros).
+        for show in [true, false] {
+            let x = if show { 1.0 } else { 0.0 };
+            let want = attention_with_mask(None, Some(full(DType::Bool, x)), attrs()).unwrap();
+            let got = attention_with_mask(None, Some(scalar(DType::Bool, x)), attrs()).unwrap();
+            assert_close(&got, &want);
+            let got =
+                attention_with_mask(Some((9, &[], scalar(DType::Bool, x))), None, attrs()).unwrap();
+            assert_close(&got, &want);
+            if show && causal == 0 {
+                assert_close(&got, &none);
+            }
+            if !show {
+                assert!(got.iter().all(|&v| v == 0.0), "{got:?}");
+            }
+        }
+    }
+    // Masks that do not broadcast to [1, 2, 3, 5] are refused, naming the shapes.
+    let err = |dims: &[usize]| {
+        let n = dims.iter().product();
+        let t = Tensor::f32(dims.to_vec(), vec![0.0; n]);
+        attention_with_mask(None, Some(t), vec![]).unwrap_err()
+    };
+    expect(err(&[1, 1, 1, 1, 5]), "attn_mask [1,1,1,1,5] has rank 5");
+    expect(
+        err(&[2, 1, 3, 5]),
+        "attn_mask [2,1,3,5] does not broadcast to (batch, q_num_heads, q_sequence_length, total_sequence_length) [1,2,3,5]",
+    );
+    expect(err(&[1, 2, 4, 5]), "does not broadcast");
+    expect(
+        err(&[1, 2, 3, 6]),
+        "attn_mask [1,2,3,6] is longer than the 5 keys",
+    );
+}
+
+#[test]
+fn conv_group_is_checked_not_wrapped() {
+    let conv = |group: i64| {
+        om::node(
+            "Conv",
+            "c",
+            &["x", "w"],
+            &["y"],
+            vec![om::int("group", group)],
+        )
+    };
+    let w = |dims: &[usize]| {
+        let n = dims.iter().product();
+        smelt::onnx::tensor_to_proto("w", &Tensor::f32(dims.to_vec(), vec![0.5; n]))
+    };
+    // 4 · (2^62 + 1) wraps to 4 = the input's channels, and 0 output channels divide by any
+    // group: unchecked, a release build accepted this model and ran it to an empty output.
+    let err = import_err(conv((1 << 62) + 1), &[1, 4, 5, 5], vec![w(&[0, 4, 1, 1])]);
+    expect(err.clone(), "node 'c' (Conv)");
+    expect(err, "with group 4611686018427387905");
+    expect(
+        import_err(conv(i64::MAX), &[1, 4, 5, 5], vec![w(&[4, 4, 3, 3])]),
+        "with group 9223372036854775807",
+    );
+    expect(
+        import_err(conv(0), &[1, 4, 5, 5], vec![w(&[4, 4, 3, 3])]),
+        "group 0 must be positive",
+    );
+}
+
+#[test]
+fn shape_parameters_are_checked_not_wrapped() {
+    // Negative sizes were clamped to 0 (a silently different model).
+    expect(
+        import_err(
+            om::node("Expand", "e", &["x", "s"], &["y"], vec![]),
+            &[1],
+            vec![int_tensor("s", &[-1])],
+        ),
+        "negative dim in shape [-1]",
+    );
+    let split = om::node(
+        "Split",
+        "s",
+        &["x"],
+        &["a", "b"],
+        vec![om::ints("split", &[-1, 5])],
+    );
+    expect(
+        import_err(split, &[4], vec![]),
+        "split sizes [-1, 5] must not be negative",
+    );
+    // The target type was truncated to 32 bits: 2^32 + 1 became FLOAT.
+    let cast = om::node(
+        "Cast",
+        "c",
+        &["x"],
+        &["y"],
+        vec![om::int("to", (1 << 32) + 1)],
+    );
+    expect(
+        import_err(cast, &[2], vec![]),
+        "unknown ONNX element type 4294967297",
+    );
+    // A Slice of a scalar indexed a dim it does not have.
+    let m = om::model(
+        vec![om::node("Slice", "s", &["d", "b", "e"], &["y"], vec![])],
+        vec![],
+        vec![om::value("y", 7, vec![])],
+        vec![
+            scalar_i64("d", 3),
+            int_tensor("b", &[0]),
+            int_tensor("e", &[1]),
+        ],
+        17,
+    );
+    let err = import_bytes(&om::bytes(&m), None, "m.onnx", &ImportOptions::default())
+        .unwrap_err()
+        .to_string();
+    expect(err, "1 starts for an input of rank 0");
+    expect(
+        import_err(
+            om::node("Slice", "s", &["x", "b", "e", "a"], &["y"], vec![]),
+            &[4, 4],
+            vec![
+                int_tensor("b", &[0, 1]),
+                int_tensor("e", &[2, 3]),
+                int_tensor("a", &[0, -2]),
+            ],
+        ),
+        "repeat an axis",
+    );
+    expect(
+        import_err(
+            om::node("Pad", "p", &["x", "pads"], &["y"], vec![]),
+            &[4],
+            vec![int_tensor("pads", &[i64::MIN, i64::MAX])],
+        ),
+        "beyond ±2^32",
+    );
+    // Causal attention over 2^32 queries and keys: the positional mask's size overflowed.
+    let att = om::node(
+        "Attention",
+        "a",
+        &["x", "k", "k"],
+        &["y"],
+        vec![om::int("is_causal", 1)],
+    );
+    let m = om::model(
+        vec![att],
+        vec![
+            om::f32_value("x", &[1, 1, 1 << 32, 1]),
+            om::f32_value("k", &[1, 1, 1 << 32, 1]),
+        ],
+        vec![om::value("y", 1, vec![])],
+        vec![],
+        23,
+    );
+    let err = std::panic::catch_unwind(|| {
+        import_bytes(&om::bytes(&m), None, "m.onnx", &ImportOptions::default())
+    })
+    .expect("import panicked")
+    .unwrap_err()
+    .to_string();
+    expect(err, "more than 2^32 elements");
+}
+
+#[test]
+fn trilu_offsets_beyond_the_matrix_keep_all_or_nothing() {
+    let trilu = |k: i64, upper: i64| {
+        let m = om::model(
+            vec![om::node(
+                "Trilu",
+                "t",
+                &["x", "k"],
+                &["y"],
+                vec![om::int("upper", upper)],
+            )],
+            vec![om::f32_value("x", &[2, 3])],
+            vec![om::value("y", 1, vec![])],
+            vec![scalar_i64("k", k)],
+            17,
+        );
+        let g = import_bytes(&om::bytes(&m), None, "m.onnx", &ImportOptions::default()).unwrap();
+        let x = Tensor::f32([2, 3], vec![1.0; 6]);
+        interp::run(&g, &HashMap::from([("x".to_string(), x)])).unwrap()[0]
+            .1
+            .to_f64()
+    };
+    assert_eq!(trilu(i64::MAX, 1), vec![0.0; 6]);
+    assert_eq!(trilu(i64::MIN, 1), vec![1.0; 6]);
+    assert_eq!(trilu(i64::MAX, 0), vec![1.0; 6]);
+    assert_eq!(trilu(i64::MIN, 0), vec![0.0; 6]);
+    assert_eq!(trilu(1, 1), vec![0.0, 1.0, 1.0, 0.0, 0.0, 1.0]);
+}
+
+#[test]
+fn narrow_initializer_values_are_not_truncated() {
+    // int8, uint8 and float16 initializers may hold their values in int32_data; one that
+    // does not fit was truncated (300 became 44).
+    for (code, v, dtype) in [(3, 300, "i8"), (2, -1, "u8"), (10, 1 << 20, "f16")] {
+        let t = proto::TensorProto {
+            name: Some("w".into()),
+            dims: vec![1],
+            data_type: Some(code),
+            int32_data: vec![v],
+            ..Default::default()
+        };
+        let m = om::model(
+            vec![om::node("Identity", "i", &["w"], &["y"], vec![])],
+            vec![],
+            vec![om::value("y", code, vec![])],
+            vec![t],
+            17,
+        );
+        let err = import_bytes(&om::bytes(&m), None, "m.onnx", &ImportOptions::default())
+            .unwrap_err()
+            .to_string();
+        expect(
+            err,
+            &format!("tensor 'w': int32_data value {v} does not fit {dtype}"),
+        );
+    }
 }

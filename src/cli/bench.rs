@@ -1,7 +1,8 @@
 //! `smelt bench`: the model timed fused and unfused on the C backend (the harness in
 //! [`super::harness`]).
 
-use super::{harness, io_error, outln, Error, ModelArgs};
+use super::write_all::{check_destination, write_all};
+use super::{harness, outln, Error, ModelArgs};
 use smelt::Device;
 use std::path::PathBuf;
 
@@ -57,6 +58,9 @@ pub fn run(args: Args) -> Result<(), Error> {
     if runs == 0 {
         return Err(Error::Usage("--runs must be at least 1".into()));
     }
+    if let Some(path) = &json {
+        check_destination(path, false, "--json")?;
+    }
     let graph = model.load()?;
     let opts = harness::BenchOptions {
         runs,
@@ -68,6 +72,11 @@ pub fn run(args: Args) -> Result<(), Error> {
         profile,
     };
     let r = harness::bench(&graph, &opts)?;
+    // The JSON first: a failure to write it then prints only the error.
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&r).expect("reports serialize");
+        write_all(&[(path, (text + "\n").into_bytes())])?;
+    }
     outln!(
         "{}: {} runs, {} threads, device {}",
         model.model.display(),
@@ -106,10 +115,6 @@ pub fn run(args: Args) -> Result<(), Error> {
     }
     for (name, ms) in &r.kernels {
         outln!("    {ms:>10.4} ms  {name}");
-    }
-    if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&r).expect("reports serialize");
-        std::fs::write(&path, text + "\n").map_err(|e| io_error(&path, e))?;
     }
     Ok(())
 }

@@ -4,7 +4,9 @@
 //! optionally a bundle; `--report` models the plan on a GPU; `--timings` says where the
 //! time went.
 
-use super::{compile_gpu, io_error, outln, Error, ModelArgs};
+use super::transcript::Transcript;
+use super::write_all::{check_destination, write_all};
+use super::{compile_gpu, Error, ModelArgs};
 use std::path::{Path, PathBuf};
 
 /// Compile an ONNX model and write DIR/plan.json (kernels, bytes, flops, arena).
@@ -85,22 +87,36 @@ pub fn run(args: Args) -> Result<(), Error> {
             known.join(", ")
         ))
     })?;
+    // Refuse unwritable destinations now, not after the compile.
+    check_destination(&out_dir, true, "--out-dir")?;
+    if let Some(path) = &bundle {
+        check_destination(path, false, "--bundle")?;
+    }
+    // Everything is computed first and written at the end, all or nothing; what the
+    // command says is printed only once it has succeeded.
+    let mut say = Transcript::default();
+    let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     let mut times = smelt::timings::Timings::default();
     let graph = times.time("import", || model.load())?;
     // Optimized once; lowered and laid out once per target.
-    let mut compiled = compile_gpu(&graph, fast_math, !no_fuse)?;
+    let mut compiled = compile_gpu(&graph, fast_math, !no_fuse, &mut say)?;
     times.extend(&compiled.timings);
     let cpu = compiled.retarget(smelt::kernel::Target::Cpu)?;
     times.extend(&cpu.timings);
-    std::fs::create_dir_all(&out_dir).map_err(|e| io_error(&out_dir, e))?;
     let c_src = times
         .time("render c", || smelt::codegen::c::render(&cpu.program))
         .map_err(|e| Error::Compiler(e.into()))?;
-    let c_path = out_dir.join("model.c");
-    std::fs::write(&c_path, c_src).map_err(|e| io_error(&c_path, e))?;
+    files.push((out_dir.join("model.c"), c_src.into_bytes()));
     let target = smelt::codegen::cuda::Cuda { fast_math };
     if cuda {
-        write_cuda(&mut compiled, &out_dir, &archs, &target, &mut times)?;
+        files.extend(cuda_files(
+            &mut compiled,
+            &out_dir,
+            &archs,
+            &target,
+            &mut times,
+            &mut say,
+        )?);
     }
     if let Some(path) = &bundle {
         let b = times.time("bundle", || {
@@ -133,86 +149,88 @@ pub fn run(args: Args) -> Result<(), Error> {
         } else {
             b
         };
-        b.write(path)?;
-        // The file's size, not the bundle serialized again (its weights included).
-        let bytes = std::fs::metadata(path)
-            .map_err(|e| io_error(path, e))?
-            .len();
-        outln!(
+        let bytes = b.to_bytes();
+        say.out(format!(
             "bundle: {} launches, cubins for {}, {:.3} MB -> {}",
             b.manifest.launches.len(),
             archs.join(","),
-            bytes as f64 / 1e6,
+            bytes.len() as f64 / 1e6,
             path.display()
-        );
+        ));
+        files.push((path.clone(), bytes));
     }
     let path = out_dir.join("plan.json");
-    std::fs::write(&path, compiled.plan.to_json() + "\n").map_err(|e| io_error(&path, e))?;
+    files.push((path.clone(), (compiled.plan.to_json() + "\n").into_bytes()));
     let p = &compiled.plan;
-    outln!(
+    say.out(format!(
         "{} kernels, {:.3} MB moved, arena {:.3} MB, weights {:.3} MB -> {}",
         p.launches,
         p.bytes_moved as f64 / 1e6,
         p.arena_bytes as f64 / 1e6,
         p.weight_bytes as f64 / 1e6,
         path.display()
-    );
+    ));
     if timings {
         for line in times.lines() {
-            eprintln!("{line}");
+            say.err(line);
         }
     }
     if report {
         use smelt::schedule::gpu_model::estimate;
-        let unfused = compile_gpu(&graph, fast_math, false)?;
+        let unfused = compile_gpu(&graph, fast_math, false, &mut say)?;
         let (e, u) = (
             estimate(&compiled.plan, spec),
             estimate(&unfused.plan, spec),
         );
-        outln!(
-                    "modelled on {} ({:.1} TB/s, {:.0} TFLOP/s FP32, {:.0} TFLOP/s f16/bf16 tensor cores, {:.1} us/launch):",
-                    spec.name,
-                    spec.bandwidth / 1e12,
-                    spec.fp32_flops / 1e12,
-                    spec.tensor_flops / 1e12,
-                    spec.launch * 1e6
-                );
+        say.out(format!(
+            "modelled on {} ({:.1} TB/s, {:.0} TFLOP/s FP32, {:.0} TFLOP/s f16/bf16 tensor cores, {:.1} us/launch):",
+            spec.name,
+            spec.bandwidth / 1e12,
+            spec.fp32_flops / 1e12,
+            spec.tensor_flops / 1e12,
+            spec.launch * 1e6
+        ));
         for k in &e.kernels {
-            outln!("  {:>10.2} us  {:<8} {}", k.total_us, k.bound, k.name);
+            say.out(format!(
+                "  {:>10.2} us  {:<8} {}",
+                k.total_us, k.bound, k.name
+            ));
         }
-        outln!(
+        say.out(format!(
             "  total {:.2} us ({} launches); unfused {:.2} us ({} launches); fused / unfused {:.3}",
             e.total_us,
             e.kernels.len(),
             u.total_us,
             u.kernels.len(),
             e.total_us / u.total_us
-        );
+        ));
         let json = serde_json::json!({
             "model": "max(bytes / bandwidth, flops / peak) + launch (constants in compiler/src/schedule/gpu_model.rs, not measured)",
             "plan": e,
             "unfused": u,
             "fused_over_unfused": e.total_us / u.total_us,
         });
-        let rp = out_dir.join("report.json");
         let text = serde_json::to_string_pretty(&json).expect("reports serialize");
-        std::fs::write(&rp, text + "\n").map_err(|e| io_error(&rp, e))?;
+        files.push((out_dir.join("report.json"), (text + "\n").into_bytes()));
     }
+    write_all(&files)?;
+    say.print();
     Ok(())
 }
 
-/// Writes `DIR/kernels/<function>.cu` (the GPU program's distinct functions: kernels that
-/// differ only in their buffers share one) and, where NVRTC is installed, each function's PTX
-/// and cubin per architecture in `archs` (every function on every core, through the cache),
-/// recording in each planned kernel its function and the first architecture's registers and
-/// spills.
-fn write_cuda(
+/// The files `DIR/kernels/<function>.cu` (the GPU program's distinct functions: kernels
+/// that differ only in their buffers share one) and, where NVRTC is installed, each
+/// function's PTX and cubin per architecture in `archs` (every function on every core,
+/// through the cache), recording in each planned kernel its function and the first
+/// architecture's registers and spills.
+fn cuda_files(
     compiled: &mut smelt::Compiled,
     out_dir: &Path,
     archs: &[String],
     target: &smelt::codegen::cuda::Cuda,
     times: &mut smelt::timings::Timings,
-) -> Result<(), Error> {
+    say: &mut Transcript,
+) -> Result<Vec<(PathBuf, Vec<u8>)>, Error> {
     use smelt::schedule::CudaResources;
     use smelt_runtime::cuda::nvrtc;
     let module = times
@@ -221,14 +239,17 @@ fn write_cuda(
         })
         .map_err(|e| Error::Compiler(e.into()))?;
     let dir = out_dir.join("kernels");
-    std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
-    for f in &module.functions {
-        let path = dir.join(format!("{}.cu", f.name));
-        std::fs::write(&path, &f.source).map_err(|e| io_error(&path, e))?;
-    }
+    let mut files: Vec<(PathBuf, Vec<u8>)> = module
+        .functions
+        .iter()
+        .map(|f| {
+            let path = dir.join(format!("{}.cu", f.name));
+            (path, f.source.clone().into_bytes())
+        })
+        .collect();
     if let Err(e) = nvrtc::version() {
-        eprintln!("warning: CUDA sources written, no cubins: {e}");
-        return Ok(());
+        say.err(format!("warning: CUDA sources written, no cubins: {e}"));
+        return Ok(files);
     }
     let cache = smelt_runtime::cache::dir();
     let jobs: Vec<(&smelt::codegen::cuda::Function, &str)> = module
@@ -248,10 +269,8 @@ fn write_cuda(
     for (j, (&(f, arch), result)) in jobs.iter().zip(built).enumerate() {
         let (out, ptx) = result?;
         let name = &f.name;
-        let cubin = dir.join(format!("{name}.{arch}.cubin"));
-        std::fs::write(&cubin, &out.cubin).map_err(|e| io_error(&cubin, e))?;
-        let ptx_path = dir.join(format!("{name}.{arch}.ptx"));
-        std::fs::write(&ptx_path, ptx).map_err(|e| io_error(&ptx_path, e))?;
+        files.push((dir.join(format!("{name}.{arch}.cubin")), out.cubin.to_vec()));
+        files.push((dir.join(format!("{name}.{arch}.ptx")), ptx.into_bytes()));
         if arch == archs[0] {
             let r = out
                 .resources
@@ -281,5 +300,5 @@ fn write_cuda(
             .get(k.name.as_str())
             .and_then(|&fi| resources[fi].clone());
     }
-    Ok(())
+    Ok(files)
 }

@@ -1,7 +1,9 @@
 //! `smelt inspect`: the kernels of the laid-out GPU program with their costs, the fusions
 //! not taken and why, and Graphviz of the graph before and after optimization.
 
-use super::{compile_gpu, io_error, outln, Error, ModelArgs};
+use super::transcript::Transcript;
+use super::write_all::{check_destination, write_all};
+use super::{compile_gpu, outln, Error, ModelArgs};
 use std::path::{Path, PathBuf};
 
 /// Explain a compile: the kernels and their costs, the fusions not taken and why, and
@@ -20,6 +22,9 @@ pub struct Args {
 
 /// Compiles and explains.
 pub fn run(args: Args) -> Result<(), Error> {
+    if let Some(dir) = &args.dot {
+        check_destination(dir, true, "--dot")?;
+    }
     // Read once: the module names come from the file's nodes, the graph from its import.
     let model = smelt::onnx::read_model(&args.model.model)?;
     let scopes = model
@@ -28,8 +33,19 @@ pub fn run(args: Args) -> Result<(), Error> {
         .map(smelt::onnx::scopes::module_scopes)
         .unwrap_or_default();
     let graph = args.model.import(model)?;
-    let compiled = compile_gpu(&graph, false, !args.no_fuse)?;
-    inspect(&graph, &compiled, args.dot.as_deref())?;
+    let mut say = Transcript::default();
+    let compiled = compile_gpu(&graph, false, !args.no_fuse, &mut say)?;
+    // The Graphviz files first: a failure to write them is the only one left, and then
+    // nothing but the error is printed.
+    let wrote = match &args.dot {
+        Some(dir) => write_dot(&graph, &compiled, dir)?,
+        None => Vec::new(),
+    };
+    say.print();
+    inspect(&compiled);
+    for path in wrote {
+        outln!("wrote {}", path.display());
+    }
     by_layer(&compiled, &scopes);
     Ok(())
 }
@@ -74,7 +90,7 @@ fn by_layer(c: &smelt::Compiled, scopes: &std::collections::BTreeMap<String, Str
     }
 }
 
-fn inspect(before: &smelt::Graph, c: &smelt::Compiled, dot: Option<&Path>) -> Result<(), Error> {
+fn inspect(c: &smelt::Compiled) {
     use smelt::optimize::explain;
     outln!();
     outln!(
@@ -115,13 +131,19 @@ fn inspect(before: &smelt::Graph, c: &smelt::Compiled, dot: Option<&Path>) -> Re
             outln!("  {} -> {}: {}", m.producer, m.consumer, m.reason);
         }
     }
-    if let Some(dir) = dot {
-        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-        for (file, g) in [("before.dot", before), ("after.dot", &c.graph)] {
-            let path = dir.join(file);
-            std::fs::write(&path, explain::dot(g, file)).map_err(|e| io_error(&path, e))?;
-            outln!("wrote {}", path.display());
-        }
-    }
-    Ok(())
+}
+
+/// Writes DIR/before.dot and DIR/after.dot, all or nothing; returns their paths.
+fn write_dot(
+    before: &smelt::Graph,
+    c: &smelt::Compiled,
+    dir: &Path,
+) -> Result<Vec<PathBuf>, Error> {
+    use smelt::optimize::explain;
+    let files: Vec<(PathBuf, Vec<u8>)> = [("before.dot", before), ("after.dot", &c.graph)]
+        .into_iter()
+        .map(|(file, g)| (dir.join(file), explain::dot(g, file).into_bytes()))
+        .collect();
+    write_all(&files)?;
+    Ok(files.into_iter().map(|(path, _)| path).collect())
 }

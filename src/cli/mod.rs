@@ -10,6 +10,8 @@ mod inspect;
 pub mod npy;
 mod run;
 mod show;
+mod transcript;
+mod write_all;
 
 use clap::{Parser, Subcommand};
 use smelt::onnx::ImportOptions;
@@ -180,11 +182,12 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Optimizes and lays out for the GPU, printing one line per optimizer pass to stderr.
+/// Optimizes and lays out for the GPU, saying one line per optimizer pass (for stderr).
 fn compile_gpu(
     graph: &smelt::Graph,
     fast_math: bool,
     fuse: bool,
+    say: &mut transcript::Transcript,
 ) -> Result<smelt::Compiled, Error> {
     let opts = smelt::optimize::Options {
         fast_math,
@@ -193,7 +196,7 @@ fn compile_gpu(
     };
     let compiled = smelt::compile(graph, &opts)?;
     for line in compiled.report.lines() {
-        eprintln!("{line}");
+        say.err(line);
     }
     Ok(compiled)
 }

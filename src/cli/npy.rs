@@ -2,7 +2,7 @@
 //! file).
 
 use half::{bf16, f16};
-use npyz::{Deserialize, NpyFile, Order, TypeChar, WriteOptions, WriterBuilder};
+use npyz::{Deserialize, NpyFile, NpyHeader, Order, TypeChar, WriteOptions, WriterBuilder};
 use smelt_compiler::ir::{DType, Data, Tensor};
 use std::path::Path;
 
@@ -28,8 +28,11 @@ fn npy_err(path: &Path, message: impl std::fmt::Display) -> Error {
 /// Reads a C-ordered `.npy` file of a supported dtype.
 pub fn read(path: &Path) -> Result<Tensor, Error> {
     let bytes = std::fs::read(path).map_err(|e| npy_err(path, e))?;
-    let npy = NpyFile::new(bytes.as_slice())
+    // The header is parsed off a slice that is then left holding exactly the data bytes.
+    let mut data_bytes = bytes.as_slice();
+    let header = NpyHeader::from_reader(&mut data_bytes)
         .map_err(|e| npy_err(path, format!("not a valid .npy file ({e})")))?;
+    let npy = NpyFile::with_header(header, data_bytes);
     if npy.order() == Order::Fortran {
         return Err(npy_err(
             path,
@@ -37,7 +40,7 @@ pub fn read(path: &Path) -> Result<Tensor, Error> {
         ));
     }
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    smelt_compiler::ir::checked_numel(&shape).map_err(|e| npy_err(path, e))?;
+    let numel = smelt_compiler::ir::checked_numel(&shape).map_err(|e| npy_err(path, e))?;
     let dtype = match npy.dtype() {
         npyz::DType::Plain(ts) => match (ts.type_char(), ts.size_field()) {
             (TypeChar::Float, 4) => DType::F32,
@@ -57,6 +60,20 @@ pub fn read(path: &Path) -> Result<Tensor, Error> {
             ))
         }
     };
+    // The data must be exactly the array: bytes after it are a corrupt or concatenated
+    // file, not something to ignore.
+    let want = numel * dtype.size();
+    if data_bytes.len() > want {
+        return Err(npy_err(
+            path,
+            format!(
+                "{} bytes of trailing data after the array ({} {}: {want} bytes)",
+                data_bytes.len() - want,
+                dtype,
+                smelt_compiler::ir::fmt_shape(&shape)
+            ),
+        ));
+    }
     fn vec<T: Deserialize>(npy: NpyFile<&[u8]>, path: &Path) -> Result<Vec<T>, Error> {
         npy.into_vec::<T>()
             .map_err(|e| npy_err(path, format!("truncated or corrupt data ({e})")))
@@ -76,34 +93,41 @@ pub fn read(path: &Path) -> Result<Tensor, Error> {
 }
 
 /// Writes a tensor as `.npy` in its own dtype. NumPy has no bf16, so bf16 is written as
-/// f32 (an exact widening).
+/// f32 (an exact widening). (The CLI writes through [`to_bytes`]; the tests and benchmarks
+/// that include this file use this.)
+#[allow(dead_code)]
 pub fn write(path: &Path, t: &Tensor) -> Result<(), Error> {
+    let bytes = to_bytes(t).map_err(|e| npy_err(path, e))?;
+    std::fs::write(path, bytes).map_err(|e| npy_err(path, e))
+}
+
+/// A tensor as the bytes of a `.npy` file, as [`write`] writes it.
+pub fn to_bytes(t: &Tensor) -> std::io::Result<Vec<u8>> {
     let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
-    let mut file =
-        std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| npy_err(path, e))?);
+    let mut out = Vec::new();
     fn put<T: npyz::AutoSerialize + Copy>(
-        file: &mut std::io::BufWriter<std::fs::File>,
+        out: &mut Vec<u8>,
         shape: &[u64],
         v: impl IntoIterator<Item = T>,
     ) -> std::io::Result<()> {
         let mut w = WriteOptions::new()
             .default_dtype()
             .shape(shape)
-            .writer(file)
+            .writer(out)
             .begin_nd()?;
         w.extend(v)?;
         w.finish()
     }
     let r = match t.data() {
-        Data::F32(v) => put(&mut file, &shape, v.iter().copied()),
-        Data::F16(v) => put::<f16>(&mut file, &shape, v.iter().copied()),
-        Data::BF16(v) => put(&mut file, &shape, v.iter().map(|x: &bf16| x.to_f32())),
-        Data::F64(v) => put(&mut file, &shape, v.iter().copied()),
-        Data::I64(v) => put(&mut file, &shape, v.iter().copied()),
-        Data::I32(v) => put(&mut file, &shape, v.iter().copied()),
-        Data::I8(v) => put(&mut file, &shape, v.iter().copied()),
-        Data::U8(v) => put(&mut file, &shape, v.iter().copied()),
-        Data::Bool(v) => put(&mut file, &shape, v.iter().copied()),
+        Data::F32(v) => put(&mut out, &shape, v.iter().copied()),
+        Data::F16(v) => put::<f16>(&mut out, &shape, v.iter().copied()),
+        Data::BF16(v) => put(&mut out, &shape, v.iter().map(|x: &bf16| x.to_f32())),
+        Data::F64(v) => put(&mut out, &shape, v.iter().copied()),
+        Data::I64(v) => put(&mut out, &shape, v.iter().copied()),
+        Data::I32(v) => put(&mut out, &shape, v.iter().copied()),
+        Data::I8(v) => put(&mut out, &shape, v.iter().copied()),
+        Data::U8(v) => put(&mut out, &shape, v.iter().copied()),
+        Data::Bool(v) => put(&mut out, &shape, v.iter().copied()),
     };
-    r.map_err(|e| npy_err(path, e))
+    r.map(|()| out)
 }

@@ -1,5 +1,6 @@
 //! `smelt run`: a model on `.npy` inputs, each output written to `DIR/<name>.npy`.
 
+use super::write_all::{check_destination, write_all};
 use super::{io_error, npy, outln, Error, ModelArgs};
 use smelt::{Device, Session, Tensor};
 use std::collections::HashMap;
@@ -13,7 +14,8 @@ pub struct Args {
     /// An input as NAME=FILE.npy (repeat for each input).
     #[arg(long = "input", value_name = "NAME=FILE.npy")]
     pub inputs: Vec<String>,
-    /// Directory for the outputs ('/' in output names becomes '_').
+    /// Directory for the outputs ('/' in output names becomes '_'; a model two of whose
+    /// outputs would share a file is refused). Written all or nothing.
     #[arg(long, value_name = "DIR")]
     pub output_dir: PathBuf,
     /// Where to run: cpu (default), interp (the reference interpreter) or cuda.
@@ -35,7 +37,9 @@ pub fn run(args: Args) -> Result<(), Error> {
     } = args;
     let (output_dir, fuse) = (output_dir.as_path(), !no_fuse);
     let device: Device = device.parse()?;
+    check_destination(output_dir, true, "--output-dir")?;
     let graph = model.load()?;
+    let files = output_files(&graph, &model.model)?;
     let names: Vec<String> = graph
         .inputs
         .iter()
@@ -80,11 +84,51 @@ pub fn run(args: Args) -> Result<(), Error> {
     };
     let session = Session::with_options(graph, device, &opts)?;
     let outputs = session.run(&feeds)?;
-    std::fs::create_dir_all(output_dir).map_err(|e| io_error(output_dir, e))?;
-    for (name, t) in &outputs {
-        let path = output_dir.join(format!("{}.npy", name.replace('/', "_")));
-        npy::write(&path, t)?;
+    let written = write_outputs(output_dir, &outputs, &files)?;
+    for ((name, t), path) in outputs.iter().zip(written) {
         outln!("{} = {} -> {}", name, t.ty(), path.display());
     }
     Ok(())
+}
+
+/// The file each graph output is written to (`<name, '/' replaced by '_'>.npy`), by output
+/// name; refuses a model two of whose outputs would land in the same file (`a/b` and `a_b`),
+/// before anything runs, rather than letting one overwrite the other.
+fn output_files(graph: &smelt::Graph, model: &Path) -> Result<HashMap<String, String>, Error> {
+    let mut owner: HashMap<String, &str> = HashMap::new();
+    let mut files = HashMap::new();
+    for (name, _) in &graph.outputs {
+        let file = format!("{}.npy", name.replace('/', "_"));
+        if let Some(other) = owner.insert(file.clone(), name) {
+            return Err(Error::Compiler(smelt_compiler::Error::Onnx {
+                file: model.display().to_string(),
+                message: format!(
+                    "graph outputs '{other}' and '{name}' would both be written to {file} ('/' in output names becomes '_'); rename one of them"
+                ),
+            }));
+        }
+        files.insert(name.clone(), file);
+    }
+    Ok(files)
+}
+
+/// Writes every output into `dir`, all or nothing ([`write_all`]); returns the paths, in
+/// `outputs`' order.
+fn write_outputs(
+    dir: &Path,
+    outputs: &[(String, Tensor)],
+    files: &HashMap<String, String>,
+) -> Result<Vec<PathBuf>, Error> {
+    let mut staged = Vec::with_capacity(outputs.len());
+    for (name, t) in outputs {
+        let file = files
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| format!("{}.npy", name.replace('/', "_")));
+        let path = dir.join(file);
+        let bytes = npy::to_bytes(t).map_err(|e| io_error(&path, e))?;
+        staged.push((path, bytes));
+    }
+    write_all(&staged)?;
+    Ok(staged.into_iter().map(|(path, _)| path).collect())
 }

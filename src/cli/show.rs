@@ -1,5 +1,6 @@
 //! `smelt show`: the imported graph (or the optimized one) in text form.
 
+use super::transcript::Transcript;
 use super::{compile_gpu, outln, Error, ModelArgs};
 
 /// Import an ONNX model and print its IR in text form.
@@ -25,7 +26,10 @@ pub fn run(args: Args) -> Result<(), Error> {
 
     let graph = model.load()?;
     if optimize {
-        outln!("{}", compile_gpu(&graph, fast_math, true)?.graph);
+        let mut say = Transcript::default();
+        let compiled = compile_gpu(&graph, fast_math, true, &mut say)?;
+        say.print();
+        outln!("{}", compiled.graph);
     } else {
         outln!("{graph}");
     }

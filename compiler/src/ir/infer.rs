@@ -240,7 +240,9 @@ fn infer_op(op: &Op, inputs: &[TensorType]) -> Result<TensorType, String> {
                 ));
             }
             let g = c.group;
-            if g == 0 || x.shape[1] != w.shape[1] * g || w.shape[0] % g != 0 {
+            // Checked: a huge group must be refused, not wrap to a matching channel count.
+            let channels = w.shape[1].checked_mul(g);
+            if g == 0 || channels != Some(x.shape[1]) || w.shape[0] % g != 0 {
                 return Err(format!(
                     "conv channels: input {} and weight {} with group {g}",
                     fmt_shape(&x.shape),
@@ -363,7 +365,8 @@ fn infer_op(op: &Op, inputs: &[TensorType]) -> Result<TensorType, String> {
         Op::Reshape(s) => {
             arity(op, inputs, 1, 1)?;
             let x = &inputs[0];
-            if s.iter().product::<usize>() != x.numel() {
+            let n = s.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+            if n != Some(x.numel()) {
                 return Err(format!(
                     "cannot reshape {} ({} elements) to {}",
                     fmt_shape(&x.shape),
@@ -423,7 +426,9 @@ fn infer_op(op: &Op, inputs: &[TensorType]) -> Result<TensorType, String> {
                         fmt_shape(&t.shape)
                     ));
                 }
-                out[*axis] += t.shape[*axis];
+                out[*axis] = out[*axis]
+                    .checked_add(t.shape[*axis])
+                    .ok_or("concatenated dim overflows")?;
             }
             Ok(TensorType::new(first.dtype, out))
         }

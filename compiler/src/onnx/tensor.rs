@@ -86,26 +86,40 @@ pub fn tensor_from_proto(t: &TensorProto, base_dir: Option<&Path>) -> Result<Ten
             DType::Bool => Data::Bool(raw.iter().map(|&b| b != 0).collect()),
         }
     } else {
+        // Narrow types are stored widened in int32_data: a value that does not fit is a
+        // corrupt tensor, not one to truncate.
+        fn narrow<T: TryFrom<i32>>(name: &str, dtype: DType, v: &[i32]) -> Result<Vec<T>, String> {
+            v.iter()
+                .map(|&x| {
+                    T::try_from(x).map_err(|_| {
+                        format!("tensor '{name}': int32_data value {x} does not fit {dtype}")
+                    })
+                })
+                .collect()
+        }
+        let ints = t.int32_data.as_slice();
+        // 16-bit floats are their bits, written zero- (or by some writers sign-) extended.
+        let bits = || -> Result<Vec<u16>, String> {
+            ints.iter()
+                .map(|&x| match x {
+                    0..=0xffff => Ok(x as u16),
+                    -0x8000..=-1 => Ok(x as i16 as u16),
+                    _ => Err(format!(
+                        "tensor '{name}': int32_data value {x} does not fit {dtype}"
+                    )),
+                })
+                .collect()
+        };
         match dtype {
             DType::F32 => Data::F32(t.float_data.clone()),
             DType::F64 => Data::F64(t.double_data.clone()),
             DType::I64 => Data::I64(t.int64_data.clone()),
             DType::I32 => Data::I32(t.int32_data.clone()),
-            DType::I8 => Data::I8(t.int32_data.iter().map(|&v| v as i8).collect()),
-            DType::U8 => Data::U8(t.int32_data.iter().map(|&v| v as u8).collect()),
+            DType::I8 => Data::I8(narrow(name, dtype, ints)?),
+            DType::U8 => Data::U8(narrow(name, dtype, ints)?),
             DType::Bool => Data::Bool(t.int32_data.iter().map(|&v| v != 0).collect()),
-            DType::F16 => Data::F16(
-                t.int32_data
-                    .iter()
-                    .map(|&v| f16::from_bits(v as u16))
-                    .collect(),
-            ),
-            DType::BF16 => Data::BF16(
-                t.int32_data
-                    .iter()
-                    .map(|&v| bf16::from_bits(v as u16))
-                    .collect(),
-            ),
+            DType::F16 => Data::F16(bits()?.into_iter().map(f16::from_bits).collect()),
+            DType::BF16 => Data::BF16(bits()?.into_iter().map(bf16::from_bits).collect()),
         }
     };
     if data.len() != n {

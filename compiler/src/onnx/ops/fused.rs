@@ -6,7 +6,8 @@
 
 use super::{Ctx, Importer, R};
 use crate::ir::{
-    fmt_shape, normalize_axis, BinaryOp, DType, Op, ReduceKind, Tensor, UnaryOp, Value,
+    broadcast_shapes, fmt_shape, normalize_axis, BinaryOp, DType, Op, ReduceKind, Tensor, UnaryOp,
+    Value,
 };
 
 impl Importer {
@@ -289,21 +290,52 @@ impl Importer {
         let zero = self.konst(&format!("{name}/zero"), Tensor::scalar(d, 0.0))?;
         let mut bias: Option<Value> = None;
         if let Some(m) = c.input(3) {
-            let ms = self.shape(m);
             let mut m = m;
+            let full = [batch, hq, sq, skv];
+            let given = self.shape(m);
+            if given.len() > 4 {
+                return Err(format!(
+                    "attn_mask {} has rank {}; it must broadcast to (batch, q_num_heads, q_sequence_length, total_sequence_length) {}",
+                    fmt_shape(&given),
+                    given.len(),
+                    fmt_shape(&full)
+                ));
+            }
+            if given.is_empty() {
+                // A scalar broadcasts to every query and key: it has no key dim to pad.
+                m = self.emit(
+                    &format!("{name}/mask_keys"),
+                    Op::Broadcast(vec![1, skv]),
+                    &[m],
+                )?;
+            }
+            let ms = self.shape(m);
             let short = skv.checked_sub(*ms.last().unwrap_or(&0)).ok_or_else(|| {
                 format!("attn_mask {} is longer than the {skv} keys", fmt_shape(&ms))
             })?;
             let is_bool = self.dtype(m) == DType::Bool;
             if short > 0 {
+                // Keys past the mask's end are hidden.
                 let mut pads = vec![(0, 0); ms.len()];
-                *pads.last_mut().expect("rank >= 1") = (0, short as i64);
+                if let Some(last) = pads.last_mut() {
+                    *last = (0, short as i64);
+                }
                 let fill = if is_bool { 0.0 } else { f64::NEG_INFINITY };
                 let op = Op::Pad {
                     pads,
                     mode: crate::ir::PadMode::Constant(crate::ir::F64(fill)),
                 };
                 m = self.emit(&format!("{name}/mask_padded"), op, &[m])?;
+            }
+            // Broadcasting the mask must not grow the scores (a larger batch or more heads
+            // would silently change the output's shape).
+            let padded = self.shape(m);
+            if broadcast_shapes(&padded, &full).as_deref() != Some(&full[..]) {
+                return Err(format!(
+                    "attn_mask {} does not broadcast to (batch, q_num_heads, q_sequence_length, total_sequence_length) {}",
+                    fmt_shape(&given),
+                    fmt_shape(&full)
+                ));
             }
             m = if is_bool {
                 self.emit(&format!("{name}/mask_bias"), Op::Where, &[m, zero, ninf])?
@@ -471,6 +503,8 @@ impl Importer {
         bounds: &[(Option<i64>, Option<i64>)],
         d: DType,
     ) -> R<Value> {
+        // Built at import: bounded like any tensor before it is allocated.
+        crate::ir::checked_numel(&[sq, skv])?;
         let inside = |diff: i64| {
             bounds
                 .iter()

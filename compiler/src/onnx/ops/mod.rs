@@ -293,6 +293,18 @@ impl Importer {
         }
     }
 
+    /// One integer that must be known at import (a single-element integer tensor).
+    fn const_int(&self, c: &Ctx, i: usize, what: &str) -> R<i64> {
+        match self.const_ints(c, i, what)?.as_slice() {
+            &[v] => Ok(v),
+            v => Err(format!(
+                "input '{}' ({what}) must hold one value, got {}",
+                c.input_name(i),
+                v.len()
+            )),
+        }
+    }
+
     fn const_scalar(&self, c: &Ctx, i: usize, what: &str) -> R<Option<f64>> {
         match c.input(i) {
             None => Ok(None),
@@ -387,8 +399,10 @@ impl Importer {
             }
             "Where" => self.emit(&name, Op::Where, &[c.req(0)?, c.req(1)?, c.req(2)?])?,
             "Cast" => {
-                let to =
-                    dtype_from_onnx(c.attrs.int("to")?.ok_or("missing attribute 'to'")? as i32)?;
+                let to = c.attrs.int("to")?.ok_or("missing attribute 'to'")?;
+                let code =
+                    i32::try_from(to).map_err(|_| format!("unknown ONNX element type {to}"))?;
+                let to = dtype_from_onnx(code)?;
                 self.emit(&name, Op::Cast(to), &[c.req(0)?])?
             }
             "CastLike" => {
@@ -520,7 +534,10 @@ impl Importer {
             "Expand" => {
                 let x = c.req(0)?;
                 let spec = self.const_ints(c, 1, "shape")?;
-                let spec: Vec<usize> = spec.iter().map(|&d| d.max(0) as usize).collect();
+                if spec.iter().any(|&d| d < 0) {
+                    return Err(format!("negative dim in shape {spec:?}"));
+                }
+                let spec: Vec<usize> = spec.iter().map(|&d| d as usize).collect();
                 let s = self.shape(x);
                 let shape = broadcast_shapes(&s, &spec).ok_or_else(|| {
                     format!("cannot expand {} to {}", fmt_shape(&s), fmt_shape(&spec))
@@ -631,13 +648,25 @@ impl Importer {
                 self.konst(&name, Tensor::i64([s.len(), hits.len()], coords))?
             }
             "Trilu" => {
-                let k = self.const_scalar(c, 1, "k")?.unwrap_or(0.0) as i64;
+                let x = c.req(0)?;
+                let s = self.shape(x);
+                if s.len() < 2 {
+                    return Err(format!("input {} needs rank >= 2", fmt_shape(&s)));
+                }
+                let k = match c.input(1) {
+                    Some(_) => self.const_int(c, 1, "k")?,
+                    None => 0,
+                };
+                // Every diagonal offset beyond the matrix keeps all or nothing: clamped, the
+                // kernels' index arithmetic stays small whatever k the model gives.
+                let (rows, cols) = (s[s.len() - 2] as i64, s[s.len() - 1] as i64);
+                let k = k.clamp(-rows, cols);
                 let upper = c.attrs.int_or("upper", 1)? != 0;
-                self.emit(&name, Op::Trilu { upper, k }, &[c.req(0)?])?
+                self.emit(&name, Op::Trilu { upper, k }, &[x])?
             }
             "CumSum" => {
                 let x = c.req(0)?;
-                let a = self.const_scalar(c, 1, "axis")?.ok_or("missing axis")? as i64;
+                let a = self.const_int(c, 1, "axis")?;
                 let op = Op::CumSum {
                     axis: normalize_axis(a, self.ty(x).rank())?,
                     exclusive: c.attrs.int_or("exclusive", 0)? != 0,

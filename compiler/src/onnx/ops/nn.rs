@@ -135,10 +135,21 @@ impl Importer {
                             kernel[i]
                         ));
                     }
-                    // All values are at most 2^31 here, so this cannot overflow.
                     let out = input[i].div_ceil(strides[i]);
-                    let k = dilations[i] * (kernel[i] - 1) + 1;
-                    let total = ((out - 1) * strides[i] + k).saturating_sub(input[i]);
+                    let span = dilations[i]
+                        .checked_mul(kernel[i] - 1)
+                        .and_then(|s| s.checked_add(1));
+                    let total = span
+                        .and_then(|k| ((out - 1) * strides[i]).checked_add(k))
+                        .ok_or_else(|| {
+                            format!(
+                                "{auto} padding of dim {}: window {} with dilation {} overflows",
+                                2 + i,
+                                kernel[i],
+                                dilations[i]
+                            )
+                        })?
+                        .saturating_sub(input[i]);
                     let small = total / 2;
                     let (begin, end) = if auto == "SAME_UPPER" {
                         (small, total - small)

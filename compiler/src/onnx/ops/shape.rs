@@ -60,13 +60,16 @@ impl Importer {
         let s = self.shape(x);
         let axis = normalize_axis(c.attrs.int_or("axis", 0)?, s.len())?;
         let n_out = c.node.output.len();
-        let sizes: Vec<usize> = if let Some(v) = c.attrs.ints("split")? {
-            v.iter().map(|&d| d.max(0) as usize).collect()
-        } else if c.input(1).is_some() {
-            self.const_ints(c, 1, "split")?
-                .iter()
-                .map(|&d| d.max(0) as usize)
-                .collect()
+        let given = match c.attrs.ints("split")? {
+            Some(v) => Some(v),
+            None if c.input(1).is_some() => Some(self.const_ints(c, 1, "split")?),
+            None => None,
+        };
+        let sizes: Vec<usize> = if let Some(v) = given {
+            if v.iter().any(|&d| d < 0) {
+                return Err(format!("split sizes {v:?} must not be negative"));
+            }
+            v.iter().map(|&d| d as usize).collect()
         } else {
             let parts = c.attrs.int("num_outputs")?.unwrap_or(n_out as i64);
             if parts <= 0 || parts as usize != n_out {
@@ -134,7 +137,18 @@ impl Importer {
             (starts, ends, axes, steps)
         };
         let axes = match axes {
-            Some(a) => norm_axes_ordered(&a, r)?,
+            Some(a) => {
+                // Each axis once: a repeated one would silently drop its first bounds.
+                norm_axes(&a, r)?;
+                norm_axes_ordered(&a, r)?
+            }
+            None if starts.len() > r => {
+                return Err(format!(
+                    "{} starts for an input of rank {r} ({})",
+                    starts.len(),
+                    fmt_shape(&s)
+                ))
+            }
             None => (0..starts.len()).collect(),
         };
         let steps = steps.unwrap_or(vec![1; starts.len()]);
@@ -263,6 +277,12 @@ impl Importer {
                 raw.len(),
                 2 * axes.len()
             ));
+        }
+        // A pad (or crop) past the element limit cannot be meant; bounded, the index
+        // arithmetic of the interpreter and the kernels stays far from overflow.
+        let limit = crate::ir::MAX_ELEMENTS as i64;
+        if let Some(p) = raw.iter().find(|p| !(-limit..=limit).contains(*p)) {
+            return Err(format!("pads {raw:?}: {p} is beyond ±2^32"));
         }
         let mut pads = vec![(0i64, 0i64); r];
         for (k, &d) in axes.iter().enumerate() {
