@@ -657,3 +657,49 @@ fn failed_commands_leave_no_files_and_print_only_the_error() {
         expect_only_error(&inspect, &["smelt-cannot-create-this"]);
     }
 }
+
+/// An embedding lookup whose run-time token ids leave the table fails the run with one line
+/// naming the node and the index, on the C backend and the interpreter, with no output
+/// written; in-range ids (negative ones too) run.
+#[test]
+fn token_ids_out_of_range_are_a_clear_error() {
+    let dir = Dir::new("token-ids");
+    let table = smelt::onnx::tensor_to_proto(
+        "table",
+        &Tensor::f32([3, 4], (0..12).map(|i| i as f32 * 0.5 + 0.25).collect()),
+    );
+    let m = om::model(
+        vec![
+            om::node("Gather", "embed", &["table", "ids"], &["e"], vec![]),
+            om::node("Tanh", "act", &["e"], &["y"], vec![]),
+        ],
+        vec![om::value("ids", 7, vec![Dim::N(2)])],
+        vec![om::f32_value("y", &[2, 4])],
+        vec![table],
+        17,
+    );
+    let model = dir.path("embed.onnx");
+    std::fs::write(&model, om::bytes(&m)).unwrap();
+    let out = dir.path("out");
+    for (ids, bad) in [
+        (vec![5, 0], "index 5 out of range"),
+        (vec![1, -9], "index -9 out of range"),
+        (vec![1 << 40, 0], "index 1099511627776 out of range"),
+    ] {
+        let ids = write_input(&dir, "ids", &Tensor::i64([2], ids));
+        for device in ["cpu", "interp"] {
+            let args = vec![
+                "--input".to_string(),
+                format!("ids={ids}"),
+                "--device".into(),
+                device.into(),
+            ];
+            expect_error(&model, &args, &out, &["'e'", bad, "for axis 0 of size 3"]);
+            assert!(!out.join("y.npy").exists(), "{device}: wrote an output");
+        }
+    }
+    let ids = write_input(&dir, "ids", &Tensor::i64([2], vec![2, -3]));
+    let (ok, stderr) = smelt_run(&model, &["--input".into(), format!("ids={ids}")], &out);
+    assert!(ok, "{stderr}");
+    assert!(out.join("y.npy").exists());
+}
