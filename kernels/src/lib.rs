@@ -18,6 +18,10 @@ pub const HEADERS: &[(&str, &str)] = &[
 /// and the GEMM driver that generated C includes.
 pub const C_HEADERS: &[(&str, &str)] = &[("smelt/cpu.h", include_str!("../c/smelt/cpu.h"))];
 
+/// The machine-peak probe (copy bandwidth and f32 FMA throughput), built with the C backend's
+/// compiler and flags so that it measures what generated code can reach.
+pub const C_PEAK: &str = include_str!("../c/peak.c");
+
 #[cfg(test)]
 mod tests {
     use super::HEADERS;

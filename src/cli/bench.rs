@@ -2,7 +2,7 @@
 //! [`super::harness`]).
 
 use super::write_all::{check_destination, write_all};
-use super::{harness, outln, Error, ModelArgs};
+use super::{harness, outln, profile, Error, ModelArgs};
 use smelt::Device;
 use std::path::PathBuf;
 
@@ -28,9 +28,18 @@ pub struct Args {
     /// Also write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Also time each kernel of the fused plan on its own.
+    /// Also time each kernel of the fused plan on its own, and say per kernel how far it is
+    /// from the machine's peak (bytes, flops, GB/s, GFLOP/s, the bound, % of it), sorted by
+    /// time and by layer.
     #[arg(long)]
     pub profile: bool,
+    /// Write the cold compile's stages and every profiled run's kernels to FILE in the
+    /// Chrome trace-event format (open it in Perfetto or chrome://tracing).
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// Draw every kernel of the fused plan on the machine's roofline, as SVG, to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub roofline: Option<PathBuf>,
     /// Also print where the cold compile's and the warm load's time went, stage by stage.
     #[arg(long)]
     pub timings: bool,
@@ -45,7 +54,9 @@ pub fn run(args: Args) -> Result<(), Error> {
         warmup,
         threads,
         json,
-        profile,
+        profile: show_profile,
+        trace,
+        roofline,
         timings,
     } = args;
 
@@ -58,10 +69,27 @@ pub fn run(args: Args) -> Result<(), Error> {
     if runs == 0 {
         return Err(Error::Usage("--runs must be at least 1".into()));
     }
-    if let Some(path) = &json {
-        check_destination(path, false, "--json")?;
+    for (path, what) in [
+        (&json, "--json"),
+        (&trace, "--trace"),
+        (&roofline, "--roofline"),
+    ] {
+        if let Some(path) = path {
+            check_destination(path, false, what)?;
+        }
     }
-    let graph = model.load()?;
+    let profiling = show_profile || trace.is_some() || roofline.is_some();
+    // Read once: the module names (for the profile's layers) come from the file's nodes.
+    let proto = smelt::onnx::read_model(&model.model)?;
+    let scopes = match profiling {
+        true => proto
+            .graph
+            .as_ref()
+            .map(smelt::onnx::scopes::module_scopes)
+            .unwrap_or_default(),
+        false => Default::default(),
+    };
+    let graph = model.import(proto)?;
     let opts = harness::BenchOptions {
         runs,
         warmup,
@@ -69,14 +97,53 @@ pub fn run(args: Args) -> Result<(), Error> {
             .filter(|&t| t > 0)
             .unwrap_or_else(smelt_runtime::default_threads),
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        profile,
+        profile: profiling,
     };
     let r = harness::bench(&graph, &opts)?;
-    // The JSON first: a failure to write it then prints only the error.
+    let profiled = match profiling {
+        true => {
+            // The same compile as the benchmark's fused session (deterministic): its plan
+            // has each kernel's bytes and flops, its graph the nodes' names.
+            let compiled = smelt::compile_for(
+                &graph,
+                &smelt::optimize::Options::default(),
+                smelt::kernel::Target::Cpu,
+            )?;
+            let peak =
+                smelt_runtime::cpu::peak::measure(opts.threads, &smelt_runtime::cache::dir())?;
+            let layer = |name: &str| scopes.get(name).map(|s| smelt::onnx::scopes::layer_of(s));
+            Some(
+                profile::build(&r, &compiled, peak, &layer)
+                    .map_err(|e| Error::Runtime(smelt_runtime::Error::Codegen(e)))?,
+            )
+        }
+        false => None,
+    };
+    // The files first: a failure to write them then prints only the error.
+    let mut files = Vec::new();
     if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&r).expect("reports serialize");
-        write_all(&[(path, (text + "\n").into_bytes())])?;
+        let mut doc = serde_json::to_value(&r).expect("reports serialize");
+        if let (Some(p), Some(map)) = (&profiled, doc.as_object_mut()) {
+            map.insert(
+                "profile".into(),
+                serde_json::to_value(p).expect("profiles serialize"),
+            );
+        }
+        let text = serde_json::to_string_pretty(&doc).expect("reports serialize");
+        files.push((path, (text + "\n").into_bytes()));
     }
+    if let (Some(path), Some(p)) = (trace, &profiled) {
+        files.push((path, profile::trace(&r, p).into_bytes()));
+    }
+    if let (Some(path), Some(p)) = (roofline, &profiled) {
+        files.push((
+            path,
+            profile::roofline(p)
+                .map_err(|e| Error::Runtime(smelt_runtime::Error::Codegen(e)))?
+                .into_bytes(),
+        ));
+    }
+    write_all(&files)?;
     outln!(
         "{}: {} runs, {} threads, device {}",
         model.model.display(),
@@ -113,8 +180,8 @@ pub fn run(args: Args) -> Result<(), Error> {
             }
         }
     }
-    for (name, ms) in &r.kernels {
-        outln!("    {ms:>10.4} ms  {name}");
+    if let (true, Some(p)) = (show_profile, &profiled) {
+        profile::print(p);
     }
     Ok(())
 }

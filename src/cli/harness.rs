@@ -59,6 +59,11 @@ pub struct BenchReport {
     /// With `profile`: each kernel of the fused plan and its median milliseconds.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kernels: Vec<(String, f64)>,
+    /// With `profile`: every profiled run of the fused plan, kernel by kernel, in
+    /// milliseconds since the benchmark began (when its cold compile started).
+    #[serde(skip)]
+    #[allow(dead_code)] // read by the CLI's profile; `benches/cpu.rs` includes this file too
+    pub profiled: Vec<smelt_runtime::cpu::ProfiledRun>,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -138,6 +143,7 @@ pub fn bench(g: &Graph, opts: &BenchOptions) -> Result<BenchReport, Error> {
     ));
     let _ = std::fs::remove_dir_all(&cold_dir);
     let t = Instant::now();
+    let epoch = t;
     let fused = session(g, true, opts, Some(&cold_dir))?;
     let compile_cold_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
@@ -146,12 +152,25 @@ pub fn bench(g: &Graph, opts: &BenchOptions) -> Result<BenchReport, Error> {
     let warm_stages = warm.timings().clone();
     drop(warm);
     let unfused = session(g, false, opts, Some(&cold_dir))?;
-    let kernels = match (opts.profile, fused.cpu_model()) {
-        (true, Some(m)) => m.profile(&g.random_inputs(3), opts.runs.min(20))?,
+    let profiled = match (opts.profile, fused.cpu_model()) {
+        (true, Some(m)) => m.profile_runs(&g.random_inputs(3), opts.runs.min(20), epoch)?,
+        _ => Vec::new(),
+    };
+    let names = fused.cpu_model().map(|m| &m.program().kernels);
+    let kernels = match names {
+        Some(ks) if !profiled.is_empty() => ks
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let mut t: Vec<f64> = profiled.iter().map(|r| r.kernels[i].ms).collect();
+                (k.name.clone(), median(&mut t))
+            })
+            .collect(),
         _ => Vec::new(),
     };
     let report = BenchReport {
         kernels,
+        profiled,
         fused: time(&fused, "fused", opts)?,
         unfused: time(&unfused, "unfused", opts)?,
         compile_cold_ms,

@@ -8,6 +8,7 @@ mod gpu_check;
 mod harness;
 mod inspect;
 pub mod npy;
+mod profile;
 mod run;
 mod show;
 mod transcript;

@@ -5,6 +5,7 @@
 //! context; blocks run on OpenMP's thread pool.
 
 mod cc;
+pub mod peak;
 
 pub use cc::{Compiler, DEFAULT_CFLAGS, FIXED_CFLAGS};
 
@@ -255,6 +256,25 @@ fn entry_points(lib: &libloading::Library) -> Result<(RunFn, RunKernelFn, FaultD
     }
 }
 
+/// A stretch of time, in milliseconds since a profile's epoch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Span {
+    /// When it began.
+    pub start_ms: f64,
+    /// How long it took.
+    pub ms: f64,
+}
+
+/// One profiled run: its span (inputs in, every kernel, outputs out) and each kernel's, in
+/// launch order.
+#[derive(Clone, Debug)]
+pub struct ProfiledRun {
+    /// The whole run.
+    pub run: Span,
+    /// Each kernel.
+    pub kernels: Vec<Span>,
+}
+
 /// A model compiled for the CPU, ready to run.
 pub struct CpuModel {
     program: Program,
@@ -478,32 +498,58 @@ impl CpuModel {
         inputs: &HashMap<String, Tensor>,
         reps: usize,
     ) -> Result<Vec<(String, f64)>, Error> {
-        let n = self.program.kernels.len();
-        let mut times: Vec<Vec<f64>> = vec![Vec::new(); n];
-        let mut spare = Vec::new();
-        for _ in 0..reps.max(1) {
-            let out = self.run_with(inputs, &mut spare, &mut |ctx, arena, io| {
-                for (i, t) in times.iter_mut().enumerate() {
-                    let start = std::time::Instant::now();
-                    // SAFETY: see `run_with`; kernels run in launch order.
-                    let rc = unsafe { (self.run_kernel)(ctx, arena, io, i as i32) };
-                    t.push(start.elapsed().as_secs_f64() * 1e3);
-                    fault(rc, &self.program, self.fault_detail)?;
-                }
-                Ok(())
-            })?;
-            spare = out.into_iter().map(|(_, t)| t.into_parts().1).collect();
-        }
+        let runs = self.profile_runs(inputs, reps, Instant::now())?;
         Ok(self
             .program
             .kernels
             .iter()
-            .zip(times)
-            .map(|(k, mut t)| {
+            .enumerate()
+            .map(|(i, k)| {
+                let mut t: Vec<f64> = runs.iter().map(|r| r.kernels[i].ms).collect();
                 t.sort_by(f64::total_cmp);
                 (k.name.clone(), t[t.len() / 2])
             })
             .collect())
+    }
+
+    /// Runs the plan `reps` times (at least once), each kernel on its own (timed from the
+    /// host around it: the kernel's whole parallel region), and returns every run's kernel
+    /// spans in launch order, times in milliseconds since `epoch`.
+    pub fn profile_runs(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        reps: usize,
+        epoch: Instant,
+    ) -> Result<Vec<ProfiledRun>, Error> {
+        let since = |t: Instant| t.duration_since(epoch).as_secs_f64() * 1e3;
+        let mut runs = Vec::with_capacity(reps.max(1));
+        let mut spare = Vec::new();
+        for _ in 0..reps.max(1) {
+            let mut kernels = Vec::with_capacity(self.program.kernels.len());
+            let start = Instant::now();
+            let out = self.run_with(inputs, &mut spare, &mut |ctx, arena, io| {
+                for i in 0..self.program.kernels.len() {
+                    let t = Instant::now();
+                    // SAFETY: see `run_with`; kernels run in launch order.
+                    let rc = unsafe { (self.run_kernel)(ctx, arena, io, i as i32) };
+                    kernels.push(Span {
+                        start_ms: since(t),
+                        ms: t.elapsed().as_secs_f64() * 1e3,
+                    });
+                    fault(rc, &self.program, self.fault_detail)?;
+                }
+                Ok(())
+            })?;
+            runs.push(ProfiledRun {
+                run: Span {
+                    start_ms: since(start),
+                    ms: start.elapsed().as_secs_f64() * 1e3,
+                },
+                kernels,
+            });
+            spare = out.into_iter().map(|(_, t)| t.into_parts().1).collect();
+        }
+        Ok(runs)
     }
 
     /// Sets up `io` and the arena for `inputs`, calls `f`, and collects the outputs.
