@@ -709,3 +709,353 @@ fn grouped_convolutions_match_reference() {
         check(&g, false);
     }
 }
+
+/// A 2-D pool over an `[2, 3, h, w]` input, then (`epilogue`) an add of a second input
+/// and a ReLU over the pooled result.
+fn pool_graph(p: smelt::ir::Pool2d, [h, w]: [usize; 2], epilogue: bool) -> Graph {
+    use smelt::DType;
+    let mut b = smelt::GraphBuilder::new();
+    let x = b.input("x", DType::F32, &[2, 3, h, w]).unwrap();
+    let mut y = b.op(smelt::ir::Op::Pool(p), &[x]).unwrap();
+    if epilogue {
+        let shape = b.graph().nodes[y.0].ty.shape.clone();
+        let r = b.input("r", DType::F32, &shape).unwrap();
+        y = b.add(y, r).unwrap();
+        y = b.relu(y).unwrap();
+    }
+    b.output("y", y).unwrap();
+    b.build().unwrap()
+}
+
+/// The CPU program of `g` (fused or not) computes its pools with the direct kernel.
+fn assert_direct_pool(g: &Graph, what: &str) {
+    for fuse in [true, false] {
+        let p = session(g, fuse).cpu_model().unwrap().program().clone();
+        assert!(
+            p.kernels.iter().any(|k| k.name.contains("direct_")),
+            "{what} (fuse {fuse}): no direct pool kernel\n{p}"
+        );
+    }
+}
+
+/// Pools run as the direct kernel (per output row, each window tap folds a contiguous run
+/// of an input row into the row, over the columns it sees) in every layer: max and average
+/// (padding counted or not), strides 1 and 2, symmetric and asymmetric pads, dilation 2,
+/// ceil mode (windows hanging past the padding), 3×3, 2×2, 1×K and ten-column windows, a
+/// window as wide as the padded image, batch 2, alone and followed by an add and a ReLU
+/// (kernels of their own: the optimizer does not fuse pools; see
+/// `pools_in_fused_bodies_match_reference` for fused bodies).
+#[test]
+fn pools_match_reference() {
+    use smelt::ir::{Pool2d, PoolKind};
+    let max = PoolKind::Max;
+    let avg = PoolKind::Avg {
+        count_include_pad: false,
+    };
+    // Padding counted.
+    let avgp = PoolKind::Avg {
+        count_include_pad: true,
+    };
+    // kind, image h×w, kernel, strides, pads [top, left, bottom, right], dilations, ceil
+    let case = |kind, hw, kernel, strides, pads, dilations, ceil_mode| {
+        let p = Pool2d {
+            kind,
+            kernel,
+            strides,
+            pads,
+            dilations,
+            ceil_mode,
+        };
+        (p, hw)
+    };
+    let cases = [
+        case(max, [12, 12], [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], false),
+        case(max, [9, 11], [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], false),
+        case(max, [8, 9], [2, 2], [2, 2], [0, 0, 0, 0], [1, 1], false),
+        case(max, [9, 10], [3, 2], [2, 1], [0, 1, 2, 0], [1, 1], false),
+        case(max, [10, 11], [3, 3], [1, 2], [2, 2, 1, 2], [2, 2], false),
+        case(max, [8, 9], [3, 3], [2, 2], [0, 0, 0, 0], [1, 1], true),
+        case(max, [7, 10], [2, 3], [3, 2], [1, 0, 0, 2], [1, 2], true),
+        case(max, [5, 13], [1, 5], [1, 3], [0, 2, 0, 2], [1, 1], false),
+        case(max, [4, 4], [3, 5], [1, 1], [1, 2, 1, 2], [1, 1], false),
+        case(avg, [9, 10], [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], true),
+        case(avgp, [9, 10], [3, 3], [2, 2], [1, 0, 2, 1], [1, 1], true),
+        case(avgp, [6, 11], [2, 4], [1, 3], [0, 1, 1, 2], [2, 1], false),
+        // Ten window columns: the interior folds them in two loops.
+        case(max, [6, 23], [2, 10], [1, 1], [1, 4, 0, 5], [1, 1], false),
+        case(avg, [5, 20], [1, 9], [1, 2], [0, 3, 0, 3], [1, 1], true),
+    ];
+    for (k, (p, hw)) in cases.into_iter().enumerate() {
+        for epilogue in [false, true] {
+            let g = pool_graph(p.clone(), hw, epilogue);
+            let what = format!("case {k} (epilogue {epilogue})");
+            assert_direct_pool(&g, &what);
+            common::layers::every_layer(&g).unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+    }
+}
+
+/// A window wider than the direct kernel takes (65 columns) keeps the generic kernel, and
+/// gives the reference's results.
+#[test]
+fn wide_pool_windows_keep_the_generic_kernel() {
+    use smelt::ir::{Pool2d, PoolKind};
+    for kind in [
+        PoolKind::Max,
+        PoolKind::Avg {
+            count_include_pad: false,
+        },
+    ] {
+        let p = Pool2d {
+            kind,
+            kernel: [2, 65],
+            strides: [1, 4],
+            pads: [0, 3, 0, 3],
+            dilations: [1, 1],
+            ceil_mode: false,
+        };
+        let g = pool_graph(p, [3, 80], false);
+        let program = session(&g, true).cpu_model().unwrap().program().clone();
+        assert!(
+            !program.kernels.iter().any(|k| k.name.contains("direct_")),
+            "{kind:?}: a direct kernel\n{program}"
+        );
+        common::layers::every_layer(&g).unwrap();
+    }
+}
+
+/// ResNet's stem: a 7×7 stride-2 convolution with a bias, ReLU, then a 3×3 stride-2 max
+/// pool (padding 1), batch 2: the pool reads the activation through the fused body.
+#[test]
+fn conv_relu_max_pool_stem_matches_reference() {
+    use smelt::ir::{Conv2d, Op, Pool2d, PoolKind};
+    use smelt::DType;
+    let mut b = smelt::GraphBuilder::new();
+    let x = b.input("x", DType::F32, &[2, 3, 20, 22]).unwrap();
+    let w = b.constant(smelt::Tensor::random(DType::F32, &[8, 3, 7, 7], 61));
+    let bias = b.constant(smelt::Tensor::random(DType::F32, &[8], 62));
+    let conv = Op::Conv(Conv2d {
+        strides: [2, 2],
+        pads: [3, 3, 3, 3],
+        dilations: [1, 1],
+        group: 1,
+    });
+    let y = b.op(conv, &[x, w, bias]).unwrap();
+    let y = b.relu(y).unwrap();
+    let pool = Op::Pool(Pool2d {
+        kind: PoolKind::Max,
+        kernel: [3, 3],
+        strides: [2, 2],
+        pads: [1, 1, 1, 1],
+        dilations: [1, 1],
+        ceil_mode: false,
+    });
+    let y = b.op(pool, &[y]).unwrap();
+    b.output("y", y).unwrap();
+    let g = b.build().unwrap();
+    assert_direct_pool(&g, "stem");
+    common::layers::every_layer(&g).unwrap();
+}
+
+/// A NaN in a max pool's window makes its output NaN wherever it lies in the window (first
+/// tap, middle, last, next to the padding), in every layer, like the reference; windows
+/// without one stay exact.
+#[test]
+fn max_pools_propagate_nan() {
+    use smelt::ir::{Pool2d, PoolKind};
+    use smelt::kernel::interp::{self as kinterp, Products};
+    use smelt::kernel::Target;
+    let (h, w) = (9, 10);
+    for (strides, pads, ceil_mode) in [([2, 2], [1, 1, 1, 1], false), ([1, 1], [0, 1, 2, 0], true)]
+    {
+        let p = Pool2d {
+            kind: PoolKind::Max,
+            kernel: [3, 3],
+            strides,
+            pads,
+            dilations: [1, 1],
+            ceil_mode,
+        };
+        for epilogue in [false, true] {
+            let g = pool_graph(p.clone(), [h, w], epilogue);
+            let mut inputs = g.random_inputs(3);
+            let mut xv = inputs["x"].to_f64();
+            for at in [
+                0,
+                4,
+                w - 1,
+                2 * w + 5,
+                5 * w + 9,
+                (h - 1) * w + 3,
+                h * w + 17,
+            ] {
+                xv[at] = f64::NAN;
+            }
+            let shape = inputs["x"].shape().to_vec();
+            let xt = Tensor::f32(
+                [shape[0], shape[1], shape[2], shape[3]],
+                xv.iter().map(|&v| v as f32).collect(),
+            );
+            inputs.insert("x".into(), xt);
+            let want = interp::run(&g, &inputs).unwrap();
+            let ws = want[0].1.to_f64();
+            assert!(ws.iter().any(|v| v.is_nan()) && ws.iter().any(|v| !v.is_nan()));
+            for fuse in [true, false] {
+                let c = session(&g, fuse).run(&inputs).unwrap();
+                let opts = Options {
+                    fuse,
+                    ..Options::default()
+                };
+                let cpu = smelt::compile(&g, &opts)
+                    .unwrap()
+                    .retarget(Target::Cpu)
+                    .unwrap();
+                let k = kinterp::run_with(&cpu.program, &inputs, Products::Kernels).unwrap();
+                for (layer, got) in [("C backend", &c), ("kernel IR", &k)] {
+                    common::compare(&got[0].1, &want[0].1, 1e-5, 1e-6).unwrap_or_else(|e| {
+                        panic!("{layer} (fuse {fuse}, epilogue {epilogue}, {p:?}): {e}")
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Pools inside fused bodies (the optimizer keeps pools in kernels of their own today; the
+/// CPU lowering takes any body, as it does products): the pool reads its input through the
+/// body's prologue (an activation, a convolution's bias and ReLU, a transpose) or, when
+/// that is not elementwise (a softmax), from a scratch copy, and the rest of the body runs
+/// as an epilogue over the pooled result, in place when elementwise, else from a scratch
+/// buffer (a softmax after the pool). Checked in the kernel-IR interpreter and the C backend.
+#[test]
+fn pools_in_fused_bodies_match_reference() {
+    use smelt::ir::{Conv2d, FusedKernel, KernelKind, Op, Pool2d, PoolKind};
+    use smelt::kernel::Target;
+    use smelt::{DType, GraphBuilder, Value};
+    let pool = |kind, kernel, strides, pads, ceil_mode| {
+        Op::Pool(Pool2d {
+            kind,
+            kernel,
+            strides,
+            pads,
+            dilations: [1, 1],
+            ceil_mode,
+        })
+    };
+    let max3 = pool(PoolKind::Max, [3, 3], [2, 2], [1, 1, 1, 1], false);
+    let max2 = pool(PoolKind::Max, [2, 2], [2, 2], [0, 0, 0, 0], false);
+    let avg = pool(
+        PoolKind::Avg {
+            count_include_pad: true,
+        },
+        [3, 3],
+        [2, 2],
+        [1, 0, 1, 1],
+        true,
+    );
+    type Body = Box<dyn Fn(&mut GraphBuilder, &[Value]) -> Value>;
+    let x = [2, 3, 9, 10];
+    // name, kind, input shapes, body
+    let cases: Vec<(&str, KernelKind, Vec<Vec<usize>>, Body)> = vec![
+        (
+            "relu, pool, add, relu",
+            KernelKind::Elementwise,
+            vec![x.to_vec(), vec![2, 3, 5, 5]],
+            Box::new(move |b, v| {
+                let t = b.relu(v[0]).unwrap();
+                let p = b.op(max3.clone(), &[t]).unwrap();
+                let s = b.add(p, v[1]).unwrap();
+                b.relu(s).unwrap()
+            }),
+        ),
+        (
+            "conv, relu, pool, add",
+            KernelKind::Conv,
+            vec![x.to_vec(), vec![4, 3, 3, 3], vec![4], vec![2, 4, 5, 5]],
+            Box::new({
+                let max3 = pool(PoolKind::Max, [3, 3], [2, 2], [1, 1, 1, 1], false);
+                move |b, v| {
+                    let conv = Op::Conv(Conv2d {
+                        strides: [1, 1],
+                        pads: [1, 1, 1, 1],
+                        dilations: [1, 1],
+                        group: 1,
+                    });
+                    let c = b.op(conv, &[v[0], v[1], v[2]]).unwrap();
+                    let t = b.relu(c).unwrap();
+                    let p = b.op(max3.clone(), &[t]).unwrap();
+                    b.add(p, v[3]).unwrap()
+                }
+            }),
+        ),
+        (
+            "softmax, pool, add",
+            KernelKind::Row { axis: 3 },
+            vec![x.to_vec(), vec![2, 3, 4, 5]],
+            Box::new(move |b, v| {
+                let s = b.softmax(v[0], -1).unwrap();
+                let p = b.op(max2.clone(), &[s]).unwrap();
+                b.add(p, v[1]).unwrap()
+            }),
+        ),
+        (
+            "transpose, average pool, mul",
+            KernelKind::Elementwise,
+            vec![vec![2, 9, 10, 3], vec![1, 3, 1, 1]],
+            Box::new(move |b, v| {
+                let t = b.transpose(v[0], &[0, 3, 1, 2]).unwrap();
+                let p = b.op(avg.clone(), &[t]).unwrap();
+                b.mul(p, v[1]).unwrap()
+            }),
+        ),
+        (
+            "pool, softmax",
+            KernelKind::Row { axis: 3 },
+            vec![x.to_vec()],
+            Box::new({
+                let max3 = pool(PoolKind::Max, [3, 3], [2, 2], [1, 1, 1, 1], false);
+                move |b, v| {
+                    let p = b.op(max3.clone(), &[v[0]]).unwrap();
+                    b.softmax(p, -1).unwrap()
+                }
+            }),
+        ),
+    ];
+    for (what, kind, shapes, build) in cases {
+        let mut bb = GraphBuilder::new();
+        let ins: Vec<Value> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| bb.input(&format!("in{i}"), DType::F32, s).unwrap())
+            .collect();
+        let y = build(&mut bb, &ins);
+        bb.output("out", y).unwrap();
+        let body = bb.build().unwrap();
+        let mut b = GraphBuilder::new();
+        let ins: Vec<Value> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| b.input(&format!("x{i}"), DType::F32, s).unwrap())
+            .collect();
+        let fused = Op::Fused(std::sync::Arc::new(FusedKernel { kind, body }));
+        let y = b.op(fused, &ins).unwrap();
+        b.output("y", y).unwrap();
+        let g = b.build().unwrap();
+        let program = smelt::kernel::lower_for(&g, Target::Cpu).unwrap();
+        assert!(
+            program.kernels.iter().any(|k| k.name.contains("direct_")),
+            "{what}: no direct pool kernel\n{program}"
+        );
+        let model = smelt_runtime::cpu::CpuModel::new(&program, 2).unwrap();
+        for seed in [1, 2] {
+            let inputs = g.random_inputs(seed);
+            let want = interp::run(&g, &inputs).unwrap();
+            let lowered = smelt::kernel::interp::run(&program, &inputs).unwrap();
+            let compiled = model.run(&inputs).unwrap();
+            for (layer, got) in [("kernel IR", &lowered), ("C backend", &compiled)] {
+                common::compare(&got[0].1, &want[0].1, 1e-4, 1e-5)
+                    .unwrap_or_else(|e| panic!("{what}, {layer}, seed {seed}: {e}\n{program}"));
+            }
+        }
+    }
+}

@@ -256,15 +256,26 @@ fn missed_fusions_say_why() {
 #[test]
 fn regions_fuse_like_the_whole_graph() {
     let g = common::graphs::gpt2_stack(12, 1, 8, 16, 2).unwrap();
+    // Time limits generous enough that a loaded machine does not stop either saturation
+    // early (a stopped one gives a worse plan, not a failure: the comparison needs both
+    // complete).
     let whole = compile(
         &g,
         &Options {
             regions: false,
+            time_limit: std::time::Duration::from_secs(60),
             ..Options::default()
         },
     )
     .unwrap();
-    let split = compile(&g, &Options::default()).unwrap();
+    let split = compile(
+        &g,
+        &Options {
+            time_limit: std::time::Duration::from_secs(60),
+            ..Options::default()
+        },
+    )
+    .unwrap();
     assert!(
         split.report.stop_reason.contains("regions"),
         "{}",

@@ -132,11 +132,14 @@ SMELT_FN double smelt_selu(double x, double a, double g) { return x > 0.0 ? g * 
 SMELT_FN float smelt_thresholded_reluf(float x, float a) { return x > a ? x : 0.0f; }
 SMELT_FN double smelt_thresholded_relu(double x, double a) { return x > a ? x : 0.0; }
 
-// NaN-propagating min/max (numpy and ONNX semantics; fminf/fmaxf drop NaN).
-SMELT_FN float smelt_max_nanf(float a, float b) { return ((a != a) | (b != b)) ? NAN : (a > b ? a : b); }
-SMELT_FN float smelt_min_nanf(float a, float b) { return ((a != a) | (b != b)) ? NAN : (a < b ? a : b); }
-SMELT_FN double smelt_max_nan(double a, double b) { return ((a != a) | (b != b)) ? (double)NAN : (a > b ? a : b); }
-SMELT_FN double smelt_min_nan(double a, double b) { return ((a != a) | (b != b)) ? (double)NAN : (a < b ? a : b); }
+// NaN-propagating min/max (numpy and ONNX semantics; fminf/fmaxf drop NaN): `a` when it is
+// NaN or wins, else `b` (NaN when `b` is). Written as one select so that a chain of them
+// (a pool window's taps) still vectorizes; a form with a NaN constant in a second select
+// made GCC leave such a loop scalar.
+SMELT_FN float smelt_max_nanf(float a, float b) { return (a > b || a != a) ? a : b; }
+SMELT_FN float smelt_min_nanf(float a, float b) { return (a < b || a != a) ? a : b; }
+SMELT_FN double smelt_max_nan(double a, double b) { return (a > b || a != a) ? a : b; }
+SMELT_FN double smelt_min_nan(double a, double b) { return (a < b || a != a) ? a : b; }
 
 // Float max/min folds: a plain combiner (it vectorizes; the generated loop keeps NaN in a
 // flag beside it) starting from ∓infinity (OpenMP's own max/min start from the least or

@@ -9,7 +9,9 @@
 //! added in the epilogue. A grouped convolution (a depthwise one above all) is a direct loop
 //! instead: per output row, each window tap adds its weight times a contiguous run of the
 //! input row to the output row, over the range of columns the tap sees inside the image.
+//! Pools take the same direct form ([`cpu_pool`](super::cpu_pool)).
 
+use super::cpu_pool::{is_direct_pool, pool_product};
 use super::{
     add, and, builtin, div, emitter, mul, reads_writes, rem, single_row_axis, unravel, Builtin,
     Emitter, Expr, IndexOp, Kernel, Launch, Precision, Stmt, R,
@@ -33,13 +35,13 @@ pub(super) struct Sink<'a> {
 }
 
 impl Sink<'_> {
-    fn push(&mut self, k: Kernel) {
+    pub(super) fn push(&mut self, k: Kernel) {
         self.kernels.push(Kernel {
             node: self.node.to_string(),
             ..k
         });
     }
-    fn name(&self, what: &str) -> String {
+    pub(super) fn name(&self, what: &str) -> String {
         format!("k{}_{what}", self.kernels.len())
     }
     fn scratch(&mut self, what: &str, shape: &[usize]) -> u32 {
@@ -113,7 +115,7 @@ pub(super) fn view(body: &Graph, id: NodeId, inputs: &[u32]) -> Option<View> {
 
 /// The nodes reachable from `root`, as a graph of their own, with the kernel inputs they
 /// read.
-fn pruned(body: &Graph, root: NodeId, inputs: &[u32]) -> (Graph, Vec<u32>) {
+pub(super) fn pruned(body: &Graph, root: NodeId, inputs: &[u32]) -> (Graph, Vec<u32>) {
     let mut keep = vec![false; body.nodes.len()];
     keep[root] = true;
     for id in (0..body.nodes.len()).rev() {
@@ -239,7 +241,10 @@ pub(super) fn lower_node(
     sink: &mut Sink,
 ) -> R<()> {
     let is_product = |b: &Graph, i: NodeId| {
-        is_library_matmul(b, i) || is_library_conv(b, i) || is_grouped_conv(b, i)
+        is_library_matmul(b, i)
+            || is_library_conv(b, i)
+            || is_grouped_conv(b, i)
+            || is_direct_pool(b, i)
     };
     if !(0..body.nodes.len()).any(|i| is_product(body, i)) {
         let name = sink.name(sink.op);
@@ -259,6 +264,8 @@ pub(super) fn lower_node(
             conv_product(&body, &inputs, p, out, out_f32, precision, sink)?
         } else if is_grouped_conv(&body, p) {
             grouped_conv_product(&body, &inputs, p, out, out_f32, precision, sink)?
+        } else if is_direct_pool(&body, p) {
+            pool_product(&body, &inputs, p, (out, out_f32), precision, sink)?
         } else {
             matmul_product(&body, &inputs, p, out, out_f32, precision, sink)?
         };
@@ -314,7 +321,7 @@ fn push_gemm(sink: &mut Sink, gemm: Gemm) {
 /// Where a product's result goes: the kernel's output when everything after it is
 /// elementwise over its shape (the epilogue then runs in place), else a scratch buffer.
 /// `taken`: an earlier product already lives in `out`.
-fn destination(
+pub(super) fn destination(
     body: &Graph,
     p: NodeId,
     (out, taken): (u32, bool),
@@ -506,7 +513,7 @@ fn is_f32_conv(body: &Graph, id: NodeId, group: impl Fn(usize) -> bool) -> bool 
 }
 
 /// A dense f32 copy of body node `x` (a view of it when it is one already).
-fn dense_operand(
+pub(super) fn dense_operand(
     body: &Graph,
     inputs: &[u32],
     x: NodeId,
@@ -714,7 +721,7 @@ type Replacement<'a> =
 /// input node of `id`'s type (the product, listed last in the inputs) and the id map of the
 /// nodes before `id`; it may push nodes and returns the node that stands for `id` (`None`:
 /// the input itself). Node order stays topological.
-fn replace_node(body: &Graph, id: NodeId, make: &mut Replacement) -> Graph {
+pub(super) fn replace_node(body: &Graph, id: NodeId, make: &mut Replacement) -> Graph {
     let mut g = Graph::default();
     let mut map = vec![usize::MAX; body.nodes.len()];
     let mut product = None;

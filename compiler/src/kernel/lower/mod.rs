@@ -15,7 +15,8 @@
 //! compute body values and [`ops`] each op's value at an index; the GPU forms are
 //! [`pointwise`], [`vector`], [`rows`], [`gemm`], [`attention`] and the cuBLASLt forms
 //! [`blas`]; the CPU forms are [`cpu`] (library products, im2col, grouped convolutions,
-//! pointwise) and [`cpu_rows`], rewritten after lowering by [`interleave`].
+//! pointwise), [`cpu_pool`] (direct pooling) and [`cpu_rows`], rewritten after lowering by
+//! [`interleave`].
 
 use super::ir::{
     BufferDecl, Builtin, Combiner, Expr, IndexCheck, IndexOp, Kernel, Launch, Precision, Program,
@@ -46,6 +47,7 @@ type R<T> = Result<T, LowerError>;
 mod attention;
 mod blas;
 mod cpu;
+mod cpu_pool;
 mod cpu_rows;
 mod emit;
 mod gemm;
