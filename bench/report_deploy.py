@@ -7,25 +7,9 @@ Usage: report_deploy.py RESULTS_DIR OUT_PREFIX"""
 import glob
 import json
 import os
-import subprocess
 import sys
 
-
-def sh(*args):
-    try:
-        return subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
-
-
-def cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+from report import cpu_name, sh  # the same machine and commit lines as the corpus reports
 
 
 def fmt(v, digits=2):

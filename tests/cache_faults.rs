@@ -8,29 +8,11 @@ mod common;
 
 use common::npy;
 use common::onnx_model as om;
+use common::Dir;
 use smelt::Tensor;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Dir(PathBuf);
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let d =
-            std::env::temp_dir().join(format!("smelt-cache-faults-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-    fn path(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-}
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The input every test runs on, and what each model gives for it.
 const X: [f32; 6] = [-1.0, 2.0, -3.0, 4.0, -5.0, 6.0];

@@ -5,27 +5,10 @@ mod common;
 
 use common::npy;
 use common::onnx_model::{self as om, Dim};
+use common::Dir;
 use smelt::Tensor;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-struct Dir(PathBuf);
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("smelt-cli-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-    fn path(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-}
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Runs `smelt run`; returns (success, stderr).
 fn smelt_run(model: &Path, args: &[String], out: &Path) -> (bool, String) {
@@ -42,9 +25,8 @@ fn smelt_run(model: &Path, args: &[String], out: &Path) -> (bool, String) {
     (res.status.success(), stderr)
 }
 
-fn expect_error(model: &Path, args: &[String], out: &Path, needles: &[&str]) {
-    let (ok, stderr) = smelt_run(model, args, out);
-    assert!(!ok, "expected failure, got success");
+/// `stderr` is one line, `error: …`, mentioning every needle.
+fn assert_one_line_error(stderr: &str, needles: &[&str]) {
     assert_eq!(
         stderr.trim().lines().count(),
         1,
@@ -54,6 +36,12 @@ fn expect_error(model: &Path, args: &[String], out: &Path, needles: &[&str]) {
     for n in needles {
         assert!(stderr.contains(n), "error {stderr:?} should mention {n:?}");
     }
+}
+
+fn expect_error(model: &Path, args: &[String], out: &Path, needles: &[&str]) {
+    let (ok, stderr) = smelt_run(model, args, out);
+    assert!(!ok, "expected failure, got success");
+    assert_one_line_error(&stderr, needles);
 }
 
 /// y = relu(x), x: f32[2,3].
@@ -442,15 +430,7 @@ fn expect_only_error(args: &[&std::ffi::OsStr], needles: &[&str]) {
     let (ok, stdout, stderr) = smelt(args);
     assert!(!ok, "expected failure, got success: {stdout}");
     assert_eq!(stdout, "", "a failed command printed results");
-    assert_eq!(
-        stderr.trim().lines().count(),
-        1,
-        "error must be one line: {stderr}"
-    );
-    assert!(stderr.starts_with("error: "), "{stderr}");
-    for n in needles {
-        assert!(stderr.contains(n), "error {stderr:?} should mention {n:?}");
-    }
+    assert_one_line_error(&stderr, needles);
 }
 
 /// Files under `dir` (recursively), sorted; empty when it does not exist.

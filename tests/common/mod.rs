@@ -4,6 +4,35 @@
 use smelt_compiler::ir::{DType, Tensor};
 use std::path::PathBuf;
 
+/// A fresh scratch directory for one test, `smelt-<test crate>-<pid>-<tag>` under the
+/// system's temporary directory, removed when dropped.
+pub struct Dir(pub PathBuf);
+
+impl Dir {
+    /// Creates it empty (removing what an earlier run left).
+    pub fn new(tag: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!(
+            "smelt-{}-{}-{tag}",
+            env!("CARGO_CRATE_NAME"),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+
+    /// A path inside it.
+    pub fn path(&self, f: &str) -> PathBuf {
+        self.0.join(f)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The repository root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -491,27 +491,6 @@ impl CpuModel {
         })
     }
 
-    /// Runs every kernel `reps` times, one at a time, and returns each kernel's name and
-    /// median milliseconds, in launch order.
-    pub fn profile(
-        &self,
-        inputs: &HashMap<String, Tensor>,
-        reps: usize,
-    ) -> Result<Vec<(String, f64)>, Error> {
-        let runs = self.profile_runs(inputs, reps, Instant::now())?;
-        Ok(self
-            .program
-            .kernels
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                let mut t: Vec<f64> = runs.iter().map(|r| r.kernels[i].ms).collect();
-                t.sort_by(f64::total_cmp);
-                (k.name.clone(), t[t.len() / 2])
-            })
-            .collect())
-    }
-
     /// Runs the plan `reps` times (at least once), each kernel on its own (timed from the
     /// host around it: the kernel's whole parallel region), and returns every run's kernel
     /// spans in launch order, times in milliseconds since `epoch`.
