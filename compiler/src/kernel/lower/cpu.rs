@@ -13,8 +13,8 @@
 
 use super::cpu_pool::{is_direct_pool, pool_product};
 use super::{
-    add, and, builtin, div, emitter, mul, reads_writes, rem, single_row_axis, unravel, Builtin,
-    Emitter, Expr, IndexOp, Kernel, Launch, Precision, Stmt, R,
+    add, and, builtin, column_range, div, emitter, mul, reads_writes, rem, single_row_axis,
+    unravel, within, Builtin, Emitter, Expr, IndexOp, Kernel, Launch, Precision, Stmt, R,
 };
 use crate::ir::{dense_strides, DType, Graph, Node, NodeId, Op};
 use crate::kernel::ir::{BufferDecl, Gemm, MatrixView};
@@ -633,10 +633,7 @@ fn grouped_conv(
         Box::new(add(mul(oy, Expr::I(sy)), mul(Expr::Var(ky), Expr::I(dy)))),
         Box::new(Expr::I(pt)),
     );
-    let inside = and(
-        Expr::Index(IndexOp::Ge, Box::new(iy.clone()), Box::new(Expr::I(0))),
-        Expr::Index(IndexOp::Lt, Box::new(iy.clone()), Box::new(Expr::I(h))),
-    );
+    let inside = within(&iy, 0, h);
     let channel = add(
         mul(div(o.clone(), ocpg), Expr::I(cpg as i64)),
         Expr::Var(ci),
@@ -651,9 +648,7 @@ fn grouped_conv(
     let mut taps = Vec::new();
     for kx in 0..kw as i64 {
         // Columns ox with 0 <= ox·sx + kx·dx - pl < wd.
-        let first = pl - kx * dx;
-        let lo = (first.max(0) + sx - 1) / sx;
-        let hi = ((wd - 1 + first).div_euclid(sx) + 1).clamp(0, ow as i64);
+        let (lo, hi) = column_range(kx * dx - pl, sx, wd, ow);
         if hi <= lo {
             continue;
         }

@@ -20,8 +20,8 @@
 
 use super::cpu::{chunk_loop, dense_operand, destination, pruned, replace_node, Sink};
 use super::{
-    add, and, emitter, mul, unravel, Emitter, Expr, IndexOp, Kernel, Launch, Precision, Stmt,
-    CPU_CHUNK, R,
+    add, column_range, emitter, mul, unravel, within, Emitter, Expr, IndexOp, Kernel, Launch,
+    Precision, Stmt, CPU_CHUNK, R,
 };
 use crate::ir::{BinaryOp, DType, Graph, Node, NodeId, Op, Pool2d, PoolKind, TensorType};
 
@@ -137,24 +137,6 @@ fn sub(a: Expr, b: i64) -> Expr {
         return a;
     }
     Expr::Index(IndexOp::Sub, Box::new(a), Box::new(Expr::I(b)))
-}
-
-/// `lo <= e < hi` as index arithmetic.
-fn within(e: &Expr, lo: i64, hi: i64) -> Expr {
-    and(
-        Expr::Index(IndexOp::Ge, Box::new(e.clone()), Box::new(Expr::I(lo))),
-        Expr::Index(IndexOp::Lt, Box::new(e.clone()), Box::new(Expr::I(hi))),
-    )
-}
-
-/// The output columns `[lo, hi)` (clamped to `0..ow`) whose input column
-/// `ox·stride + offset` lies in `0..n`.
-fn column_range(offset: i64, stride: i64, n: i64, ow: usize) -> (i64, i64) {
-    // ox·stride >= -offset and ox·stride <= n - 1 - offset.
-    let lo = (-offset).max(0);
-    let lo = (lo + stride - 1) / stride;
-    let hi = ((n - 1 - offset).div_euclid(stride) + 1).clamp(0, ow as i64);
-    (lo.min(hi), hi)
 }
 
 /// The direct pooling kernel: `y[b, c, oy, ox]` = the fold of the value of `g`'s output

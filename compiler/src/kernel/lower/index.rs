@@ -217,6 +217,25 @@ pub(super) fn pos_rem(a: Expr, n: i64) -> Expr {
     Expr::Index(IndexOp::Rem, Box::new(r), Box::new(Expr::I(n)))
 }
 
+/// `lo <= e < hi` as index arithmetic.
+pub(super) fn within(e: &Expr, lo: i64, hi: i64) -> Expr {
+    and(
+        Expr::Index(IndexOp::Ge, Box::new(e.clone()), Box::new(Expr::I(lo))),
+        Expr::Index(IndexOp::Lt, Box::new(e.clone()), Box::new(Expr::I(hi))),
+    )
+}
+
+/// The output columns `[lo, hi)` (clamped to `0..ow`, empty when `lo == hi`) whose input
+/// column `ox·stride + offset` lies in `0..n`: the interior of a window tap, where the
+/// CPU's direct convolution and pooling loops need no bounds test.
+pub(super) fn column_range(offset: i64, stride: i64, n: i64, ow: usize) -> (i64, i64) {
+    // ox·stride >= -offset and ox·stride <= n - 1 - offset.
+    let lo = (-offset).max(0);
+    let lo = (lo + stride - 1) / stride;
+    let hi = ((n - 1 - offset).div_euclid(stride) + 1).clamp(0, ow as i64);
+    (lo.min(hi), hi)
+}
+
 pub(super) fn and(a: Expr, b: Expr) -> Expr {
     match (a, b) {
         (Expr::I(1), e) | (e, Expr::I(1)) => e,
